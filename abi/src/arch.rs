@@ -1,0 +1,161 @@
+//! x86_64 only: the few instructions pmig cannot write in Rust. Saving and resuming a
+//! callee-saved context, creating a thread that resumes one, the `rt_sigreturn` trampoline for
+//! handlers installed with a raw `rt_sigaction`, and raw system calls.
+//!
+//! The context functions are written so that, to the compiler, `save_and_call` is an
+//! ordinary call that returns once: the second return (after a restore) restores exactly the
+//! registers the ABI says a call preserves, with the stack pointer the call would leave.
+
+use crate::Ctx;
+use core::arch::{asm, global_asm};
+
+global_asm!(
+    r#"
+    .text
+    .globl pmig_save_and_call
+    .type pmig_save_and_call,@function
+pmig_save_and_call:
+    mov [rdi + 0], rbx
+    mov [rdi + 8], rbp
+    mov [rdi + 16], r12
+    mov [rdi + 24], r13
+    mov [rdi + 32], r14
+    mov [rdi + 40], r15
+    lea rax, [rsp + 8]
+    mov [rdi + 48], rax
+    mov rax, [rsp]
+    mov [rdi + 56], rax
+    stmxcsr [rdi + 64]
+    fnstcw [rdi + 68]
+    sub rsp, 8
+    mov rax, rsi
+    mov rdi, rdx
+    call rax
+    add rsp, 8
+    ret
+    .size pmig_save_and_call, . - pmig_save_and_call
+
+    .globl pmig_restore_context
+    .type pmig_restore_context,@function
+pmig_restore_context:
+    ldmxcsr [rdi + 64]
+    fldcw [rdi + 68]
+    mov rbx, [rdi + 0]
+    mov rbp, [rdi + 8]
+    mov r12, [rdi + 16]
+    mov r13, [rdi + 24]
+    mov r14, [rdi + 32]
+    mov r15, [rdi + 40]
+    mov rsp, [rdi + 48]
+    mov rax, rsi
+    jmp qword ptr [rdi + 56]
+    .size pmig_restore_context, . - pmig_restore_context
+
+    .globl pmig_clone_thread
+    .type pmig_clone_thread,@function
+pmig_clone_thread:
+    mov r10, rcx
+    mov eax, 56
+    syscall
+    test rax, rax
+    jnz 1f
+    mov rdi, r9
+    mov esi, 1
+    jmp pmig_restore_context
+1:
+    ret
+    .size pmig_clone_thread, . - pmig_clone_thread
+
+    .globl pmig_sigreturn
+    .type pmig_sigreturn,@function
+pmig_sigreturn:
+    mov eax, 15
+    syscall
+    ud2
+    .size pmig_sigreturn, . - pmig_sigreturn
+"#
+);
+
+extern "C" {
+    fn pmig_save_and_call(ctx: *mut Ctx, f: extern "C" fn(u64) -> u64, arg: u64) -> u64;
+    fn pmig_restore_context(ctx: *const Ctx, ret: u64) -> !;
+    fn pmig_clone_thread(flags: u64, stack: u64, ptid: u64, ctid: u64, tls: u64, ctx: *const Ctx) -> i64;
+    fn pmig_sigreturn();
+}
+
+/// Saves the callee-saved context into `*ctx` and calls `f(arg)`; returns what `f` returns.
+/// If the context is later resumed with [`restore_context`] (in this process after a restore),
+/// this call returns a second time, with the value given there.
+///
+/// # Safety
+/// `ctx` must be valid for writes. Whoever resumes the context must make sure the stack above
+/// the saved stack pointer holds what it held at the time of the call.
+pub unsafe fn save_and_call(ctx: *mut Ctx, f: extern "C" fn(u64) -> u64, arg: u64) -> u64 {
+    // SAFETY: the caller guarantees `ctx` is writable; the assembly follows the C ABI.
+    unsafe { pmig_save_and_call(ctx, f, arg) }
+}
+
+/// Resumes a context saved by [`save_and_call`], which then returns `ret`.
+///
+/// # Safety
+/// The context must have been saved by `save_and_call` in this address space, its stack must
+/// be intact, and the thread pointer (fs base) must be the one of the thread that saved it.
+pub unsafe fn restore_context(ctx: *const Ctx, ret: u64) -> ! {
+    // SAFETY: the caller guarantees the context and its stack are valid.
+    unsafe { pmig_restore_context(ctx, ret) }
+}
+
+/// `clone(2)` a thread whose first act is to resume `*ctx` with [`crate::RESTORED_THREAD`].
+/// Returns the new tid or `-errno`.
+///
+/// # Safety
+/// `flags` must include `CLONE_VM` and `CLONE_SETTLS` semantics the saved context expects;
+/// `stack` must point into memory the new thread may use until it switches to the context's
+/// own stack; `*ctx` must stay valid until the child has read it.
+pub unsafe fn clone_thread(flags: u64, stack: u64, ptid: u64, ctid: u64, tls: u64, ctx: *const Ctx) -> i64 {
+    // SAFETY: the caller guarantees the arguments as documented.
+    unsafe { pmig_clone_thread(flags, stack, ptid, ctid, tls, ctx) }
+}
+
+/// Address of a `rt_sigreturn` trampoline, for `sa_restorer` of a raw `rt_sigaction`.
+pub fn sigreturn_trampoline() -> u64 {
+    pmig_sigreturn as *const () as u64
+}
+
+/// Raw system call with up to six arguments; returns the kernel's value (`-errno` on error).
+///
+/// # Safety
+/// The call must be safe to make with these arguments (pointers valid, no memory the program
+/// relies on unmapped, …): the compiler cannot check any of it.
+#[inline(always)]
+pub unsafe fn syscall6(n: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, a6: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: the caller vouches for the system call; the asm clobbers only rax, rcx, r11
+    // as the x86_64 syscall ABI says.
+    unsafe {
+        asm!("syscall",
+            inlateout("rax") n as i64 => ret,
+            in("rdi") a1, in("rsi") a2, in("rdx") a3,
+            in("r10") a4, in("r8") a5, in("r9") a6,
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack));
+    }
+    ret
+}
+
+/// Reads the thread pointer (fs base) of the calling thread.
+pub fn fs_base() -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: arch_prctl(ARCH_GET_FS) writes one u64 to the pointer we own.
+    unsafe { syscall6(158, 0x1003, &mut v as *mut u64 as u64, 0, 0, 0, 0) };
+    v
+}
+
+/// `XCR0`: the XSAVE feature set the kernel enabled (what signal frames hold).
+pub fn xcr0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: xgetbv with ecx=0 is available on every x86_64 CPU with OSXSAVE, which every CPU
+    // Linux 6.x runs user space on has; it only reads a register.
+    unsafe { asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    ((hi as u64) << 32) | lo as u64
+}

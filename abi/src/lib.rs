@@ -1,0 +1,215 @@
+//! The binary contract between the three pieces of pmig that meet at restore time:
+//! `pmig-resume` (which writes a restore *plan*), the `#![no_std]` restore engine (which
+//! executes it) and `libpmig.so` (whose checkpoint thread wakes up inside the restored
+//! process and finishes the job).
+//!
+//! Everything here is `#[repr(C)]`, made of `u64`/`u32`/`i32` fields with explicit padding,
+//! so it can be written as bytes by one program and read in place by another.
+//!
+//! ```text
+//! reserved range (ENGINE_BASE .. ENGINE_BASE+RESERVE_LEN), kept PROT_NONE in every pmig process
+//! +0x0000_0000  restore engine image (static, non-PIE, linked here)
+//! +0x00f0_0000  parking place for the kernel's [vvar][vvar_vclock][vdso] block
+//! +0x0100_0000  the plan, mapped from its memfd
+//!
+//! plan:  PlanHeader | PlanRegion * n_regions | PlanRun * n_runs | manifest bytes
+//! ```
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod arch;
+
+/// Start of the address range that libpmig reserves in every process it runs in, and where
+/// the restore engine is linked. Nothing of a saved process can ever live here.
+pub const ENGINE_BASE: u64 = 0x6000_0000;
+/// Length of the reserved range.
+pub const RESERVE_LEN: u64 = 0x1000_0000;
+/// Where the engine parks the kernel's vdso block while it rebuilds the address space.
+pub const VDSO_PARK: u64 = ENGINE_BASE + 0x00f0_0000;
+/// Where the engine maps the plan.
+pub const PLAN_ADDR: u64 = ENGINE_BASE + 0x0100_0000;
+/// The largest plan the engine can map.
+pub const PLAN_MAX: u64 = RESERVE_LEN - 0x0100_0000;
+/// Page size assumed by images (x86_64).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Value `save_and_call` returns in a restored application thread.
+pub const RESTORED_THREAD: u64 = 1;
+
+/// A callee-saved CPU context, as saved by [`arch::save_and_call`]: resuming it makes that call
+/// return a second time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ctx {
+    pub rbx: u64,
+    pub rbp: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    /// Stack pointer as it is after `save_and_call` returns.
+    pub rsp: u64,
+    /// The return address of `save_and_call`.
+    pub rip: u64,
+    pub mxcsr: u32,
+    pub fpucw: u32,
+}
+
+/// Magic of [`Mailbox`].
+pub const MAILBOX_MAGIC: u64 = 0x786f_626c_6961_6d70; // "pmailbox"
+
+/// What the engine hands to the restored checkpoint thread: a pointer to this is the value
+/// `save_and_call` returns in the checkpoint thread after a restore (always `>= ENGINE_BASE`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Mailbox {
+    pub magic: u64,
+    /// fd of the plan memfd (holds the manifest at `manifest_off`).
+    pub plan_fd: i32,
+    /// fd of the image file.
+    pub image_fd: i32,
+    pub manifest_off: u64,
+    pub manifest_len: u64,
+    /// Non-zero when `PMIG_DEBUG` was set for `pmig-resume`.
+    pub debug: u32,
+    pub _pad: u32,
+}
+
+/// Magic of [`PlanHeader`].
+pub const PLAN_MAGIC: u64 = 0x6e61_6c70_676d_6970; // "pimgplan"
+/// Version of the plan layout.
+pub const PLAN_VERSION: u32 = 1;
+
+/// `struct prctl_mm_map` of `<linux/prctl.h>` (for `PR_SET_MM_MAP`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MmMap {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: u64,
+    pub auxv_size: u32,
+    pub exe_fd: u32,
+}
+
+/// Number of `u64` words of auxv the plan carries (the kernel keeps at most 2*(2+20+...) too).
+pub const AUXV_WORDS: usize = 128;
+
+/// One piece of the vdso block (`[vvar]`, `[vvar_vclock]`, `[vdso]`), at its saved address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanVdso {
+    /// 0: unused entry; 1: `[vvar]`; 2: `[vvar_vclock]`; 3: `[vdso]`.
+    pub kind: u32,
+    pub _pad: u32,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// The vdso pieces by kind, as [`PlanVdso::kind`] numbers them.
+pub const VDSO_NAMES: [&str; 4] = ["", "[vvar]", "[vvar_vclock]", "[vdso]"];
+
+/// Header of the plan.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PlanHeader {
+    pub magic: u64,
+    pub version: u32,
+    /// Non-zero: log each phase to stderr.
+    pub debug: u32,
+    pub image_fd: i32,
+    pub plan_fd: i32,
+    pub n_regions: u64,
+    pub regions_off: u64,
+    pub n_runs: u64,
+    pub runs_off: u64,
+    pub manifest_off: u64,
+    pub manifest_len: u64,
+    pub total_len: u64,
+    pub mm: MmMap,
+    pub auxv: [u64; AUXV_WORDS],
+    pub vdso: [PlanVdso; 4],
+    /// The checkpoint thread's context and thread pointer.
+    pub ctx: Ctx,
+    pub fs_base: u64,
+}
+
+/// Kinds of [`PlanRegion`].
+pub mod region_kind {
+    /// Private anonymous memory.
+    pub const ANON: u32 = 1;
+    /// Private anonymous memory that grows down (the main thread's `[stack]`).
+    pub const STACK: u32 = 2;
+    /// `MAP_PRIVATE` of a file (`fd` open on it).
+    pub const FILE_PRIVATE: u32 = 3;
+    /// `MAP_SHARED` of a file (`fd` open on it).
+    pub const FILE_SHARED: u32 = 4;
+    /// `MAP_SHARED | MAP_ANONYMOUS`.
+    pub const SHARED_ANON: u32 = 5;
+}
+
+/// One memory region to map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanRegion {
+    pub start: u64,
+    pub end: u64,
+    /// `PROT_*` bits.
+    pub prot: u32,
+    /// One of [`region_kind`].
+    pub kind: u32,
+    /// File to map for file kinds, else -1.
+    pub fd: i32,
+    pub _pad: u32,
+    /// Offset in the file for file kinds.
+    pub offset: u64,
+}
+
+/// A run of saved pages: `len` bytes at `addr` come from the image at `file_off`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanRun {
+    pub addr: u64,
+    pub len: u64,
+    pub file_off: u64,
+}
+
+/// Engine exit codes: each names the phase that failed (the engine has nobody to report to
+/// once the old address space is gone, so the exit status is the report).
+pub mod exit_code {
+    pub const ARGS: i32 = 101;
+    pub const PLAN: i32 = 102;
+    pub const VDSO_PARK: i32 = 103;
+    pub const UNMAP: i32 = 104;
+    pub const MAP: i32 = 105;
+    pub const FILL: i32 = 106;
+    pub const PROTECT: i32 = 107;
+    pub const VDSO_PLACE: i32 = 108;
+    pub const MM_MAP: i32 = 109;
+    pub const JUMP: i32 = 110;
+
+    /// A human name for an engine exit code.
+    pub fn name(code: i32) -> Option<&'static str> {
+        Some(match code {
+            ARGS => "reading its arguments",
+            PLAN => "mapping the restore plan",
+            VDSO_PARK => "parking the vdso",
+            UNMAP => "unmapping the old address space",
+            MAP => "mapping a saved region",
+            FILL => "reading saved pages from the image",
+            PROTECT => "setting region protections",
+            VDSO_PLACE => "moving the vdso to its saved address",
+            MM_MAP => "prctl(PR_SET_MM_MAP)",
+            JUMP => "jumping to the saved context",
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! A human description of an image, for `pmig-resume --inspect`.
+
+use crate::{FdKind, Manifest, RegionKind};
+use std::fmt::Write;
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn prot(p: u32, shared: bool) -> String {
+    let mut s = String::new();
+    s.push(if p & 1 != 0 { 'r' } else { '-' });
+    s.push(if p & 2 != 0 { 'w' } else { '-' });
+    s.push(if p & 4 != 0 { 'x' } else { '-' });
+    s.push(if shared { 's' } else { 'p' });
+    s
+}
+
+/// How each fd will come back, in words.
+fn fd_plan(fd: i32, k: &FdKind) -> String {
+    match k {
+        FdKind::Regular { path, pos, .. } => format!("reopened: {path} at offset {pos}"),
+        FdKind::CharDevice { path, .. } => format!("reopened: {path}"),
+        k if fd <= 2 && k.inherited_as_stdio() => "pmig-resume's own".into(),
+        FdKind::Tty { path, .. } => format!("NOT restorable yet (terminal {path})"),
+        FdKind::Pipe { ino, .. } => format!("NOT restorable yet (pipe:[{ino}])"),
+        FdKind::Socket { ino, .. } => format!("NOT restorable yet (socket:[{ino}])"),
+        FdKind::Other { link } => format!("NOT restorable yet ({link})"),
+    }
+}
+
+/// Renders what the image holds, without restoring anything.
+pub fn describe(m: &Manifest, file_len: u64) -> String {
+    let mut o = String::new();
+    let p = &m.process;
+    let _ = writeln!(o, "program:   {} (pid {} on {}, kernel {})", p.exe, p.pid, m.host.hostname, m.host.kernel_release);
+    let _ = writeln!(o, "argv:      {:?}", p.argv);
+    let _ = writeln!(o, "cwd:       {}", p.cwd);
+    let _ = writeln!(o, "user:      uid {} gid {}, umask {:03o}", p.uid, p.gid, p.umask);
+    let mm = &p.mm;
+    let _ = writeln!(
+        o,
+        "mm:        code {:#x}-{:#x} data {:#x}-{:#x} brk {:#x}-{:#x} stack {:#x} args {:#x}-{:#x} env {:#x}-{:#x}",
+        mm.start_code, mm.end_code, mm.start_data, mm.end_data, mm.start_brk, mm.brk, mm.start_stack, mm.arg_start,
+        mm.arg_end, mm.env_start, mm.env_end
+    );
+    let _ = writeln!(
+        o,
+        "settings:  image {}, {} after checkpoint, checkpoint signal {}",
+        m.settings.image_path,
+        if m.settings.exit_after { "exit" } else { "continue" },
+        m.settings.signal
+    );
+    let _ = writeln!(o, "image:     {} on disk, {} of saved pages", mib(file_len), mib(m.saved_bytes()));
+    let _ = writeln!(o, "threads:   {}", m.threads.len());
+    for t in &m.threads {
+        let _ = writeln!(o, "  tid {:<8} {}{}", t.tid, t.name, if t.main { " (main)" } else { "" });
+    }
+    let _ = writeln!(o, "regions:   {}", m.regions.len());
+    for r in &m.regions {
+        let what = match &r.kind {
+            RegionKind::Anon => "anonymous".to_string(),
+            RegionKind::Stack => "[stack]".to_string(),
+            RegionKind::Heap => "[heap]".to_string(),
+            RegionKind::File { path, offset, .. } => format!("{path} @{offset:#x}"),
+        };
+        let saved: u64 = r.runs.iter().map(|x| x.len).sum();
+        let _ = writeln!(
+            o,
+            "  {:012x}-{:012x} {} {:>10} saved {:>10}  {}",
+            r.start,
+            r.end,
+            prot(r.prot, r.shared),
+            mib(r.end - r.start),
+            mib(saved),
+            what
+        );
+    }
+    let _ = writeln!(o, "fds:       {}", m.fds.len());
+    for f in &m.fds {
+        let _ = writeln!(
+            o,
+            "  {:<4} {:<8}{} {}",
+            f.fd,
+            f.kind.name(),
+            if f.cloexec { " cloexec" } else { "" },
+            fd_plan(f.fd, &f.kind)
+        );
+    }
+    let handled: Vec<String> =
+        m.signals.iter().filter(|s| s.handler > 1).map(|s| s.sig.to_string()).collect();
+    let _ = writeln!(o, "signals:   handlers for {}", if handled.is_empty() { "none".into() } else { handled.join(" ") });
+    for t in m.itimers.iter().filter(|t| t.value_us != 0 || t.interval_us != 0) {
+        let _ = writeln!(o, "itimer:    {} next in {} us, every {} us", t.which, t.value_us, t.interval_us);
+    }
+    o
+}

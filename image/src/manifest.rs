@@ -1,0 +1,244 @@
+//! The manifest: everything about the saved process except its page contents.
+//!
+//! Types are named `*State` after what they save. The format is versioned as a whole (see
+//! `VERSION`); fields are only ever added, with a version bump and a default for older images.
+
+use serde::{Deserialize, Serialize};
+
+/// The whole saved process.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub host: HostState,
+    pub process: ProcessState,
+    pub settings: SettingsState,
+    pub threads: Vec<ThreadState>,
+    pub ckpt: CkptThreadState,
+    pub signals: Vec<SigActionState>,
+    pub itimers: Vec<ItimerState>,
+    pub fds: Vec<FdState>,
+    pub regions: Vec<RegionState>,
+    pub vdso: VdsoState,
+}
+
+impl Manifest {
+    /// All page runs, in the order their checksums appear in the trailer.
+    pub fn runs(&self) -> impl Iterator<Item = &PageRun> {
+        self.regions.iter().flat_map(|r| r.runs.iter())
+    }
+
+    /// Total bytes of saved pages.
+    pub fn saved_bytes(&self) -> u64 {
+        self.runs().map(|r| r.len).sum()
+    }
+}
+
+/// The machine and kernel the image was taken on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    /// `uname -m`: only "x86_64" is written today.
+    pub machine: String,
+    pub kernel_release: String,
+    pub hostname: String,
+    /// XSAVE features enabled (XCR0): the target must have all of them.
+    pub xcr0: u64,
+    /// Seconds since the epoch when the image was taken.
+    pub time: u64,
+}
+
+/// Process-wide state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessState {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `/proc/self/exe` at checkpoint time.
+    pub exe: String,
+    pub argv: Vec<String>,
+    /// Name of the main thread (`comm`).
+    pub comm: String,
+    pub cwd: String,
+    pub umask: u32,
+    pub rlimits: Vec<RlimitState>,
+    pub mm: MmState,
+    /// `/proc/self/auxv` as words.
+    pub auxv: Vec<u64>,
+    /// Signals pending for the whole process (bit n-1 for signal n).
+    pub pending_signals: u64,
+}
+
+/// One resource limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RlimitState {
+    pub resource: u32,
+    pub cur: u64,
+    pub max: u64,
+}
+
+/// The `mm_struct` fields `PR_SET_MM_MAP` restores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmState {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+/// How the program was started under pmig; kept across restores.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsState {
+    pub image_path: String,
+    pub exit_after: bool,
+    pub signal: i32,
+    pub suspend_signal: i32,
+}
+
+/// One thread of the program.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadState {
+    pub tid: i32,
+    pub name: String,
+    /// The main thread (tid == pid at checkpoint time).
+    pub main: bool,
+}
+
+/// The saved context of pmig's checkpoint thread: where a restore jumps to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CkptThreadState {
+    pub tid: i32,
+    pub rbx: u64,
+    pub rbp: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rsp: u64,
+    pub rip: u64,
+    pub mxcsr: u32,
+    pub fpucw: u32,
+    pub fs_base: u64,
+}
+
+/// A signal's disposition, in the kernel's `struct sigaction` terms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigActionState {
+    pub sig: i32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// An interval timer (`ITIMER_REAL` = 0, `VIRTUAL` = 1, `PROF` = 2), in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItimerState {
+    pub which: i32,
+    pub interval_us: u64,
+    pub value_us: u64,
+}
+
+/// Identity of a file, to tell whether the file found at restore time is the same one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdent {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+/// One open file descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdState {
+    pub fd: i32,
+    pub cloexec: bool,
+    pub kind: FdKind,
+}
+
+/// What an fd refers to, and so how it is restored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FdKind {
+    /// A regular file or directory, reopened at `path` with `flags` and moved to `pos`.
+    Regular { path: String, flags: i32, pos: i64, ident: FileIdent },
+    /// A terminal.
+    Tty { path: String, flags: i32 },
+    /// A pipe or FIFO.
+    Pipe { ino: u64, flags: i32 },
+    /// A socket.
+    Socket { ino: u64, flags: i32 },
+    /// A character device other than a terminal (reopened at its path).
+    CharDevice { path: String, flags: i32 },
+    /// Anything else (its `/proc/self/fd` link).
+    Other { link: String },
+}
+
+impl FdKind {
+    /// Short name of the kind, for messages and `--inspect`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FdKind::Regular { .. } => "file",
+            FdKind::Tty { .. } => "tty",
+            FdKind::Pipe { .. } => "pipe",
+            FdKind::Socket { .. } => "socket",
+            FdKind::CharDevice { .. } => "chardev",
+            FdKind::Other { .. } => "other",
+        }
+    }
+
+    /// For fds 0–2, whether the resumer's own fd takes its place.
+    pub fn inherited_as_stdio(&self) -> bool {
+        matches!(self, FdKind::Tty { .. } | FdKind::Pipe { .. } | FdKind::Socket { .. })
+    }
+}
+
+/// One mapping of the address space.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionState {
+    pub start: u64,
+    pub end: u64,
+    /// `PROT_READ | PROT_WRITE | PROT_EXEC` bits.
+    pub prot: u32,
+    pub shared: bool,
+    pub kind: RegionKind,
+    /// Saved pages (only populated ones).
+    pub runs: Vec<PageRun>,
+}
+
+/// Where a region's content comes from at restore time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegionKind {
+    /// Anonymous memory (its populated pages are in the image).
+    #[default]
+    Anon,
+    /// The main thread's stack (grows down).
+    Stack,
+    /// The brk heap.
+    Heap,
+    /// A file mapping; pages the program changed (private mappings) are in the image.
+    File { path: String, offset: u64, ident: FileIdent },
+}
+
+/// A run of populated pages saved in the image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    pub addr: u64,
+    pub len: u64,
+    /// Offset of the data from the start of the page data (`Header::pages_off`).
+    pub data_off: u64,
+}
+
+/// The kernel's vdso block at checkpoint time; its pages are never saved, but the block is moved
+/// to the same place on restore, which needs the same kernel's vdso.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdsoState {
+    /// `(name, start, end)` of `[vvar]`, `[vvar_vclock]`, `[vdso]` as present.
+    pub parts: Vec<(String, u64, u64)>,
+    /// The vdso's bytes.
+    pub vdso_bytes: Vec<u8>,
+}

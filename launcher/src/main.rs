@@ -1,0 +1,190 @@
+//! `pmig-run`: start a program under pmig.
+//!
+//! Sets `LD_PRELOAD` to `libpmig.so` (found next to this binary, or at `$PMIG_PRELOAD`), passes
+//! the settings in `PMIG_*` variables, prints how to checkpoint, and execs the program, so the
+//! program keeps the pid `pmig-run` was started with.
+
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{exit, Command};
+
+const USAGE: &str = "usage: pmig-run [--image PATH] [--exit] [--signal SIG] [--] PROGRAM [ARGS...]
+
+Runs PROGRAM under pmig. `kill -SIG <pid>` (default SIGUSR2) then writes a checkpoint image
+that `pmig-resume IMAGE` turns back into the running program, here or on another host.
+
+  --image PATH   where the image goes (default: ./PROGRAM-PID.pmig)
+  --exit         exit (status 0) once the image is safely written, to move the program
+  --signal SIG   checkpoint on SIG instead of SIGUSR2 (a name like USR1 or a number)
+  PMIG_DEBUG=1   log each checkpoint and restore phase to stderr";
+
+fn die(msg: &str) -> ! {
+    eprintln!("pmig-run: {msg}");
+    exit(2)
+}
+
+/// Parses a signal name (`USR2`, `SIGUSR2`, `RTMIN+3`) or number.
+fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
+    let n = match name.as_str() {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "ALRM" => libc::SIGALRM,
+        "TERM" => libc::SIGTERM,
+        "PWR" => libc::SIGPWR,
+        "WINCH" => libc::SIGWINCH,
+        "URG" => libc::SIGURG,
+        _ => {
+            let rest = name.strip_prefix("RTMIN+")?;
+            let k: i32 = rest.parse().ok()?;
+            let n = libc::SIGRTMIN() + k;
+            return (n < libc::SIGRTMAX() - 2).then_some(n);
+        }
+    };
+    Some(n)
+}
+
+/// The name `kill -NAME` takes for `sig`.
+fn signal_name(sig: i32) -> String {
+    ["HUP", "INT", "QUIT", "USR1", "USR2", "ALRM", "TERM", "PWR", "WINCH", "URG"]
+        .iter()
+        .find(|n| parse_signal(n) == Some(sig))
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| sig.to_string())
+}
+
+/// Finds `prog` the way execvp would.
+fn find_program(prog: &str) -> Option<PathBuf> {
+    let is_exec = |p: &Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    if prog.contains('/') {
+        let p = PathBuf::from(prog);
+        return is_exec(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| is_exec(p))
+}
+
+fn find_library() -> PathBuf {
+    if let Some(p) = std::env::var_os("PMIG_PRELOAD") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            die(&format!("PMIG_PRELOAD names {}, which is not a file", p.display()));
+        }
+        return p;
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|e| die(&format!("cannot find my own path: {e}")));
+    let lib = exe.parent().unwrap_or(Path::new("/")).join("libpmig.so");
+    if !lib.is_file() {
+        die(&format!(
+            "cannot find libpmig.so next to pmig-run (looked for {}); install it there or set PMIG_PRELOAD to its path",
+            lib.display()
+        ));
+    }
+    lib
+}
+
+fn main() {
+    let mut args = std::env::args_os().skip(1).peekable();
+    let mut image: Option<PathBuf> = None;
+    let mut exit_after = false;
+    let mut signal = libc::SIGUSR2;
+    while let Some(a) = args.peek() {
+        let a = a.to_string_lossy().into_owned();
+        match a.as_str() {
+            "--" => {
+                args.next();
+                break;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                exit(0)
+            }
+            "--exit" => exit_after = true,
+            "--image" | "--signal" => {
+                args.next();
+                let v = args.peek().unwrap_or_else(|| die(&format!("{a} needs a value\n{USAGE}"))).clone();
+                if a == "--image" {
+                    image = Some(PathBuf::from(v));
+                } else {
+                    let s = v.to_string_lossy();
+                    signal = parse_signal(&s).unwrap_or_else(|| die(&format!("unknown signal {s:?}")));
+                    if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+                        die("SIGKILL and SIGSTOP cannot be caught, so they cannot trigger a checkpoint");
+                    }
+                }
+            }
+            s if s.starts_with('-') => die(&format!("unknown option {s}\n{USAGE}")),
+            _ => break,
+        }
+        args.next();
+    }
+    let prog: OsString = args.next().unwrap_or_else(|| die(&format!("no program given\n{USAGE}")));
+    let rest: Vec<OsString> = args.collect();
+    let prog_s = prog.to_string_lossy().into_owned();
+    let resolved =
+        find_program(&prog_s).unwrap_or_else(|| die(&format!("{prog_s}: no such program (or not executable)")));
+    let lib = find_library();
+    let lib = lib.canonicalize().unwrap_or(lib);
+
+    let pid = std::process::id();
+    let cwd = std::env::current_dir().unwrap_or_else(|e| die(&format!("cannot read the current directory: {e}")));
+    let base = resolved.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "program".into());
+    let image = image.unwrap_or_else(|| PathBuf::from(format!("{base}-{pid}.pmig")));
+    let image = if image.is_absolute() { image } else { cwd.join(image) };
+    if let Some(dir) = image.parent() {
+        if !dir.is_dir() {
+            die(&format!("the image's directory {} does not exist", dir.display()));
+        }
+    }
+
+    let mut preload = lib.as_os_str().to_owned();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
+        preload.push(":");
+        preload.push(old);
+    }
+    eprintln!(
+        "pmig: running {prog_s} as pid {pid}; checkpoint with: kill -{} {pid}  (image: {})",
+        signal_name(signal),
+        image.display()
+    );
+    let err = Command::new(&resolved)
+        .arg0(&prog)
+        .args(&rest)
+        .env("LD_PRELOAD", preload)
+        .env("PMIG_IMAGE", &image)
+        .env("PMIG_EXIT", if exit_after { "1" } else { "0" })
+        .env("PMIG_SIGNAL", signal.to_string())
+        .env("PMIG_PID", pid.to_string())
+        .exec();
+    die(&format!("cannot run {}: {err}", resolved.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse() {
+        assert_eq!(parse_signal("USR2"), Some(libc::SIGUSR2));
+        assert_eq!(parse_signal("SIGUSR1"), Some(libc::SIGUSR1));
+        assert_eq!(parse_signal("10"), Some(10));
+        assert_eq!(parse_signal("0"), None);
+        assert_eq!(parse_signal("NOPE"), None);
+        assert_eq!(parse_signal("RTMIN+1"), Some(libc::SIGRTMIN() + 1));
+    }
+
+    #[test]
+    fn programs_are_found_on_path() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("/nonexistent/prog").is_none());
+        assert!(find_program("no-such-program-pmig").is_none());
+    }
+}

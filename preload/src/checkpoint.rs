@@ -1,0 +1,251 @@
+//! The checkpoint thread: waits for the checkpoint signal, stops the other threads, writes the
+//! image, and either exits (`--exit`) or lets the program go on.
+//!
+//! **Runs with other threads stopped** from `suspend_all` to `release_all`: no `malloc` (the
+//! arena is on), no locks, no `std::io`, no panics; I/O by raw system calls.
+//!
+//! The dump runs inside `save_and_call`, so the image holds this thread's context exactly at
+//! that call: after a restore, the engine resumes it and `save_and_call` returns a pointer to
+//! the engine's mailbox instead of the dump's status, and the restore half takes over.
+
+use crate::log::{debug, say, StackBuf};
+use crate::{alloc, config, fd, memory, process, signal, sys, thread};
+use core::cell::UnsafeCell;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicI32, AtomicU64, Ordering::*};
+use pmig_abi::{arch, Ctx, Mailbox, ENGINE_BASE, RESERVE_LEN};
+use pmig_image::{CkptThreadState, Footer, Header, Manifest, SettingsState, ThreadState, Trailer};
+
+/// The checkpoint thread's saved context.
+pub struct CtxCell(UnsafeCell<Ctx>);
+// SAFETY: only the checkpoint thread writes or reads it.
+unsafe impl Sync for CtxCell {}
+pub static CKPT_CTX: CtxCell = CtxCell(UnsafeCell::new(Ctx {
+    rbx: 0, rbp: 0, r12: 0, r13: 0, r14: 0, r15: 0, rsp: 0, rip: 0, mxcsr: 0, fpucw: 0,
+}));
+pub static CKPT_FS: AtomicU64 = AtomicU64::new(0);
+pub static CKPT_ROBUST: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+pub static CKPT_TID: AtomicI32 = AtomicI32::new(0);
+
+/// Starts the checkpoint thread.
+pub fn start() -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("pmig-ckpt".into())
+        .stack_size(1 << 20)
+        .spawn(run)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn run() {
+    signal::block_all();
+    thread::confirm_tid_offset();
+    CKPT_TID.store(sys::gettid(), Relaxed);
+    let Some(cfg) = config::get() else { return };
+    let mut seen = config::CKPT_REQUEST.load(Acquire);
+    loop {
+        while config::CKPT_REQUEST.load(Acquire) == seen {
+            let _ = sys::futex_wait(&config::CKPT_REQUEST, seen, 0);
+        }
+        checkpoint_once(cfg);
+        // Requests that arrived meanwhile were served by this checkpoint.
+        seen = config::CKPT_REQUEST.load(Acquire);
+    }
+}
+
+/// What the dump reports back (kept on this stack: no heap).
+struct Job {
+    cfg: &'static config::Config,
+    bytes: u64,
+    msg: StackBuf,
+}
+
+fn checkpoint_once(cfg: &'static config::Config) {
+    let t0 = sys::monotonic_ms();
+    debug!("checkpoint requested");
+    let n = match thread::suspend_all(cfg.suspend_signal) {
+        Ok(n) => n,
+        Err(e) => return failed(cfg, format_args!("{e}")),
+    };
+    debug!("{n} thread(s) stopped in {} ms", sys::monotonic_ms() - t0);
+    alloc::arena_on();
+    CKPT_FS.store(arch::fs_base(), Relaxed);
+    let (h, l) = sys::get_robust_list();
+    CKPT_ROBUST[0].store(h, Relaxed);
+    CKPT_ROBUST[1].store(l, Relaxed);
+    let mut job = Job { cfg, bytes: 0, msg: StackBuf::new() };
+    // SAFETY: CKPT_CTX is this thread's; `job` outlives the call.
+    let r = unsafe { arch::save_and_call(CKPT_CTX.0.get(), dump_entry, &mut job as *mut Job as u64) };
+    if r >= ENGINE_BASE {
+        // We are the restored process: `r` is the engine's mailbox.
+        crate::restore::restored(r as *const Mailbox);
+        return;
+    }
+    if r != 0 {
+        alloc::arena_off();
+        thread::release_all();
+        let msg = core::str::from_utf8(job.msg.as_bytes()).unwrap_or("?");
+        return failed(cfg, format_args!("{msg}"));
+    }
+    let ms = (sys::monotonic_ms() - t0).max(1);
+    if cfg.exit_after {
+        say!("checkpoint written to {} ({} MiB in {ms} ms); exiting", cfg.image_path, job.bytes >> 20);
+        // The other threads stay parked: the program does nothing more here.
+        sys::exit_group(0);
+    }
+    alloc::arena_off();
+    thread::release_all();
+    debug!("checkpoint written to {} ({} bytes in {ms} ms); going on", cfg.image_path, job.bytes);
+}
+
+fn failed(cfg: &config::Config, why: core::fmt::Arguments<'_>) {
+    if cfg.exit_after {
+        say!("checkpoint failed: {why}; exiting with status 1 (no image written)");
+        sys::exit_group(1);
+    }
+    say!("checkpoint failed: {why}; the program goes on");
+}
+
+extern "C" fn dump_entry(job: u64) -> u64 {
+    // SAFETY: `job` is the address of the Job on the caller's stack, alive for this call.
+    let job = unsafe { &mut *(job as *mut Job) };
+    match dump(job.cfg) {
+        Ok(bytes) => {
+            job.bytes = bytes;
+            0
+        }
+        Err(e) => {
+            let _ = job.msg.write_str(&e);
+            1
+        }
+    }
+}
+
+/// Collects everything and writes the image; returns its size.
+fn dump(cfg: &config::Config) -> Result<u64, String> {
+    let arena = alloc::ARENA_BASE.load(Relaxed);
+    let skip = [(ENGINE_BASE, ENGINE_BASE + RESERVE_LEN), (arena, arena + alloc::ARENA_LEN)];
+    let layout = memory::collect(&skip)?;
+    debug!("{} regions, {} KiB of populated pages", layout.regions.len(), layout.pages_len >> 10);
+    let process = process::dump()?;
+    let fds = fd::dump(&[])?;
+    if let Some(why) = fds.iter().find_map(fd::unsupported) {
+        return Err(why);
+    }
+    let mut threads = Vec::new();
+    for s in thread::live_slots() {
+        let tid = s.tid.load(Relaxed);
+        let mut name = [0u8; 16];
+        if let Ok(n) = sys::read_file(&sys::cstr(&format!("/proc/self/task/{tid}/comm")), &mut name) {
+            let n = if n > 0 && name[n - 1] == b'\n' { n - 1 } else { n };
+            name[n.min(15)..].fill(0);
+        }
+        // SAFETY: the thread is parked; only this thread touches the slot's name now.
+        unsafe { *s.name.get() = name };
+        let len = name.iter().position(|&c| c == 0).unwrap_or(16);
+        threads.push(ThreadState { tid, name: String::from_utf8_lossy(&name[..len]).into_owned(), main: tid == process.pid });
+    }
+    // SAFETY: CKPT_CTX was written by save_and_call in this thread.
+    let c = unsafe { *CKPT_CTX.0.get() };
+    let manifest = Manifest {
+        host: process::host(),
+        settings: SettingsState {
+            image_path: cfg.image_path.clone(),
+            exit_after: cfg.exit_after,
+            signal: cfg.signal,
+            suspend_signal: cfg.suspend_signal,
+        },
+        threads,
+        ckpt: CkptThreadState {
+            tid: sys::gettid(),
+            rbx: c.rbx,
+            rbp: c.rbp,
+            r12: c.r12,
+            r13: c.r13,
+            r14: c.r14,
+            r15: c.r15,
+            rsp: c.rsp,
+            rip: c.rip,
+            mxcsr: c.mxcsr,
+            fpucw: c.fpucw,
+            fs_base: CKPT_FS.load(Relaxed),
+        },
+        signals: signal::dump_actions(),
+        itimers: signal::dump_itimers(),
+        fds,
+        regions: layout.regions,
+        vdso: layout.vdso,
+        process,
+    };
+    write_image(&cfg.image_path, &manifest, layout.pages_len)
+}
+
+/// Writes the image to a temporary file beside `path`, makes it durable, and renames it over
+/// `path`: a reader sees the old image or the new one, never half of one.
+fn write_image(path: &str, m: &Manifest, pages_len: u64) -> Result<u64, String> {
+    let bytes = pmig_image::encode(m).map_err(|e| e.to_string())?;
+    let header = Header::layout(bytes.len() as u64, crc32fast::hash(&bytes), pages_len);
+    let tmp = format!("{path}.tmp.{}", sys::getpid());
+    let ctmp = sys::cstr(&tmp);
+    let fd = sys::openat(
+        libc::AT_FDCWD,
+        &ctmp,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+        0o600,
+    )
+    .map_err(|e| format!("cannot create {tmp}: {}", errno_str(e)))? as i32;
+    let r = (|| {
+        let w = |b: &[u8]| sys::write_all(fd, b).map_err(|e| format!("cannot write {tmp}: {}", errno_str(e)));
+        w(&header.to_bytes())?;
+        w(&bytes)?;
+        w(&vec![0u8; (header.pages_off - header.manifest_off - header.manifest_len) as usize])?;
+        let run_crcs = memory::write_pages(fd, &m.regions)?;
+        let trailer = pmig_image::encode(&Trailer { run_crcs }).map_err(|e| e.to_string())?;
+        w(&trailer)?;
+        let footer =
+            Footer { trailer_off: header.trailer_off(), trailer_len: trailer.len() as u64, trailer_crc: crc32fast::hash(&trailer) };
+        w(&footer.to_bytes())?;
+        sys::fsync(fd).map_err(|e| format!("cannot sync {tmp}: {}", errno_str(e)))?;
+        Ok(footer.total_len())
+    })();
+    let _ = sys::close(fd);
+    let total = match r {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = sys::unlink(&ctmp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = sys::rename(&ctmp, &sys::cstr(path)) {
+        let _ = sys::unlink(&ctmp);
+        return Err(format!("cannot rename {tmp} to {path}: {}", errno_str(e)));
+    }
+    let dir = path.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d }).unwrap_or(".");
+    if let Ok(dfd) = sys::openat(libc::AT_FDCWD, &sys::cstr(dir), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0) {
+        let _ = sys::fsync(dfd as i32);
+        let _ = sys::close(dfd as i32);
+    }
+    Ok(total)
+}
+
+/// A short description of an errno value (a table of our own: glibc's strerror may take the
+/// gettext lock, which a stopped thread could hold).
+pub fn errno_str(e: i32) -> String {
+    let what = match e {
+        libc::EPERM => "operation not permitted",
+        libc::ENOENT => "no such file or directory",
+        libc::EIO => "input/output error",
+        libc::EBADF => "bad file descriptor",
+        libc::ENOMEM => "out of memory",
+        libc::EACCES => "permission denied",
+        libc::EEXIST => "file exists",
+        libc::ENOTDIR => "not a directory",
+        libc::EISDIR => "is a directory",
+        libc::ENOSPC => "no space left on device",
+        libc::EROFS => "read-only file system",
+        libc::ENAMETOOLONG => "file name too long",
+        libc::EDQUOT => "disk quota exceeded",
+        _ => "error",
+    };
+    format!("{what} (errno {e})")
+}

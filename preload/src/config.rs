@@ -1,0 +1,49 @@
+//! Settings given by `pmig-run` in `PMIG_*` variables, read once at start and kept in memory
+//! (so a restored program keeps them), and the few process-wide flags.
+
+use std::sync::OnceLock;
+use core::sync::atomic::{AtomicI32, AtomicU32};
+
+/// How this program runs under pmig.
+#[derive(Debug)]
+pub struct Config {
+    /// Absolute path of the image to write.
+    pub image_path: String,
+    /// Exit once the image is durable.
+    pub exit_after: bool,
+    /// The checkpoint signal.
+    pub signal: i32,
+    /// The signal that stops threads for a checkpoint.
+    pub suspend_signal: i32,
+}
+
+pub static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// The pid pmig is active in (0: inactive). Updated after a restore.
+pub static ACTIVE_PID: AtomicI32 = AtomicI32::new(0);
+/// Bumped by the checkpoint signal handler; the checkpoint thread waits on it.
+pub static CKPT_REQUEST: AtomicU32 = AtomicU32::new(0);
+
+/// Default suspend signal: a real-time signal near the top, away from what programs use.
+pub const SUSPEND_SIGNAL: i32 = 62;
+
+/// The settings (pmig is active only when they are set).
+pub fn get() -> Option<&'static Config> {
+    CONFIG.get()
+}
+
+/// Reads the settings from the environment. `None` when this process is not the one pmig-run
+/// started (a child inherits the variables but has another pid) or pmig is not configured.
+pub fn from_env() -> Option<Config> {
+    let pid: i32 = std::env::var("PMIG_PID").ok()?.parse().ok()?;
+    if pid != crate::sys::getpid() {
+        return None;
+    }
+    let image_path = std::env::var("PMIG_IMAGE").ok()?;
+    let exit_after = std::env::var("PMIG_EXIT").map(|v| v == "1").unwrap_or(false);
+    let signal = std::env::var("PMIG_SIGNAL").ok().and_then(|s| s.parse().ok()).unwrap_or(libc::SIGUSR2);
+    if crate::log::debug_on() {
+        crate::log::say!("active: image {image_path}, exit after checkpoint: {exit_after}, signal {signal}");
+    }
+    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL })
+}

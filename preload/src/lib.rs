@@ -1,0 +1,90 @@
+//! libpmig: preloaded into a program by `pmig-run`, it makes the program checkpointable.
+//!
+//! At load time (a constructor in `.init_array`) it reads its settings, reserves the restore
+//! engine's address range, installs the checkpoint and suspend signal handlers and starts the
+//! checkpoint thread. The checkpoint signal wakes that thread, which stops the others, writes
+//! the image and lets them go on (or exits); after a restore the same thread wakes up inside
+//! the restored process and finishes the restore (see `restore`).
+//!
+//! Modules, by resource family: `memory`, `thread`, `fd`, `signal`, `process`; control in
+//! `checkpoint` and `restore`; exported libc replacements in `api`.
+
+pub mod alloc;
+pub mod api;
+pub mod checkpoint;
+pub mod config;
+pub mod fd;
+pub mod log;
+pub mod memory;
+pub mod process;
+pub mod restore;
+pub mod signal;
+pub mod sys;
+pub mod thread;
+
+use core::sync::atomic::Ordering::Relaxed;
+use log::{debug, say};
+use pmig_abi::{ENGINE_BASE, RESERVE_LEN};
+
+#[global_allocator]
+static ALLOC: alloc::PmigAlloc = alloc::PmigAlloc;
+
+/// Maps the engine's range `PROT_NONE` so nothing of the program ever lands there.
+pub fn reserve_engine_range() -> bool {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
+    matches!(sys::mmap(ENGINE_BASE, RESERVE_LEN, libc::PROT_NONE, flags, -1, 0), Ok(a) if a == ENGINE_BASE)
+}
+
+fn find_rseq() {
+    // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names; the symbols, when present, are
+    // glibc's `__rseq_offset` (ptrdiff_t) and `__rseq_size` (unsigned int), set before any
+    // constructor of a preloaded library runs.
+    unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const i64;
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
+        if !off.is_null() && !size.is_null() && *size > 0 {
+            thread::RSEQ_OFFSET.store(*off as u64, Relaxed);
+            thread::RSEQ_SIZE.store(*size, Relaxed);
+        }
+    }
+}
+
+extern "C" fn init() {
+    if std::env::var_os("PMIG_DEBUG").is_some_and(|v| !v.is_empty() && v != "0") {
+        log::DEBUG.store(true, Relaxed);
+    }
+    let Some(cfg) = config::from_env() else { return };
+    if !reserve_engine_range() {
+        say!(
+            "cannot reserve the address range {ENGINE_BASE:#x}-{:#x} (something is mapped there); checkpoints are disabled",
+            ENGINE_BASE + RESERVE_LEN
+        );
+        return;
+    }
+    if !alloc::map_arena(0) {
+        say!("cannot map the checkpoint arena; checkpoints are disabled");
+        return;
+    }
+    thread::TID_OFFSET.store(thread::find_tid_offset(), Relaxed);
+    find_rseq();
+    let (sig, sus) = (cfg.signal, cfg.suspend_signal);
+    if config::CONFIG.set(cfg).is_err() {
+        return;
+    }
+    config::ACTIVE_PID.store(sys::getpid(), Relaxed);
+    if let Err(e) = signal::install_handlers(sig, sus) {
+        say!("cannot install the checkpoint signal handler: errno {e}; checkpoints are disabled");
+        config::ACTIVE_PID.store(0, Relaxed);
+        return;
+    }
+    if let Err(e) = checkpoint::start() {
+        say!("cannot start the checkpoint thread: {e}; checkpoints are disabled");
+        config::ACTIVE_PID.store(0, Relaxed);
+        return;
+    }
+    debug!("ready: tid offset {}, rseq size {}", thread::TID_OFFSET.load(Relaxed), thread::RSEQ_SIZE.load(Relaxed));
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;

@@ -1,0 +1,271 @@
+//! Memory: which regions the process has, which of their pages are populated, and writing
+//! those pages to the image.
+//!
+//! Runs in the checkpoint thread with every other thread parked, allocating only from the
+//! arena. The truth comes from `/proc/self/maps` and `/proc/self/pagemap`: a page is saved
+//! when it is present or swapped, except pages of private file mappings still shared with the
+//! page cache (pagemap bit 61), which come back from the file, and shared file mappings, whose
+//! file holds them.
+
+use crate::sys;
+use pmig_image::{FileIdent, PageRun, RegionKind, RegionState, VdsoState};
+
+const PAGE: u64 = 4096;
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// One line of `/proc/self/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapLine {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+    pub shared: bool,
+    pub offset: u64,
+    pub inode: u64,
+    pub path: String,
+}
+
+/// Parses `/proc/self/maps` text.
+pub fn parse_maps(text: &str) -> Vec<MapLine> {
+    text.lines().filter_map(parse_map_line).collect()
+}
+
+fn parse_map_line(line: &str) -> Option<MapLine> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let _dev = it.next()?;
+    let inode = it.next()?.parse().ok()?;
+    let path = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    if perms.len() < 4 {
+        return None;
+    }
+    let prot = (perms[0] == b'r') as u32 | ((perms[1] == b'w') as u32) << 1 | ((perms[2] == b'x') as u32) << 2;
+    Some(MapLine {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        prot,
+        shared: perms[3] == b's',
+        offset,
+        inode,
+        path,
+    })
+}
+
+/// Identity of the file at `path`.
+pub fn file_ident(path: &str) -> Result<FileIdent, i32> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    sys::fstatat(libc::AT_FDCWD, &sys::cstr(path), &mut st, 0)?;
+    Ok(FileIdent {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+    })
+}
+
+/// What the dump found: regions to restore (with their page runs), the vdso block, and the
+/// total length of the page data.
+pub struct Layout {
+    pub regions: Vec<RegionState>,
+    pub vdso: VdsoState,
+    pub pages_len: u64,
+}
+
+/// Reads the address space. `skip` are ranges that are pmig's own and never saved.
+pub fn collect(skip: &[(u64, u64)]) -> Result<Layout, String> {
+    let text = sys::read_file_vec(b"/proc/self/maps\0").map_err(|e| format!("cannot read /proc/self/maps: errno {e}"))?;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let pagemap = sys::openat(libc::AT_FDCWD, b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .map_err(|e| format!("cannot open /proc/self/pagemap: errno {e}"))? as i32;
+    let r = collect_from(&parse_maps(&text), skip, pagemap);
+    let _ = sys::close(pagemap);
+    r
+}
+
+fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<Layout, String> {
+    let mut regions = Vec::new();
+    let mut vdso = VdsoState::default();
+    let mut data_off = 0u64;
+    let mut entries = vec![0u64; 64 * 1024];
+    for m in maps {
+        if skip.iter().any(|&(s, e)| m.start < e && m.end > s) {
+            continue;
+        }
+        let kind = match m.path.as_str() {
+            "[vvar]" | "[vvar_vclock]" | "[vdso]" => {
+                vdso.parts.push((m.path.clone(), m.start, m.end));
+                if m.path == "[vdso]" {
+                    let len = (m.end - m.start) as usize;
+                    let mut bytes = vec![0u8; len];
+                    // SAFETY: the vdso is mapped readable for its whole length.
+                    unsafe { core::ptr::copy_nonoverlapping(m.start as *const u8, bytes.as_mut_ptr(), len) };
+                    vdso.vdso_bytes = bytes;
+                }
+                continue;
+            }
+            "[vsyscall]" => continue,
+            "[stack]" => RegionKind::Stack,
+            "[heap]" => RegionKind::Heap,
+            "" => RegionKind::Anon,
+            p if p.starts_with("[anon:") => RegionKind::Anon,
+            "/dev/zero (deleted)" => RegionKind::Anon,
+            p if p.starts_with('[') => return Err(format!("the mapping {p} at {:#x} is not supported yet", m.start)),
+            p if p.ends_with(" (deleted)") => {
+                return Err(format!(
+                    "the mapping of {p} at {:#x} (a deleted file, memfd or shared memory) is not supported yet",
+                    m.start
+                ))
+            }
+            p => {
+                let ident = file_ident(p).map_err(|e| format!("cannot stat mapped file {p}: errno {e}"))?;
+                if ident.ino != m.inode {
+                    return Err(format!("the mapped file {p} was replaced after it was mapped"));
+                }
+                RegionKind::File { path: p.to_string(), offset: m.offset, ident }
+            }
+        };
+        let is_file = matches!(kind, RegionKind::File { .. });
+        let runs = if is_file && m.shared {
+            Vec::new()
+        } else {
+            populated_runs(m.start, m.end, is_file, pagemap, &mut entries, &mut data_off)
+                .map_err(|e| format!("cannot read pagemap: errno {e}"))?
+        };
+        regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: m.shared, kind, runs });
+    }
+    Ok(Layout { regions, vdso, pages_len: data_off })
+}
+
+fn populated_runs(
+    start: u64,
+    end: u64,
+    file_private: bool,
+    pagemap: i32,
+    entries: &mut [u64],
+    data_off: &mut u64,
+) -> Result<Vec<PageRun>, i32> {
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut page = start / PAGE;
+    let last = end / PAGE;
+    while page < last {
+        let n = ((last - page) as usize).min(entries.len());
+        // SAFETY: viewing a u64 slice as bytes of the same length is always valid.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(entries.as_mut_ptr() as *mut u8, n * 8) };
+        let got = sys::pread(pagemap, bytes, page * 8)? as usize / 8;
+        if got == 0 {
+            return Err(libc::EIO);
+        }
+        for (i, &e) in entries[..got].iter().enumerate() {
+            let want = if file_private {
+                (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
+            } else {
+                e & (PM_PRESENT | PM_SWAPPED) != 0
+            };
+            if !want {
+                continue;
+            }
+            let addr = (page + i as u64) * PAGE;
+            match runs.last_mut() {
+                Some(r) if r.addr + r.len == addr => r.len += PAGE,
+                _ => runs.push(PageRun { addr, len: PAGE, data_off: *data_off }),
+            }
+            *data_off += PAGE;
+        }
+        page += got as u64;
+    }
+    Ok(runs)
+}
+
+/// Writes every run's pages to `fd` through a bounce buffer (so the checksum covers exactly
+/// the bytes written, even for the checkpoint thread's own stack), returning a crc per run.
+/// Unreadable regions are read through `/proc/self/mem`.
+pub fn write_pages(fd: i32, regions: &[RegionState]) -> Result<Vec<u32>, String> {
+    let mut crcs = Vec::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mem = sys::openat(libc::AT_FDCWD, b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .map_err(|e| format!("cannot open /proc/self/mem: errno {e}"))? as i32;
+    let r = (|| {
+        for r in regions {
+            let readable = r.prot & 1 != 0;
+            for run in &r.runs {
+                let mut h = crc32fast::Hasher::new();
+                let mut done = 0u64;
+                while done < run.len {
+                    let n = (run.len - done).min(buf.len() as u64) as usize;
+                    let src = run.addr + done;
+                    if readable {
+                        // SAFETY: [src, src+n) lies in a readable mapping of this process that
+                        // nothing unmaps while the other threads are parked.
+                        unsafe { core::ptr::copy_nonoverlapping(src as *const u8, buf.as_mut_ptr(), n) };
+                    } else {
+                        let got = sys::pread(mem, &mut buf[..n], src).map_err(|e| {
+                            format!("cannot read memory at {src:#x} through /proc/self/mem: errno {e}")
+                        })?;
+                        if got as usize != n {
+                            return Err(format!("short read of memory at {src:#x}"));
+                        }
+                    }
+                    h.update(&buf[..n]);
+                    sys::write_all(fd, &buf[..n]).map_err(|e| format!("cannot write the image: errno {e}"))?;
+                    done += n as u64;
+                }
+                crcs.push(h.finalize());
+            }
+        }
+        Ok(crcs)
+    })();
+    let _ = sys::close(mem);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let m = parse_maps(
+            "55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0                          [heap]\n\
+             7f00000000-7f00002000 r-xs 00001000 fd:01 1234    /usr/lib/a file.so\n\
+             7ffc0000-7ffc1000 ---p 00000000 00:00 0 \n",
+        );
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].path, "[heap]");
+        assert_eq!(m[0].prot, 3);
+        assert!(!m[0].shared);
+        assert_eq!(m[1].path, "/usr/lib/a file.so");
+        assert_eq!(m[1].prot, 5);
+        assert!(m[1].shared);
+        assert_eq!(m[1].offset, 0x1000);
+        assert_eq!(m[1].inode, 1234);
+        assert_eq!(m[2].prot, 0);
+        assert_eq!(m[2].path, "");
+    }
+
+    #[test]
+    fn finds_populated_pages_of_a_sparse_mapping() {
+        let len = 64 * PAGE;
+        let a = sys::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            .unwrap();
+        for p in [3u64, 4, 10] {
+            // SAFETY: inside the mapping just made.
+            unsafe { *((a + p * PAGE) as *mut u8) = 1 };
+        }
+        let pm = sys::openat(libc::AT_FDCWD, b"/proc/self/pagemap\0", libc::O_RDONLY, 0).unwrap() as i32;
+        let mut entries = vec![0u64; 16];
+        let mut off = 0;
+        let runs = populated_runs(a, a + len, false, pm, &mut entries, &mut off).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!((runs[0].addr, runs[0].len, runs[0].data_off), (a + 3 * PAGE, 2 * PAGE, 0));
+        assert_eq!((runs[1].addr, runs[1].len, runs[1].data_off), (a + 10 * PAGE, PAGE, 2 * PAGE));
+        assert_eq!(off, 3 * PAGE);
+        // SAFETY: the mapping is ours and unused now.
+        unsafe { sys::munmap(a, len).unwrap() };
+    }
+}

@@ -1,0 +1,134 @@
+//! Process-wide state: identity, command line, mm layout, auxv, cwd, umask, resource limits,
+//! and the host it runs on (dump and restore side by side).
+
+use crate::{log, sys};
+use pmig_image::{HostState, MmState, ProcessState, RlimitState};
+
+fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim())
+}
+
+/// Fields of `/proc/self/stat` after the command name, numbered as in proc(5).
+fn stat_fields(stat: &str) -> Vec<u64> {
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    // Field 3 (state) is the first after ')': pad so index == proc(5) number.
+    let mut v = vec![0u64, 0, 0];
+    v.extend(after.split_whitespace().map(|f| f.parse::<i64>().unwrap_or(0) as u64));
+    v
+}
+
+fn utsfield(f: &[libc::c_char]) -> String {
+    let b: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// The host's description.
+pub fn host() -> HostState {
+    // SAFETY: an all-zero `utsname` is a valid value of this plain C struct.
+    let mut u: libc::utsname = unsafe { core::mem::zeroed() };
+    let _ = sys::uname(&mut u);
+    HostState {
+        machine: utsfield(&u.machine),
+        kernel_release: utsfield(&u.release),
+        hostname: utsfield(&u.nodename),
+        xcr0: pmig_abi::arch::xcr0(),
+        time: sys::time_now(),
+    }
+}
+
+/// Reads the process-wide state.
+pub fn dump() -> Result<ProcessState, String> {
+    let read = |p: &[u8]| {
+        sys::read_file_vec(p).map(|v| String::from_utf8_lossy(&v).into_owned()).map_err(|e| {
+            format!("cannot read {}: errno {e}", String::from_utf8_lossy(&p[..p.len() - 1]))
+        })
+    };
+    let stat = read(b"/proc/self/stat\0")?;
+    let status = read(b"/proc/self/status\0")?;
+    let f = stat_fields(&stat);
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    let mm = MmState {
+        start_code: get(26),
+        end_code: get(27),
+        start_stack: get(28),
+        start_data: get(45),
+        end_data: get(46),
+        start_brk: get(47),
+        brk: sys::brk_current(),
+        arg_start: get(48),
+        arg_end: get(49),
+        env_start: get(50),
+        env_end: get(51),
+    };
+    let auxv_bytes = sys::read_file_vec(b"/proc/self/auxv\0").map_err(|e| format!("cannot read auxv: errno {e}"))?;
+    let auxv = auxv_bytes.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+    let cmdline = sys::read_file_vec(b"/proc/self/cmdline\0").unwrap_or_default();
+    let argv = cmdline.split(|&c| c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let rlimits = (0..16u32)
+        .filter_map(|r| {
+            let mut l = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+            sys::prlimit(r, None, Some(&mut l)).ok()?;
+            Some(RlimitState { resource: r, cur: l.rlim_cur, max: l.rlim_max })
+        })
+        .collect();
+    Ok(ProcessState {
+        pid: sys::getpid(),
+        ppid: sys::getppid(),
+        uid: sys::getuid(),
+        gid: sys::getgid(),
+        exe: sys::readlink_string(b"/proc/self/exe\0").unwrap_or_default(),
+        argv,
+        comm: read(b"/proc/self/comm\0").unwrap_or_default().trim_end().to_string(),
+        cwd: sys::readlink_string(b"/proc/self/cwd\0").unwrap_or_default(),
+        umask: status_field(&status, "Umask:").and_then(|u| u32::from_str_radix(u, 8).ok()).unwrap_or(0o022),
+        rlimits,
+        mm,
+        auxv,
+        pending_signals: status_field(&status, "ShdPnd:").and_then(|p| u64::from_str_radix(p, 16).ok()).unwrap_or(0),
+    })
+}
+
+/// Puts back cwd, umask and resource limits.
+pub fn restore(p: &ProcessState) {
+    if let Err(e) = sys::chdir(&sys::cstr(&p.cwd)) {
+        log::say!("warning: cannot change to the saved working directory {}: errno {e}", p.cwd);
+    }
+    let _ = sys::umask(p.umask);
+    for l in &p.rlimits {
+        let mut cur = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+        if sys::prlimit(l.resource, None, Some(&mut cur)).is_ok() && cur.rlim_cur == l.cur && cur.rlim_max == l.max {
+            continue;
+        }
+        let want = libc::rlimit64 { rlim_cur: l.cur, rlim_max: l.max };
+        if sys::prlimit(l.resource, Some(&want), None).is_err() {
+            // Unprivileged, a hard limit cannot be raised: keep the soft one if it fits.
+            let soft = libc::rlimit64 { rlim_cur: l.cur.min(cur.rlim_max), rlim_max: cur.rlim_max };
+            if sys::prlimit(l.resource, Some(&soft), None).is_err() || soft.rlim_cur != l.cur {
+                log::debug!("resource limit {} kept at {}/{}", l.resource, cur.rlim_cur, cur.rlim_max);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_numbered_as_in_proc5() {
+        let f = stat_fields("1234 (a) b) c) S 1 2 3 4 5");
+        assert_eq!(f[3], 0); // "S" is not a number
+        assert_eq!(f[4], 1);
+        assert_eq!(f[8], 5);
+    }
+
+    #[test]
+    fn dump_reads_this_process() {
+        let p = dump().unwrap();
+        assert_eq!(p.pid, std::process::id() as i32);
+        assert!(p.mm.start_code > 0 && p.mm.end_code > p.mm.start_code);
+        assert!(p.mm.brk >= p.mm.start_brk);
+        assert!(p.auxv.len() > 10);
+        assert!(!p.argv.is_empty());
+    }
+}

@@ -1,0 +1,88 @@
+//! The in-process half of restore, run by the restored checkpoint thread.
+//!
+//! **Runs before any other thread exists and while their memory says they are parked**
+//! (possibly inside libc, holding its locks): no `malloc` (the arena is on), no locks, raw
+//! system calls only.
+//!
+//! Algorithm:
+//! 1. map the arena again (it is never saved) — nothing may allocate before this;
+//! 2. read the engine's mailbox, fix this thread's own kernel state (tid, robust list, rseq);
+//! 3. read the manifest from the plan fd; reopen fds, put back cwd, umask, rlimits, signal
+//!    dispositions, interval timers;
+//! 4. clone every saved thread into its context and wait until each has fixed its own state;
+//! 5. re-send pending signals, drop the engine and re-reserve its range, release the threads.
+
+use crate::checkpoint::{CKPT_ROBUST, CKPT_TID};
+use crate::log::{debug, say};
+use crate::{alloc, config, fd, log, process, signal, sys, thread};
+use core::sync::atomic::Ordering::*;
+use pmig_abi::{Mailbox, ENGINE_BASE, MAILBOX_MAGIC, RESERVE_LEN};
+use pmig_image::Manifest;
+
+/// Takes over from the engine. Returns with the program running again.
+pub fn restored(mb: *const Mailbox) {
+    if !alloc::map_arena(alloc::ARENA_BASE.load(Relaxed)) {
+        say!("restore failed: cannot map pmig's arena again");
+        sys::exit_group(120);
+    }
+    // SAFETY: the engine passes the address of its mailbox, which stays mapped (in the
+    // reserved range) until step 5.
+    let mb = unsafe { *mb };
+    if mb.magic != MAILBOX_MAGIC {
+        say!("restore failed: the engine's mailbox is damaged");
+        sys::exit_group(121);
+    }
+    log::DEBUG.store(mb.debug != 0, Relaxed);
+    thread::fix_own_thread_state(CKPT_ROBUST[0].load(Relaxed), CKPT_ROBUST[1].load(Relaxed));
+    CKPT_TID.store(sys::gettid(), Relaxed);
+    config::ACTIVE_PID.store(sys::getpid(), Relaxed);
+    debug!("restore: in the restored process");
+
+    let mut buf = vec![0u8; mb.manifest_len as usize];
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::pread(mb.plan_fd, &mut buf[got..], mb.manifest_off + got as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n as usize,
+        }
+    }
+    let m: Manifest = match pmig_image::decode(&buf[..got], "manifest") {
+        Ok(m) => m,
+        Err(e) => {
+            say!("restore failed: cannot read the manifest from the plan: {e}");
+            sys::exit_group(122);
+        }
+    };
+    let mut keep = [mb.plan_fd, mb.image_fd];
+    fd::restore(&m.fds, &mut keep);
+    process::restore(&m.process);
+    signal::restore_actions(&m.signals);
+    signal::restore_itimers(&m.itimers);
+    let mut comm = [0u8; 16];
+    let n = m.process.comm.len().min(15);
+    comm[..n].copy_from_slice(&m.process.comm.as_bytes()[..n]);
+    let _ = sys::prctl(libc::PR_SET_NAME, comm.as_ptr() as u64, 0, 0, 0);
+    debug!("restore: process state back; recreating {} thread(s)", m.threads.len());
+
+    match thread::recreate_all() {
+        Ok(n) => debug!("restore: {n} thread(s) ready"),
+        Err(e) => {
+            say!("restore failed: cannot recreate the program's threads: errno {e}");
+            sys::exit_group(123);
+        }
+    }
+    signal::restore_pending(m.process.pending_signals);
+    for k in keep {
+        let _ = sys::close(k);
+    }
+    // SAFETY: nothing uses the engine any more (its mailbox was copied above).
+    unsafe {
+        let _ = sys::munmap(ENGINE_BASE, RESERVE_LEN);
+    }
+    crate::reserve_engine_range();
+    drop(buf);
+    drop(m);
+    alloc::arena_off();
+    debug!("restore: done; the program goes on as pid {}", sys::getpid());
+    thread::release_all();
+}

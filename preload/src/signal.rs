@@ -1,0 +1,115 @@
+//! Signals: pmig's own two handlers, and the program's dispositions, interval timers and
+//! pending signals (dump and restore side by side).
+//!
+//! `ckpt_handler` is signal-time code: it only bumps a futex word (async-signal-safe).
+
+use crate::sys::{self, KSigAction};
+use crate::{config, log};
+use core::sync::atomic::Ordering::*;
+use pmig_image::{ItimerState, SigActionState};
+
+/// Signal-time: the checkpoint signal only wakes the checkpoint thread.
+extern "C" fn ckpt_handler(_sig: i32, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+    // A forked child inherits the handler but not the checkpoint thread: ignore it there.
+    if sys::getpid() != config::ACTIVE_PID.load(Relaxed) {
+        return;
+    }
+    config::CKPT_REQUEST.fetch_add(1, AcqRel);
+    let _ = sys::futex_wake(&config::CKPT_REQUEST);
+}
+
+/// `SA_RESTORER` (x86_64): `restorer` is the `rt_sigreturn` trampoline.
+const SA_RESTORER: u64 = 0x0400_0000;
+
+fn install(sig: i32, handler: u64) -> Result<(), i32> {
+    let act = KSigAction {
+        handler,
+        flags: (libc::SA_SIGINFO | libc::SA_RESTART) as u64 | SA_RESTORER,
+        restorer: pmig_abi::arch::sigreturn_trampoline(),
+        mask: !0u64,
+    };
+    sys::rt_sigaction(sig, Some(&act), None).map(|_| ())
+}
+
+/// Installs the checkpoint and suspend handlers.
+pub fn install_handlers(ckpt_sig: i32, suspend_sig: i32) -> Result<(), i32> {
+    install(ckpt_sig, ckpt_handler as *const () as u64)?;
+    install(suspend_sig, crate::thread::suspend_handler as *const () as u64)
+}
+
+/// Bit of `sig` in a kernel signal mask.
+pub fn bit(sig: i32) -> u64 {
+    1u64 << (sig - 1)
+}
+
+/// Blocks every signal in the calling thread (the checkpoint thread never runs handlers).
+pub fn block_all() {
+    let all = !0u64;
+    let _ = sys::rt_sigprocmask(libc::SIG_SETMASK, Some(&all), None);
+}
+
+/// Every signal's disposition.
+pub fn dump_actions() -> Vec<SigActionState> {
+    let mut v = Vec::with_capacity(64);
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let mut old = KSigAction::default();
+        if sys::rt_sigaction(sig, None, Some(&mut old)).is_ok() {
+            v.push(SigActionState { sig, handler: old.handler, flags: old.flags, restorer: old.restorer, mask: old.mask });
+        }
+    }
+    v
+}
+
+/// Puts every saved disposition back (pmig's own handlers are among them).
+pub fn restore_actions(saved: &[SigActionState]) {
+    for s in saved {
+        let act = KSigAction { handler: s.handler, flags: s.flags, restorer: s.restorer, mask: s.mask };
+        if let Err(e) = sys::rt_sigaction(s.sig, Some(&act), None) {
+            log::say!("warning: cannot restore the handler of signal {}: errno {e}", s.sig);
+        }
+    }
+}
+
+fn tv_us(tv: &libc::timeval) -> u64 {
+    tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64
+}
+
+fn us_tv(us: u64) -> libc::timeval {
+    libc::timeval { tv_sec: (us / 1_000_000) as i64, tv_usec: (us % 1_000_000) as i64 }
+}
+
+/// The three interval timers.
+pub fn dump_itimers() -> Vec<ItimerState> {
+    (0..3)
+        .filter_map(|which| {
+            let mut v = libc::itimerval { it_interval: us_tv(0), it_value: us_tv(0) };
+            sys::getitimer(which, &mut v).ok()?;
+            Some(ItimerState { which, interval_us: tv_us(&v.it_interval), value_us: tv_us(&v.it_value) })
+        })
+        .collect()
+}
+
+/// Re-arms the interval timers with what was left of them.
+pub fn restore_itimers(saved: &[ItimerState]) {
+    for t in saved.iter().filter(|t| t.value_us != 0 || t.interval_us != 0) {
+        // An armed timer with 0 left would disarm; fire it at once instead.
+        let v = libc::itimerval { it_interval: us_tv(t.interval_us), it_value: us_tv(t.value_us.max(1)) };
+        if let Err(e) = sys::setitimer(t.which, &v) {
+            log::say!("warning: cannot re-arm interval timer {}: errno {e}", t.which);
+        }
+    }
+}
+
+/// Sends the process the signals that were pending for it at checkpoint time (standard
+/// signals; queued real-time values are not kept).
+pub fn restore_pending(mask: u64) {
+    let pid = sys::getpid();
+    for sig in 1..=64 {
+        if mask & bit(sig) != 0 {
+            let _ = sys::kill(pid, sig);
+        }
+    }
+}

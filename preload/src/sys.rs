@@ -1,0 +1,360 @@
+//! Raw system calls, one function per call, named after it.
+//!
+//! pmig calls the kernel directly instead of through libc: its checkpoint code runs while
+//! other threads are stopped (maybe inside libc, holding its locks), and libc's own entry points
+//! for `open`, `sigaction`, … are the ones pmig wraps for the program. Each function returns
+//! the kernel's result or `Err(errno)`.
+
+use pmig_abi::arch::syscall6;
+
+pub type Res = Result<u64, i32>;
+
+fn res(r: i64) -> Res {
+    if (-4095..0).contains(&r) {
+        Err((-r) as i32)
+    } else {
+        Ok(r as u64)
+    }
+}
+
+macro_rules! sc {
+    ($n:expr) => { sc!($n, 0, 0, 0, 0, 0, 0) };
+    ($n:expr, $a:expr) => { sc!($n, $a, 0, 0, 0, 0, 0) };
+    ($n:expr, $a:expr, $b:expr) => { sc!($n, $a, $b, 0, 0, 0, 0) };
+    ($n:expr, $a:expr, $b:expr, $c:expr) => { sc!($n, $a, $b, $c, 0, 0, 0) };
+    ($n:expr, $a:expr, $b:expr, $c:expr, $d:expr) => { sc!($n, $a, $b, $c, $d, 0, 0) };
+    ($n:expr, $a:expr, $b:expr, $c:expr, $d:expr, $e:expr) => { sc!($n, $a, $b, $c, $d, $e, 0) };
+    ($n:expr, $a:expr, $b:expr, $c:expr, $d:expr, $e:expr, $f:expr) => {
+        // SAFETY: each wrapper below documents what its pointer arguments must satisfy; the
+        // ones taking slices or references derive pointers and lengths from them.
+        res(unsafe { syscall6($n as u64, $a as u64, $b as u64, $c as u64, $d as u64, $e as u64, $f as u64) })
+    };
+}
+
+/// `read(2)`.
+pub fn read(fd: i32, buf: &mut [u8]) -> Res {
+    sc!(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len())
+}
+
+/// `write(2)`.
+pub fn write(fd: i32, buf: &[u8]) -> Res {
+    sc!(libc::SYS_write, fd, buf.as_ptr(), buf.len())
+}
+
+/// `pread64(2)`.
+pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> Res {
+    sc!(libc::SYS_pread64, fd, buf.as_mut_ptr(), buf.len(), off)
+}
+
+/// Writes all of `buf`, retrying short writes and `EINTR`.
+pub fn write_all(fd: i32, mut buf: &[u8]) -> Result<(), i32> {
+    while !buf.is_empty() {
+        match write(fd, buf) {
+            Ok(n) => buf = &buf[n as usize..],
+            Err(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `openat(2)`; `path` must end with a NUL byte.
+pub fn openat(dirfd: i32, path: &[u8], flags: i32, mode: u32) -> Res {
+    debug_assert_eq!(path.last(), Some(&0));
+    sc!(libc::SYS_openat, dirfd, path.as_ptr(), flags, mode)
+}
+
+/// `close(2)`.
+pub fn close(fd: i32) -> Res {
+    sc!(libc::SYS_close, fd)
+}
+
+/// `lseek(2)`.
+pub fn lseek(fd: i32, off: i64, whence: i32) -> Res {
+    sc!(libc::SYS_lseek, fd, off, whence)
+}
+
+/// `fcntl(2)` with an integer argument.
+pub fn fcntl(fd: i32, cmd: i32, arg: u64) -> Res {
+    sc!(libc::SYS_fcntl, fd, cmd, arg)
+}
+
+/// `dup3(2)`.
+pub fn dup3(old: i32, new: i32, flags: i32) -> Res {
+    sc!(libc::SYS_dup3, old, new, flags)
+}
+
+/// `fsync(2)`.
+pub fn fsync(fd: i32) -> Res {
+    sc!(libc::SYS_fsync, fd)
+}
+
+/// `fstat(2)`.
+pub fn fstat(fd: i32, st: &mut libc::stat) -> Res {
+    sc!(libc::SYS_fstat, fd, st as *mut libc::stat)
+}
+
+/// `newfstatat(2)`; `path` must end with a NUL byte.
+pub fn fstatat(dirfd: i32, path: &[u8], st: &mut libc::stat, flags: i32) -> Res {
+    sc!(libc::SYS_newfstatat, dirfd, path.as_ptr(), st as *mut libc::stat, flags)
+}
+
+/// `readlinkat(2)`; `path` must end with a NUL byte.
+pub fn readlinkat(dirfd: i32, path: &[u8], buf: &mut [u8]) -> Res {
+    sc!(libc::SYS_readlinkat, dirfd, path.as_ptr(), buf.as_mut_ptr(), buf.len())
+}
+
+/// `renameat(2)`; both paths must end with a NUL byte.
+pub fn rename(from: &[u8], to: &[u8]) -> Res {
+    sc!(libc::SYS_renameat, libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr())
+}
+
+/// `unlinkat(2)`; `path` must end with a NUL byte.
+pub fn unlink(path: &[u8]) -> Res {
+    sc!(libc::SYS_unlinkat, libc::AT_FDCWD, path.as_ptr(), 0)
+}
+
+/// `getdents64(2)`.
+pub fn getdents64(fd: i32, buf: &mut [u8]) -> Res {
+    sc!(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len())
+}
+
+/// `chdir(2)`; `path` must end with a NUL byte.
+pub fn chdir(path: &[u8]) -> Res {
+    sc!(libc::SYS_chdir, path.as_ptr())
+}
+
+/// `umask(2)`.
+pub fn umask(mask: u32) -> Res {
+    sc!(libc::SYS_umask, mask)
+}
+
+/// `getpid(2)`.
+pub fn getpid() -> i32 {
+    sc!(libc::SYS_getpid).unwrap_or(0) as i32
+}
+
+/// `getppid(2)`.
+pub fn getppid() -> i32 {
+    sc!(libc::SYS_getppid).unwrap_or(0) as i32
+}
+
+/// `gettid(2)`.
+pub fn gettid() -> i32 {
+    sc!(libc::SYS_gettid).unwrap_or(0) as i32
+}
+
+/// `getuid(2)`.
+pub fn getuid() -> u32 {
+    sc!(libc::SYS_getuid).unwrap_or(0) as u32
+}
+
+/// `getgid(2)`.
+pub fn getgid() -> u32 {
+    sc!(libc::SYS_getgid).unwrap_or(0) as u32
+}
+
+/// `tgkill(2)`.
+pub fn tgkill(pid: i32, tid: i32, sig: i32) -> Res {
+    sc!(libc::SYS_tgkill, pid, tid, sig)
+}
+
+/// `kill(2)`.
+pub fn kill(pid: i32, sig: i32) -> Res {
+    sc!(libc::SYS_kill, pid, sig)
+}
+
+/// `futex(FUTEX_WAIT_PRIVATE)` while `*word == val`, for at most `timeout_ms` (0: forever).
+pub fn futex_wait(word: &core::sync::atomic::AtomicU32, val: u32, timeout_ms: u64) -> Res {
+    let ts = libc::timespec { tv_sec: (timeout_ms / 1000) as i64, tv_nsec: ((timeout_ms % 1000) * 1_000_000) as i64 };
+    let tsp = if timeout_ms == 0 { core::ptr::null() } else { &ts as *const libc::timespec };
+    sc!(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, val, tsp)
+}
+
+/// `futex(FUTEX_WAKE_PRIVATE)` of every waiter.
+pub fn futex_wake(word: &core::sync::atomic::AtomicU32) -> Res {
+    sc!(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX)
+}
+
+/// `mmap(2)`.
+pub fn mmap(addr: u64, len: u64, prot: i32, flags: i32, fd: i32, off: u64) -> Res {
+    sc!(libc::SYS_mmap, addr, len, prot, flags, fd, off)
+}
+
+/// `munmap(2)`.
+///
+/// # Safety
+/// Nothing may still use the memory.
+pub unsafe fn munmap(addr: u64, len: u64) -> Res {
+    sc!(libc::SYS_munmap, addr, len)
+}
+
+/// `madvise(2)`.
+///
+/// # Safety
+/// With `MADV_DONTNEED`, nothing may still need the contents.
+pub unsafe fn madvise(addr: u64, len: u64, advice: i32) -> Res {
+    sc!(libc::SYS_madvise, addr, len, advice)
+}
+
+/// The kernel's `struct sigaction` (x86_64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KSigAction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// `rt_sigaction(2)`.
+pub fn rt_sigaction(sig: i32, act: Option<&KSigAction>, old: Option<&mut KSigAction>) -> Res {
+    let a = act.map_or(core::ptr::null(), |a| a as *const KSigAction);
+    let o = old.map_or(core::ptr::null_mut(), |o| o as *mut KSigAction);
+    sc!(libc::SYS_rt_sigaction, sig, a, o, 8)
+}
+
+/// `rt_sigprocmask(2)` on a kernel 64-bit mask.
+pub fn rt_sigprocmask(how: i32, set: Option<&u64>, old: Option<&mut u64>) -> Res {
+    let s = set.map_or(core::ptr::null(), |s| s as *const u64);
+    let o = old.map_or(core::ptr::null_mut(), |o| o as *mut u64);
+    sc!(libc::SYS_rt_sigprocmask, how, s, o, 8)
+}
+
+/// `getitimer(2)`.
+pub fn getitimer(which: i32, v: &mut libc::itimerval) -> Res {
+    sc!(libc::SYS_getitimer, which, v as *mut libc::itimerval)
+}
+
+/// `setitimer(2)`.
+pub fn setitimer(which: i32, v: &libc::itimerval) -> Res {
+    sc!(libc::SYS_setitimer, which, v as *const libc::itimerval, 0)
+}
+
+/// `prlimit64(2)` on this process.
+pub fn prlimit(resource: u32, new: Option<&libc::rlimit64>, old: Option<&mut libc::rlimit64>) -> Res {
+    let n = new.map_or(core::ptr::null(), |n| n as *const libc::rlimit64);
+    let o = old.map_or(core::ptr::null_mut(), |o| o as *mut libc::rlimit64);
+    sc!(libc::SYS_prlimit64, 0, resource, n, o)
+}
+
+/// `get_robust_list(2)` of the calling thread: `(head, len)`.
+pub fn get_robust_list() -> (u64, u64) {
+    let (mut head, mut len) = (0u64, 0u64);
+    let _ = sc!(libc::SYS_get_robust_list, 0, &mut head as *mut u64, &mut len as *mut u64);
+    (head, len)
+}
+
+/// `set_robust_list(2)`.
+pub fn set_robust_list(head: u64, len: u64) -> Res {
+    sc!(libc::SYS_set_robust_list, head, len)
+}
+
+/// `set_tid_address(2)`; returns the caller's tid.
+pub fn set_tid_address(addr: u64) -> Res {
+    sc!(libc::SYS_set_tid_address, addr)
+}
+
+/// `rseq(2)` registration.
+pub fn rseq(area: u64, len: u32, flags: i32, sig: u32) -> Res {
+    sc!(libc::SYS_rseq, area, len, flags, sig)
+}
+
+/// `prctl(2)`.
+pub fn prctl(op: i32, a: u64, b: u64, c: u64, d: u64) -> Res {
+    sc!(libc::SYS_prctl, op, a, b, c, d)
+}
+
+/// `exit_group(2)`.
+pub fn exit_group(code: i32) -> ! {
+    let _ = sc!(libc::SYS_exit_group, code);
+    unreachable!("exit_group returned")
+}
+
+/// `uname(2)`.
+pub fn uname(u: &mut libc::utsname) -> Res {
+    sc!(libc::SYS_uname, u as *mut libc::utsname)
+}
+
+/// `brk(2)` with 0: the current program break.
+pub fn brk_current() -> u64 {
+    sc!(libc::SYS_brk, 0).unwrap_or(0)
+}
+
+/// `clock_gettime(CLOCK_REALTIME)` in seconds, by system call (no vdso).
+pub fn time_now() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let _ = sc!(libc::SYS_clock_gettime, libc::CLOCK_REALTIME, &mut ts as *mut libc::timespec);
+    ts.tv_sec as u64
+}
+
+/// `clock_gettime(CLOCK_MONOTONIC)` in milliseconds, by system call.
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let _ = sc!(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts as *mut libc::timespec);
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// `nanosleep` for `ms` milliseconds.
+pub fn sleep_ms(ms: u64) {
+    let ts = libc::timespec { tv_sec: (ms / 1000) as i64, tv_nsec: ((ms % 1000) * 1_000_000) as i64 };
+    let _ = sc!(libc::SYS_nanosleep, &ts as *const libc::timespec, 0);
+}
+
+/// Reads a whole (small, `/proc`) file into `buf`; returns the length read.
+pub fn read_file(path: &[u8], buf: &mut [u8]) -> Result<usize, i32> {
+    let fd = openat(libc::AT_FDCWD, path, libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
+    let mut n = 0;
+    let r = loop {
+        if n == buf.len() {
+            break Ok(n);
+        }
+        match read(fd, &mut buf[n..]) {
+            Ok(0) => break Ok(n),
+            Ok(k) => n += k as usize,
+            Err(libc::EINTR) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = close(fd);
+    r
+}
+
+/// Reads a whole `/proc` file of any size into a `Vec` (allocates).
+pub fn read_file_vec(path: &[u8]) -> Result<Vec<u8>, i32> {
+    let fd = openat(libc::AT_FDCWD, path, libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32;
+    let mut v = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    let r = loop {
+        if n == v.len() {
+            v.resize(v.len() * 2, 0);
+        }
+        match read(fd, &mut v[n..]) {
+            Ok(0) => break Ok(()),
+            Ok(k) => n += k as usize,
+            Err(libc::EINTR) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = close(fd);
+    r.map(|_| {
+        v.truncate(n);
+        v
+    })
+}
+
+/// Reads a symlink into a `String` (allocates); `path` must end with a NUL byte.
+pub fn readlink_string(path: &[u8]) -> Result<String, i32> {
+    let mut buf = vec![0u8; 4096];
+    let n = readlinkat(libc::AT_FDCWD, path, &mut buf)? as usize;
+    buf.truncate(n);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// A NUL-terminated copy of `s` (allocates).
+pub fn cstr(s: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(s.len() + 1);
+    v.extend_from_slice(s.as_bytes());
+    v.push(0);
+    v
+}

@@ -1,0 +1,342 @@
+//! Threads: stopping them for a checkpoint, and bringing them back after a restore.
+//!
+//! **Signal-time code.** `suspend_handler` and `park` run in the program's threads inside a
+//! signal handler, and the restore half runs before any thread may take a lock. Rules here:
+//! raw system calls only, no allocation, no locks, no `std::io`, no panics; state lives in
+//! atomics and in slots that only their own thread writes while it is being stopped.
+//!
+//! Each thread, on the suspend signal, saves its thread pointer and robust list and then a
+//! callee-saved context with `save_and_call(park)`: it counts itself parked and waits on a
+//! futex for the release generation to change. Its interrupted state is in the kernel's signal
+//! frame on its own stack, which the image holds. After a restore the checkpoint thread clones
+//! one thread per slot straight into that context: `save_and_call` returns
+//! [`RESTORED_THREAD`], the thread redoes its per-thread kernel state and waits for release,
+//! then returns from the handler, and `rt_sigreturn` puts back every register, the FPU state,
+//! the signal mask and the alternate signal stack.
+
+use crate::sys;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::*};
+use pmig_abi::{arch, Ctx, RESTORED_THREAD};
+
+/// The most threads a checkpoint handles.
+pub const MAX_THREADS: usize = 1024;
+
+const FREE: u32 = 0;
+const ASKED: u32 = 1;
+const PARKED: u32 = 2;
+
+/// One program thread's saved state.
+pub struct Slot {
+    pub tid: AtomicI32,
+    state: AtomicU32,
+    /// The release generation the thread waits to see change.
+    gen: AtomicU32,
+    ctx: UnsafeCell<Ctx>,
+    pub fs_base: AtomicU64,
+    robust_head: AtomicU64,
+    robust_len: AtomicU64,
+    /// `comm`, NUL padded (filled by the checkpoint thread while the thread is parked).
+    pub name: UnsafeCell<[u8; 16]>,
+}
+
+/// All slots.
+pub struct Slots(pub [Slot; MAX_THREADS]);
+
+// SAFETY: the UnsafeCell fields are written by exactly one party at a time, ordered by the
+// `state` atomic: the owning thread writes `ctx` before it publishes PARKED; the checkpoint
+// thread reads it (and writes `name`) only while the thread is parked or not yet recreated.
+unsafe impl Sync for Slots {}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: Slot = Slot {
+    tid: AtomicI32::new(0),
+    state: AtomicU32::new(FREE),
+    gen: AtomicU32::new(0),
+    ctx: UnsafeCell::new(Ctx { rbx: 0, rbp: 0, r12: 0, r13: 0, r14: 0, r15: 0, rsp: 0, rip: 0, mxcsr: 0, fpucw: 0 }),
+    fs_base: AtomicU64::new(0),
+    robust_head: AtomicU64::new(0),
+    robust_len: AtomicU64::new(0),
+    name: UnsafeCell::new([0; 16]),
+};
+
+pub static SLOTS: Slots = Slots([EMPTY; MAX_THREADS]);
+/// Number of slots in use for the current checkpoint.
+pub static USED: AtomicU32 = AtomicU32::new(0);
+static PARKED_COUNT: AtomicU32 = AtomicU32::new(0);
+static READY_COUNT: AtomicU32 = AtomicU32::new(0);
+static RELEASE: AtomicU32 = AtomicU32::new(0);
+
+/// Offset of the cached tid in glibc's `struct pthread` (from the thread pointer); -1: unknown.
+pub static TID_OFFSET: AtomicI32 = AtomicI32::new(-1);
+/// `__rseq_offset` and `__rseq_size` of glibc, when it registers rseq (size 0: it does not).
+pub static RSEQ_OFFSET: AtomicU64 = AtomicU64::new(0);
+pub static RSEQ_SIZE: AtomicU32 = AtomicU32::new(0);
+const RSEQ_SIG: u32 = 0x5305_3053;
+
+impl Slot {
+    /// The saved context.
+    pub fn ctx(&self) -> Ctx {
+        // SAFETY: only read while the thread is parked (see `Slots`).
+        unsafe { *self.ctx.get() }
+    }
+}
+
+/// Finds the tid cached in glibc's `struct pthread` of the calling thread: the offset from the
+/// thread pointer of the 32-bit word that holds `gettid()`. Called in two threads to be sure.
+pub fn find_tid_offset() -> i32 {
+    let tp = arch::fs_base();
+    let tid = sys::gettid();
+    if tp == 0 {
+        return -1;
+    }
+    for off in (0..2048).step_by(4) {
+        // SAFETY: glibc's struct pthread (at the thread pointer) is larger than 2 KiB on
+        // x86_64 and mapped read/write for the life of the thread.
+        let v = unsafe { core::ptr::read_volatile((tp + off as u64) as *const i32) };
+        if v == tid {
+            return off;
+        }
+    }
+    -1
+}
+
+/// Checks that the cached tid sits at `TID_OFFSET` in the calling thread too.
+pub fn confirm_tid_offset() {
+    let off = TID_OFFSET.load(Relaxed);
+    if off >= 0 && find_tid_offset() != off {
+        crate::log::say!("warning: cannot locate glibc's cached thread id; pthread_kill may fail after restore");
+        TID_OFFSET.store(-1, Relaxed);
+    }
+}
+
+/// Registers the calling thread's rseq area again (a new thread starts without one).
+fn reregister_rseq() {
+    let size = RSEQ_SIZE.load(Relaxed);
+    if size == 0 {
+        return;
+    }
+    let area = arch::fs_base().wrapping_add(RSEQ_OFFSET.load(Relaxed));
+    // The kernel wants at least the original 32-byte layout.
+    let _ = sys::rseq(area, size.max(32), 0, RSEQ_SIG);
+}
+
+/// Puts back the per-thread kernel state a cloned thread lacks: the tid glibc caches (and the
+/// kernel clears on exit), the robust futex list, rseq. Used by every restored thread.
+pub fn fix_own_thread_state(robust_head: u64, robust_len: u64) {
+    let off = TID_OFFSET.load(Relaxed);
+    if off >= 0 {
+        let addr = arch::fs_base() + off as u64;
+        if let Ok(tid) = sys::set_tid_address(addr) {
+            // SAFETY: `addr` is the tid field of this thread's own struct pthread.
+            unsafe { core::ptr::write_volatile(addr as *mut i32, tid as i32) };
+        }
+    }
+    if robust_head != 0 {
+        let _ = sys::set_robust_list(robust_head, robust_len);
+    }
+    reregister_rseq();
+}
+
+fn slot_of(tid: i32) -> Option<&'static Slot> {
+    let n = USED.load(Acquire) as usize;
+    SLOTS.0[..n].iter().find(|s| s.tid.load(Acquire) == tid)
+}
+
+/// Handler of the suspend signal (installed `SA_SIGINFO | SA_RESTART`, all signals masked).
+pub extern "C" fn suspend_handler(_sig: i32, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+    let Some(slot) = slot_of(sys::gettid()) else { return };
+    if slot.state.load(Acquire) != ASKED {
+        return;
+    }
+    slot.fs_base.store(arch::fs_base(), Relaxed);
+    let (head, len) = sys::get_robust_list();
+    slot.robust_head.store(head, Relaxed);
+    slot.robust_len.store(len, Relaxed);
+    slot.gen.store(RELEASE.load(Acquire), Relaxed);
+    // SAFETY: the slot's context is written only by this thread, now, before it publishes
+    // PARKED; the slot lives in a static.
+    let r = unsafe { arch::save_and_call(slot.ctx.get(), park, slot as *const Slot as u64) };
+    if r == RESTORED_THREAD {
+        fix_own_thread_state(slot.robust_head.load(Relaxed), slot.robust_len.load(Relaxed));
+        // SAFETY: `name` was filled before the image was written and nobody writes it now.
+        let name = unsafe { *slot.name.get() };
+        let _ = sys::prctl(libc::PR_SET_NAME, name.as_ptr() as u64, 0, 0, 0);
+        READY_COUNT.fetch_add(1, AcqRel);
+        let _ = sys::futex_wake(&READY_COUNT);
+        wait_release(slot.gen.load(Relaxed));
+    }
+}
+
+extern "C" fn park(slot: u64) -> u64 {
+    // SAFETY: `slot` is the address of a static Slot passed by `suspend_handler`.
+    let slot = unsafe { &*(slot as *const Slot) };
+    slot.state.store(PARKED, Release);
+    PARKED_COUNT.fetch_add(1, AcqRel);
+    let _ = sys::futex_wake(&PARKED_COUNT);
+    wait_release(slot.gen.load(Relaxed));
+    0
+}
+
+fn wait_release(gen: u32) {
+    while RELEASE.load(Acquire) == gen {
+        let _ = sys::futex_wait(&RELEASE, gen, 0);
+    }
+}
+
+/// Lists the thread ids of this process into `out`; returns how many.
+fn list_tasks(out: &mut [i32; MAX_THREADS + 1]) -> Result<usize, i32> {
+    let fd = sys::openat(libc::AT_FDCWD, b"/proc/self/task\0", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)?
+        as i32;
+    let mut buf = [0u8; 4096];
+    let mut n = 0;
+    let r = loop {
+        let got = match sys::getdents64(fd, &mut buf) {
+            Ok(0) => break Ok(n),
+            Ok(g) => g as usize,
+            Err(e) => break Err(e),
+        };
+        let mut at = 0;
+        while at < got {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let mut tid = 0i32;
+            let mut digits = 0;
+            for &c in name.iter().take_while(|&&c| c != 0) {
+                if c.is_ascii_digit() {
+                    tid = tid * 10 + (c - b'0') as i32;
+                    digits += 1;
+                } else {
+                    digits = 0;
+                    break;
+                }
+            }
+            if digits > 0 && n < out.len() {
+                out[n] = tid;
+                n += 1;
+            }
+            at += reclen;
+        }
+    };
+    let _ = sys::close(fd);
+    r
+}
+
+/// Stops every thread but the caller. On error, the threads already stopped are released.
+pub fn suspend_all(suspend_sig: i32) -> Result<usize, &'static str> {
+    let me = sys::gettid();
+    let pid = sys::getpid();
+    for s in SLOTS.0.iter() {
+        s.tid.store(0, Relaxed);
+        s.state.store(FREE, Relaxed);
+    }
+    USED.store(0, Release);
+    PARKED_COUNT.store(0, Release);
+    let mut tasks = [0i32; MAX_THREADS + 1];
+    let started = sys::monotonic_ms();
+    loop {
+        let n = list_tasks(&mut tasks).map_err(|_| "cannot list /proc/self/task")?;
+        let mut asked_new = false;
+        for &tid in &tasks[..n] {
+            if tid == me || slot_of(tid).is_some() {
+                continue;
+            }
+            let used = USED.load(Acquire) as usize;
+            if used == MAX_THREADS {
+                release_all();
+                return Err("the program has more threads than pmig supports (1024)");
+            }
+            let s = &SLOTS.0[used];
+            s.tid.store(tid, Relaxed);
+            s.state.store(ASKED, Release);
+            USED.store(used as u32 + 1, Release);
+            if sys::tgkill(pid, tid, suspend_sig).is_err() {
+                // The thread exited between the listing and now: forget it.
+                s.tid.store(-1, Release);
+                s.state.store(PARKED, Release);
+                PARKED_COUNT.fetch_add(1, AcqRel);
+            }
+            asked_new = true;
+        }
+        let want = USED.load(Acquire);
+        loop {
+            let got = PARKED_COUNT.load(Acquire);
+            if got >= want {
+                break;
+            }
+            if sys::monotonic_ms() - started >= 10_000 {
+                release_all();
+                return Err("a thread did not stop within 10 s (does it block pmig's suspend signal, or is it stopped?)");
+            }
+            let _ = sys::futex_wait(&PARKED_COUNT, got, 50);
+        }
+        if !asked_new {
+            return Ok(USED.load(Acquire) as usize);
+        }
+    }
+}
+
+/// Lets every parked (or restored) thread go on.
+pub fn release_all() {
+    // Threads still only ASKED (never arrived) will find no matching state and return at once.
+    for s in SLOTS.0[..USED.load(Acquire) as usize].iter() {
+        if s.state.load(Acquire) == ASKED {
+            s.state.store(FREE, Release);
+        }
+    }
+    RELEASE.fetch_add(1, AcqRel);
+    let _ = sys::futex_wake(&RELEASE);
+}
+
+/// The live slots of the current checkpoint (threads that exited while being stopped left out).
+pub fn live_slots() -> impl Iterator<Item = &'static Slot> {
+    SLOTS.0[..USED.load(Acquire) as usize].iter().filter(|s| s.tid.load(Relaxed) > 0)
+}
+
+/// Recreates every saved thread (the caller is the restored checkpoint thread, all signals
+/// blocked). Each new thread resumes its context and reports ready. Returns how many.
+pub fn recreate_all() -> Result<u32, i32> {
+    READY_COUNT.store(0, Release);
+    let off = TID_OFFSET.load(Relaxed);
+    let mut n = 0u32;
+    for s in live_slots() {
+        let ctx = s.ctx.get() as *const Ctx;
+        let fs = s.fs_base.load(Relaxed);
+        // SAFETY: the slot's context was saved by its thread, whose stack is restored; nobody
+        // writes the slot now.
+        let rsp = unsafe { (*ctx).rsp };
+        let mut flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS) as u64;
+        let tidp = if off >= 0 {
+            flags |= (libc::CLONE_PARENT_SETTID | libc::CLONE_CHILD_CLEARTID) as u64;
+            fs + off as u64
+        } else {
+            0
+        };
+        // SAFETY: the child only jumps to the saved context (it needs no stack of its own before
+        // that); the context and the memory it refers to were restored; `tidp` is the tid field
+        // of the thread's struct pthread.
+        let tid = unsafe { arch::clone_thread(flags, (rsp - 4096) & !15, tidp, tidp, fs, ctx) };
+        if tid < 0 {
+            return Err((-tid) as i32);
+        }
+        s.tid.store(tid as i32, Release);
+        n += 1;
+    }
+    let started = sys::monotonic_ms();
+    loop {
+        let got = READY_COUNT.load(Acquire);
+        if got >= n {
+            return Ok(n);
+        }
+        if sys::monotonic_ms() - started > 10_000 {
+            return Err(libc::ETIMEDOUT);
+        }
+        let _ = sys::futex_wait(&READY_COUNT, got, 50);
+    }
+}

@@ -1,0 +1,437 @@
+//! The restore engine: a static, `no_std` program linked inside the range libpmig keeps free in
+//! every process it runs in, so it can tear down its own address space around itself and build
+//! the saved one.
+//!
+//! Algorithm:
+//! 1. `_start` switches to a stack in the engine's own .bss and reads the plan fd from argv;
+//! 2. map the plan (from its memfd) at `PLAN_ADDR` and check it; block every signal;
+//! 3. move the kernel's `[vvar]`, `[vvar_vclock]`, `[vdso]` block to `VDSO_PARK`;
+//! 4. unmap everything below and above the reserved range (the old stack included);
+//! 5. map every saved region at its address (anonymous, file or shared), writable while filling;
+//! 6. read the saved page runs from the image straight into place;
+//! 7. set each region's final protection;
+//! 8. move the vdso block to where the saved process had it (same kernel, checked before);
+//! 9. `PR_SET_MM_MAP`: brk, stack, arg/env and auxv of the saved process;
+//! 10. close the mapped files' fds, set the saved thread pointer, fill the mailbox and resume
+//!     the saved checkpoint thread's context, handing it the mailbox; libpmig does the rest.
+//!
+//! Once step 4 has run there is nothing to return to: a failure writes the phase and errno to
+//! stderr and exits with the phase's code (`pmig_abi::exit_code`).
+#![no_std]
+#![no_main]
+
+use core::cell::UnsafeCell;
+use pmig_abi::arch::syscall6;
+use pmig_abi::{exit_code as ec, Mailbox, PlanHeader, PlanRegion, PlanRun, MAILBOX_MAGIC, PLAN_ADDR, PLAN_MAGIC, PLAN_MAX, PLAN_VERSION, VDSO_PARK};
+use pmig_abi::{region_kind as rk, ENGINE_BASE, RESERVE_LEN};
+
+const STACK_SIZE: usize = 256 * 1024;
+const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+
+#[repr(C, align(16))]
+struct Bss<T>(UnsafeCell<T>);
+// SAFETY: the engine is single-threaded.
+unsafe impl<T> Sync for Bss<T> {}
+
+static STACK: Bss<[u8; STACK_SIZE]> = Bss(UnsafeCell::new([0; STACK_SIZE]));
+static MAILBOX: Bss<Mailbox> = Bss(UnsafeCell::new(Mailbox {
+    magic: 0,
+    plan_fd: -1,
+    image_fd: -1,
+    manifest_off: 0,
+    manifest_len: 0,
+    debug: 0,
+    _pad: 0,
+}));
+static DEBUG: Bss<bool> = Bss(UnsafeCell::new(false));
+
+core::arch::global_asm!(
+    ".globl _start",
+    "_start:",
+    "mov rdi, rsp",
+    "lea rsp, [rip + {stack}]",
+    "add rsp, {size}",
+    "and rsp, -16",
+    "call {main}",
+    "ud2",
+    stack = sym STACK,
+    size = const STACK_SIZE,
+    main = sym engine_main,
+);
+
+mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const OPEN: u64 = 2;
+    pub const CLOSE: u64 = 3;
+    pub const FSTAT: u64 = 5;
+    pub const MMAP: u64 = 9;
+    pub const MPROTECT: u64 = 10;
+    pub const MUNMAP: u64 = 11;
+    pub const RT_SIGPROCMASK: u64 = 14;
+    pub const PREAD64: u64 = 17;
+    pub const MREMAP: u64 = 25;
+    pub const PRCTL: u64 = 157;
+    pub const ARCH_PRCTL: u64 = 158;
+    pub const EXIT_GROUP: u64 = 231;
+}
+
+fn sys(n: u64, a: u64, b: u64, c: u64, d: u64, e: u64, f: u64) -> i64 {
+    // SAFETY: every call site passes arguments that are valid for its system call; the engine
+    // owns the whole address space, so no Rust object is invalidated behind the compiler's back
+    // except by the documented unmapping steps, after which only .bss and the plan are used.
+    unsafe { syscall6(n, a, b, c, d, e, f) }
+}
+
+fn write_err(s: &[u8]) {
+    sys(nr::WRITE, 2, s.as_ptr() as u64, s.len() as u64, 0, 0, 0);
+}
+
+fn fmt_u64(mut v: u64, hex: bool, buf: &mut [u8; 24]) -> &[u8] {
+    let base = if hex { 16 } else { 10 };
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        let d = (v % base) as u8;
+        buf[i] = if d < 10 { b'0' + d } else { b'a' + d - 10 };
+        v /= base;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+fn debug_on() -> bool {
+    // SAFETY: single-threaded; written once in phase 2.
+    unsafe { *DEBUG.0.get() }
+}
+
+fn log(msg: &[u8], val: Option<u64>) {
+    if !debug_on() {
+        return;
+    }
+    write_err(b"pmig-restore-engine: ");
+    write_err(msg);
+    if let Some(v) = val {
+        let mut b = [0u8; 24];
+        write_err(b" 0x");
+        write_err(fmt_u64(v, true, &mut b));
+    }
+    write_err(b"\n");
+}
+
+fn fail(code: i32, errno: i64, at: u64) -> ! {
+    let mut b = [0u8; 24];
+    write_err(b"pmig-restore-engine: restore failed while ");
+    write_err(ec::name(code).unwrap_or("restoring").as_bytes());
+    write_err(b" (errno ");
+    write_err(fmt_u64(errno.unsigned_abs(), false, &mut b));
+    write_err(b", at 0x");
+    write_err(fmt_u64(at, true, &mut b));
+    write_err(b"); exit code ");
+    write_err(fmt_u64(code as u64, false, &mut b));
+    write_err(b"\n");
+    sys(nr::EXIT_GROUP, code as u64, 0, 0, 0, 0, 0);
+    loop {}
+}
+
+fn check(code: i32, r: i64, at: u64) -> u64 {
+    if r < 0 && r > -4096 {
+        fail(code, r, at);
+    }
+    r as u64
+}
+
+/// Finds `[vvar]`, `[vvar_vclock]` and `[vdso]` in our own maps: `(kind, start, end)`.
+fn own_vdso(out: &mut [(u32, u64, u64); 4]) -> usize {
+    let buf = [0u8; 8192];
+    let fd = sys(nr::OPEN, c"/proc/self/maps".as_ptr() as u64, 0, 0, 0, 0, 0);
+    let fd = check(ec::VDSO_PARK, fd, 0);
+    let mut len = 0usize;
+    loop {
+        let r = sys(nr::READ, fd, buf.as_ptr() as u64 + len as u64, (buf.len() - len) as u64, 0, 0, 0);
+        if r <= 0 {
+            break;
+        }
+        len += r as usize;
+    }
+    sys(nr::CLOSE, fd, 0, 0, 0, 0, 0);
+    let mut n = 0;
+    for line in buf[..len].split(|&c| c == b'\n') {
+        let kind = if line.ends_with(b"[vvar]") {
+            1
+        } else if line.ends_with(b"[vvar_vclock]") {
+            2
+        } else if line.ends_with(b"[vdso]") {
+            3
+        } else {
+            continue;
+        };
+        let mut vals = [0u64; 2];
+        let mut which = 0;
+        for &c in line {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'-' if which == 0 => {
+                    which = 1;
+                    continue;
+                }
+                _ => break,
+            };
+            vals[which] = vals[which] * 16 + d as u64;
+        }
+        if n < out.len() {
+            out[n] = (kind, vals[0], vals[1]);
+            n += 1;
+        }
+    }
+    n
+}
+
+extern "C" fn engine_main(sp: *const u64) -> ! {
+    // Phase 1: the plan fd from argv[1].
+    // SAFETY: the kernel put argc, then argv pointers, at the initial stack pointer.
+    let (argc, arg1) = unsafe { (*sp, *(sp.add(2)) as *const u8) };
+    if argc < 2 {
+        fail(ec::ARGS, 0, 0);
+    }
+    let mut plan_fd = 0u64;
+    let mut p = arg1;
+    // SAFETY: argv[1] is a NUL-terminated string on the initial stack, still mapped.
+    while let c @ b'0'..=b'9' = unsafe { *p } {
+        plan_fd = plan_fd * 10 + (c - b'0') as u64;
+        // SAFETY: still inside the NUL-terminated string.
+        p = unsafe { p.add(1) };
+    }
+
+    // Phase 2: map and check the plan.
+    let mut st = [0u64; 18];
+    check(ec::PLAN, sys(nr::FSTAT, plan_fd, st.as_mut_ptr() as u64, 0, 0, 0, 0), 0);
+    let size = st[6];
+    if size < core::mem::size_of::<PlanHeader>() as u64 || size > PLAN_MAX {
+        fail(ec::PLAN, 0, size);
+    }
+    let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE) as u64;
+    let got = check(ec::PLAN, sys(nr::MMAP, PLAN_ADDR, size, libc::PROT_READ as u64, flags, plan_fd, 0), PLAN_ADDR);
+    if got != PLAN_ADDR {
+        fail(ec::PLAN, 0, got);
+    }
+    // SAFETY: the plan is mapped at PLAN_ADDR for `size` bytes, which covers the header.
+    let h: &PlanHeader = unsafe { &*(PLAN_ADDR as *const PlanHeader) };
+    let regions_end = h.regions_off + h.n_regions * core::mem::size_of::<PlanRegion>() as u64;
+    let runs_end = h.runs_off + h.n_runs * core::mem::size_of::<PlanRun>() as u64;
+    if h.magic != PLAN_MAGIC || h.version != PLAN_VERSION || h.total_len != size || regions_end > size || runs_end > size {
+        fail(ec::PLAN, 0, h.magic);
+    }
+    // SAFETY: bounds checked above; the arrays are aligned (8-byte multiples from PLAN_ADDR).
+    let regions: &[PlanRegion] =
+        unsafe { core::slice::from_raw_parts((PLAN_ADDR + h.regions_off) as *const PlanRegion, h.n_regions as usize) };
+    // SAFETY: as above.
+    let runs: &[PlanRun] =
+        unsafe { core::slice::from_raw_parts((PLAN_ADDR + h.runs_off) as *const PlanRun, h.n_runs as usize) };
+    // SAFETY: single-threaded.
+    unsafe { *DEBUG.0.get() = h.debug != 0 };
+    log(b"plan mapped; regions:", Some(h.n_regions));
+    let all: u64 = !0;
+    sys(nr::RT_SIGPROCMASK, libc::SIG_SETMASK as u64, &all as *const u64 as u64, 0, 8, 0, 0);
+
+    // Phase 3: park the vdso block.
+    let mut cur = [(0u32, 0u64, 0u64); 4];
+    let n = own_vdso(&mut cur);
+    let base = if n > 0 { cur[0].1 } else { 0 };
+    for &(_, s, e) in &cur[..n] {
+        let to = VDSO_PARK + (s - base);
+        let mflags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+        check(ec::VDSO_PARK, sys(nr::MREMAP, s, e - s, e - s, mflags, to, 0), s);
+    }
+    log(b"vdso parked", Some(VDSO_PARK));
+
+    // Phase 4: nothing of the old process image but us.
+    check(ec::UNMAP, sys(nr::MUNMAP, 0, ENGINE_BASE, 0, 0, 0, 0), 0);
+    let hi = ENGINE_BASE + RESERVE_LEN;
+    check(ec::UNMAP, sys(nr::MUNMAP, hi, TASK_SIZE - hi, 0, 0, 0, 0), hi);
+    log(b"old address space gone", None);
+
+    // Phase 5: map the saved regions.
+    for r in regions {
+        let len = r.end - r.start;
+        let fill_prot = r.prot as u64 | libc::PROT_WRITE as u64;
+        let fixed = libc::MAP_FIXED as u64;
+        let (prot, flags, fd, off) = match r.kind {
+            rk::ANON => (fill_prot, (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as u64, u64::MAX, 0),
+            rk::STACK => (
+                fill_prot,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_GROWSDOWN) as u64,
+                u64::MAX,
+                0,
+            ),
+            rk::SHARED_ANON => (fill_prot, (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64, u64::MAX, 0),
+            rk::FILE_PRIVATE => (fill_prot, libc::MAP_PRIVATE as u64, r.fd as u64, r.offset),
+            rk::FILE_SHARED => (r.prot as u64, libc::MAP_SHARED as u64, r.fd as u64, r.offset),
+            _ => fail(ec::MAP, 0, r.start),
+        };
+        let got = check(ec::MAP, sys(nr::MMAP, r.start, len, prot, flags | fixed, fd, off), r.start);
+        if got != r.start {
+            fail(ec::MAP, 0, r.start);
+        }
+    }
+    log(b"regions mapped", None);
+
+    // Phase 6: fill them.
+    for run in runs {
+        let mut done = 0u64;
+        while done < run.len {
+            let r = sys(
+                nr::PREAD64,
+                h.image_fd as u64,
+                run.addr + done,
+                run.len - done,
+                run.file_off + done,
+                0,
+                0,
+            );
+            if r == -4 {
+                continue;
+            }
+            let k = check(ec::FILL, r, run.addr + done);
+            if k == 0 {
+                fail(ec::FILL, 0, run.addr + done);
+            }
+            done += k;
+        }
+    }
+    log(b"pages read; runs:", Some(h.n_runs));
+
+    // Phase 7: final protections.
+    for r in regions.iter().filter(|r| r.kind != rk::FILE_SHARED) {
+        check(ec::PROTECT, sys(nr::MPROTECT, r.start, r.end - r.start, r.prot as u64, 0, 0, 0), r.start);
+    }
+
+    // Phase 8: the vdso block where the saved process had it.
+    for &(kind, s, e) in &cur[..n] {
+        let Some(saved) = h.vdso.iter().find(|v| v.kind == kind) else { fail(ec::VDSO_PLACE, 0, s) };
+        let from = VDSO_PARK + (s - base);
+        let mflags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+        check(ec::VDSO_PLACE, sys(nr::MREMAP, from, e - s, e - s, mflags, saved.start, 0), saved.start);
+    }
+    log(b"vdso in place", None);
+
+    // Phase 9: the mm fields.
+    let mut mm = h.mm;
+    mm.auxv = h.auxv.as_ptr() as u64;
+    let r = sys(
+        nr::PRCTL,
+        libc::PR_SET_MM as u64,
+        libc::PR_SET_MM_MAP as u64,
+        &mm as *const pmig_abi::MmMap as u64,
+        core::mem::size_of::<pmig_abi::MmMap>() as u64,
+        0,
+        0,
+    );
+    check(ec::MM_MAP, r, mm.brk);
+    log(b"mm map set; brk", Some(mm.brk));
+
+    // Phase 10: hand over.
+    for (i, r) in regions.iter().enumerate() {
+        if r.fd >= 0 && !regions[..i].iter().any(|o| o.fd == r.fd) {
+            sys(nr::CLOSE, r.fd as u64, 0, 0, 0, 0, 0);
+        }
+    }
+    // SAFETY: single-threaded; the mailbox lives in .bss until libpmig unmaps the engine.
+    let mb = unsafe { &mut *MAILBOX.0.get() };
+    *mb = Mailbox {
+        magic: MAILBOX_MAGIC,
+        plan_fd: h.plan_fd,
+        image_fd: h.image_fd,
+        manifest_off: h.manifest_off,
+        manifest_len: h.manifest_len,
+        debug: h.debug,
+        _pad: 0,
+    };
+    log(b"jumping to the checkpoint thread at", Some(h.ctx.rip));
+    check(ec::JUMP, sys(nr::ARCH_PRCTL, 0x1002, h.fs_base, 0, 0, 0, 0), h.fs_base);
+    // SAFETY: the saved address space is in place, the thread pointer is the checkpoint
+    // thread's, and its context was saved by save_and_call in that address space.
+    unsafe { pmig_abi::arch::restore_context(&h.ctx, mb as *mut Mailbox as u64) }
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    write_err(b"pmig-restore-engine: internal error (panic)\n");
+    sys(nr::EXIT_GROUP, 100, 0, 0, 0, 0, 0);
+    loop {}
+}
+
+/// `memcpy` for the compiler (no libc here).
+///
+/// # Safety
+/// As C's memcpy.
+#[no_mangle]
+pub unsafe extern "C" fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller passes valid, non-overlapping ranges; `rep movsb` copies n bytes.
+    unsafe { core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") d => _, inout("rsi") s => _, options(nostack)) };
+    d
+}
+
+/// `memmove` for the compiler.
+///
+/// # Safety
+/// As C's memmove.
+#[no_mangle]
+pub unsafe extern "C" fn memmove(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
+    if (d as usize) <= (s as usize) || (d as usize) >= (s as usize + n) {
+        // SAFETY: forward copy is safe when the destination starts before the source.
+        return unsafe { memcpy(d, s, n) };
+    }
+    // SAFETY: backward copy with the direction flag set, restored after.
+    unsafe {
+        core::arch::asm!("std", "rep movsb", "cld",
+            inout("rcx") n => _, inout("rdi") d.add(n - 1) => _, inout("rsi") s.add(n - 1) => _, options(nostack));
+    }
+    d
+}
+
+/// `memset` for the compiler.
+///
+/// # Safety
+/// As C's memset.
+#[no_mangle]
+pub unsafe extern "C" fn memset(d: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller passes a valid range; `rep stosb` stores n bytes.
+    unsafe { core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") d => _, in("al") c as u8, options(nostack)) };
+    d
+}
+
+/// `memcmp` for the compiler.
+///
+/// # Safety
+/// As C's memcmp.
+#[no_mangle]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    for i in 0..n {
+        // SAFETY: the caller passes ranges valid for n bytes; volatile keeps LLVM from turning
+        // this loop back into a call to memcmp.
+        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i))) };
+        if x != y {
+            return x as i32 - y as i32;
+        }
+    }
+    0
+}
+
+/// `bcmp` for the compiler.
+///
+/// # Safety
+/// As C's bcmp.
+#[no_mangle]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract.
+    unsafe { memcmp(a, b, n) }
+}
+
+/// The precompiled `core` refers to an unwinding personality even with `panic = "abort"`; it
+/// is never called (nothing unwinds here).
+#[no_mangle]
+pub extern "C" fn rust_eh_personality() {}

@@ -1,0 +1,154 @@
+//! `pmig-resume`: becomes a saved process.
+//!
+//! Everything a user sees happens here, before the current process is touched: the image is
+//! verified end to end (structure, every checksum), the host is checked (CPU features, kernel
+//! vdso, the files the process mapped), and a restore *plan* is written to a memfd. Only then
+//! does it exec the restore engine, which replaces the address space with the saved one.
+
+mod plan;
+
+use anyhow::{bail, Context, Result};
+use pmig_image::{verify_file, FdKind, RegionKind, VerifiedImage};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{exit, Command};
+
+const USAGE: &str = "usage: pmig-resume [--inspect] IMAGE
+
+Turns this process into the program saved in IMAGE (written by a checkpoint of a program run
+under pmig-run), which then goes on where it stopped, with this process's pid, and with this
+process's stdin, stdout and stderr in place of the saved terminal, pipe or socket ones.
+
+  --inspect     print what the image holds and exit, restoring nothing
+  PMIG_DEBUG=1  log each restore phase to stderr";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut inspect = false;
+    let mut image: Option<PathBuf> = None;
+    for a in &args {
+        match a.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
+            "--inspect" => inspect = true,
+            s if s.starts_with('-') && s != "-" => fail(&format!("unknown option {s}\n{USAGE}")),
+            s if image.is_none() => image = Some(PathBuf::from(s)),
+            _ => fail(&format!("more than one image given\n{USAGE}")),
+        }
+    }
+    let Some(image) = image else { fail(&format!("no image given\n{USAGE}")) };
+    if let Err(e) = run(&image, inspect) {
+        fail(&format!("{}: {e:#}", image.display()));
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("pmig-resume: {msg}");
+    exit(2)
+}
+
+fn run(image: &Path, inspect: bool) -> Result<()> {
+    let img = verify_file(image).context("cannot use this image")?;
+    if inspect {
+        print!("{}", pmig_image::describe(&img.manifest, img.file_len));
+        println!("checksums: all {} page runs verified", img.trailer.run_crcs.len());
+        return Ok(());
+    }
+    check_host(&img)?;
+    let debug = std::env::var_os("PMIG_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
+    let engine = engine_path()?;
+    let prepared = plan::prepare(image, &img, debug)?;
+    if debug {
+        eprintln!(
+            "pmig-resume: image verified ({} regions, {} page runs); starting the restore engine",
+            img.manifest.regions.len(),
+            img.trailer.run_crcs.len()
+        );
+    }
+    let err = Command::new(&engine).arg0("pmig-restore-engine").arg(prepared.plan_fd.to_string()).env_clear().exec();
+    bail!("cannot start the restore engine {}: {err}", engine.display())
+}
+
+fn engine_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PMIG_ENGINE") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe().context("cannot find my own path")?;
+    let p = me.parent().unwrap_or(Path::new("/")).join("pmig-restore-engine");
+    if !p.is_file() {
+        bail!("the restore engine is missing: expected {} next to pmig-resume", p.display());
+    }
+    Ok(p)
+}
+
+/// The `(name, start, end)` of this process's vdso block, and the vdso's bytes.
+fn own_vdso() -> Result<(Vec<(String, u64, u64)>, Vec<u8>)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string("/proc/self/maps").context("cannot read /proc/self/maps")?;
+    let mut parts = Vec::new();
+    for l in maps.lines() {
+        let name = l.split_whitespace().nth(5).unwrap_or("");
+        if matches!(name, "[vvar]" | "[vvar_vclock]" | "[vdso]") {
+            let range = l.split_whitespace().next().unwrap_or("0-0");
+            let (s, e) = range.split_once('-').unwrap_or(("0", "0"));
+            parts.push((name.to_string(), u64::from_str_radix(s, 16)?, u64::from_str_radix(e, 16)?));
+        }
+    }
+    let mut bytes = Vec::new();
+    if let Some((_, s, e)) = parts.iter().find(|p| p.0 == "[vdso]") {
+        let mut mem = std::fs::File::open("/proc/self/mem")?;
+        mem.seek(SeekFrom::Start(*s))?;
+        bytes.resize((e - s) as usize, 0);
+        mem.read_exact(&mut bytes)?;
+    }
+    Ok((parts, bytes))
+}
+
+/// Refuses, with a reason, to restore where the saved process could not run.
+fn check_host(img: &VerifiedImage) -> Result<()> {
+    let m = &img.manifest;
+    if m.host.machine != "x86_64" {
+        bail!("the image is for {}, this pmig restores x86_64 only", m.host.machine);
+    }
+    let have = pmig_abi::arch::xcr0();
+    if m.host.xcr0 & !have != 0 {
+        bail!(
+            "this CPU lacks features the saved process used (XSAVE features {:#x}, here {:#x}); restore it on a CPU like the one it ran on",
+            m.host.xcr0,
+            have
+        );
+    }
+    let (parts, bytes) = own_vdso()?;
+    let shape = |p: &[(String, u64, u64)]| p.iter().map(|(n, s, e)| (n.clone(), e - s)).collect::<Vec<_>>();
+    if shape(&parts) != shape(&m.vdso.parts) || bytes != m.vdso.vdso_bytes {
+        bail!(
+            "the image was taken under another kernel ({}; this one is {}), whose vdso differs; restoring across kernels is not supported yet",
+            m.host.kernel_release,
+            std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+        );
+    }
+    let (lo, hi) = (pmig_abi::ENGINE_BASE, pmig_abi::ENGINE_BASE + pmig_abi::RESERVE_LEN);
+    if let Some(r) = m.regions.iter().find(|r| r.start < hi && r.end > lo) {
+        bail!("a saved region ({:#x}-{:#x}) overlaps the restore engine's range; the image was not made by libpmig", r.start, r.end);
+    }
+    for r in &m.regions {
+        if let RegionKind::File { path, ident, .. } = &r.kind {
+            let md = std::fs::metadata(path).with_context(|| format!("the mapped file {path} is missing here"))?;
+            use std::os::unix::fs::MetadataExt;
+            let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
+            if md.size() != ident.size || mtime != ident.mtime_ns {
+                bail!("the mapped file {path} changed since the checkpoint (size or modification time differ); the saved process cannot use it");
+            }
+        }
+    }
+    for f in &m.fds {
+        if let FdKind::Regular { path, .. } = &f.kind {
+            if std::fs::metadata(path).is_err() {
+                bail!("fd {} of the saved process was {path}, which is missing here", f.fd);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Writing the restore plan: the verified manifest turned into the fixed-layout arrays the
+//! engine executes (see `pmig_abi`), in a memfd the engine inherits, with the image and every
+//! mapped file open (without close-on-exec) for it.
+
+use anyhow::{bail, Context, Result};
+use pmig_abi::{region_kind, MmMap, PlanHeader, PlanRegion, PlanRun, PlanVdso, AUXV_WORDS, PLAN_MAGIC, PLAN_MAX, PLAN_VERSION};
+use pmig_image::{RegionKind, VerifiedImage};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::Path;
+
+/// What the engine gets.
+pub struct Prepared {
+    pub plan_fd: i32,
+}
+
+/// Clears close-on-exec on `f` and leaks it into the engine.
+fn inherit(f: File) -> Result<i32> {
+    let fd = f.into_raw_fd();
+    // SAFETY: fcntl on an fd we own, with an integer argument.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+        bail!("fcntl: {}", std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Views a plain `#[repr(C)]` value as bytes.
+fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: every type passed here is a pmig_abi plan struct: repr(C), only integer fields,
+    // padding spelled out as fields, so every byte is initialised.
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+}
+
+pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Prepared> {
+    let m = &img.manifest;
+    let image_fd = inherit(File::open(image).context("cannot reopen the image")?)?;
+
+    let mut files: HashMap<(String, bool), i32> = HashMap::new();
+    let mut regions = Vec::with_capacity(m.regions.len());
+    let mut runs = Vec::new();
+    for r in &m.regions {
+        let (kind, fd, offset) = match &r.kind {
+            RegionKind::Anon | RegionKind::Heap if r.shared => (region_kind::SHARED_ANON, -1, 0),
+            RegionKind::Anon | RegionKind::Heap => (region_kind::ANON, -1, 0),
+            RegionKind::Stack => (region_kind::STACK, -1, 0),
+            RegionKind::File { path, offset, .. } => {
+                let write = r.shared && r.prot & 2 != 0;
+                let fd = match files.get(&(path.clone(), write)) {
+                    Some(&fd) => fd,
+                    None => {
+                        let f = OpenOptions::new()
+                            .read(true)
+                            .write(write)
+                            .open(path)
+                            .with_context(|| format!("cannot open the mapped file {path}"))?;
+                        let fd = inherit(f)?;
+                        files.insert((path.clone(), write), fd);
+                        fd
+                    }
+                };
+                (if r.shared { region_kind::FILE_SHARED } else { region_kind::FILE_PRIVATE }, fd, *offset)
+            }
+        };
+        regions.push(PlanRegion { start: r.start, end: r.end, prot: r.prot, kind, fd, _pad: 0, offset });
+        for run in &r.runs {
+            runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.header.pages_off + run.data_off });
+        }
+    }
+
+    let p = &m.process;
+    let mut auxv = [0u64; AUXV_WORDS];
+    let n = p.auxv.len().min(AUXV_WORDS - 2) & !1;
+    auxv[..n].copy_from_slice(&p.auxv[..n]);
+    let mut vdso = [PlanVdso::default(); 4];
+    for (i, (name, start, end)) in m.vdso.parts.iter().enumerate().take(4) {
+        let kind = pmig_abi::VDSO_NAMES.iter().position(|n| n == name).unwrap_or(0) as u32;
+        vdso[i] = PlanVdso { kind, _pad: 0, start: *start, len: end - start };
+    }
+    let c = &m.ckpt;
+    let hsize = std::mem::size_of::<PlanHeader>() as u64;
+    let regions_off = hsize;
+    let runs_off = regions_off + (regions.len() * std::mem::size_of::<PlanRegion>()) as u64;
+    let manifest_off = runs_off + (runs.len() * std::mem::size_of::<PlanRun>()) as u64;
+    let total_len = manifest_off + img.manifest_bytes.len() as u64;
+    if total_len > PLAN_MAX {
+        bail!("the restore plan would be {total_len} bytes, more than the engine can map ({PLAN_MAX})");
+    }
+
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is checked below.
+    let plan_fd = unsafe { libc::memfd_create(c"pmig-plan".as_ptr(), 0) };
+    if plan_fd < 0 {
+        bail!("memfd_create: {}", std::io::Error::last_os_error());
+    }
+    let header = PlanHeader {
+        magic: PLAN_MAGIC,
+        version: PLAN_VERSION,
+        debug: debug as u32,
+        image_fd,
+        plan_fd,
+        n_regions: regions.len() as u64,
+        regions_off,
+        n_runs: runs.len() as u64,
+        runs_off,
+        manifest_off,
+        manifest_len: img.manifest_bytes.len() as u64,
+        total_len,
+        mm: MmMap {
+            start_code: p.mm.start_code,
+            end_code: p.mm.end_code,
+            start_data: p.mm.start_data,
+            end_data: p.mm.end_data,
+            start_brk: p.mm.start_brk,
+            brk: p.mm.brk,
+            start_stack: p.mm.start_stack,
+            arg_start: p.mm.arg_start,
+            arg_end: p.mm.arg_end,
+            env_start: p.mm.env_start,
+            env_end: p.mm.env_end,
+            auxv: 0,
+            auxv_size: (n as u32 + 2) * 8,
+            exe_fd: u32::MAX,
+        },
+        auxv,
+        vdso,
+        ctx: pmig_abi::Ctx {
+            rbx: c.rbx,
+            rbp: c.rbp,
+            r12: c.r12,
+            r13: c.r13,
+            r14: c.r14,
+            r15: c.r15,
+            rsp: c.rsp,
+            rip: c.rip,
+            mxcsr: c.mxcsr,
+            fpucw: c.fpucw,
+        },
+        fs_base: c.fs_base,
+    };
+    let mut out = Vec::with_capacity(total_len as usize);
+    out.extend_from_slice(bytes_of(&header));
+    for r in &regions {
+        out.extend_from_slice(bytes_of(r));
+    }
+    for r in &runs {
+        out.extend_from_slice(bytes_of(r));
+    }
+    out.extend_from_slice(&img.manifest_bytes);
+    // SAFETY: plan_fd is the memfd just created, owned here.
+    let mut f = unsafe { File::from_raw_fd(plan_fd) };
+    f.write_all(&out).context("cannot write the restore plan")?;
+    let plan_fd = f.into_raw_fd();
+    Ok(Prepared { plan_fd })
+}
