@@ -142,6 +142,11 @@ fn dump(cfg: &config::Config) -> Result<u64, String> {
         }
         // SAFETY: the thread is parked; only this thread touches the slot's name now.
         unsafe { *s.name.get() = name };
+        let status = sys::read_file_vec(&sys::cstr(&format!("/proc/self/task/{tid}/status"))).unwrap_or_default();
+        let status = String::from_utf8_lossy(&status);
+        let pending = process::status_field(&status, "SigPnd:").and_then(|p| u64::from_str_radix(p, 16).ok()).unwrap_or(0);
+        // Our own suspend signal is not the program's.
+        s.pending.store(pending & !crate::signal::bit(cfg.suspend_signal), Relaxed);
         let len = name.iter().position(|&c| c == 0).unwrap_or(16);
         threads.push(ThreadState { tid, name: String::from_utf8_lossy(&name[..len]).into_owned(), main: tid == process.pid });
     }

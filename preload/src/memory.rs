@@ -93,10 +93,8 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<L
     let mut vdso = VdsoState::default();
     let mut data_off = 0u64;
     let mut entries = vec![0u64; 64 * 1024];
-    for m in maps {
-        if skip.iter().any(|&(s, e)| m.start < e && m.end > s) {
-            continue;
-        }
+    for m in maps.iter().flat_map(|m| clip(m, skip)) {
+        let m = &m;
         let kind = match m.path.as_str() {
             "[vvar]" | "[vvar_vclock]" | "[vdso]" => {
                 vdso.parts.push((m.path.clone(), m.start, m.end));
@@ -140,6 +138,30 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<L
         regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: m.shared, kind, runs });
     }
     Ok(Layout { regions, vdso, pages_len: data_off })
+}
+
+/// The parts of `m` outside every `skip` range (the kernel may merge pmig's own mappings with
+/// a neighbour of the same kind into one line of maps).
+fn clip(m: &MapLine, skip: &[(u64, u64)]) -> Vec<MapLine> {
+    let mut parts = vec![m.clone()];
+    for &(s, e) in skip {
+        let mut next = Vec::new();
+        for p in parts {
+            if p.end <= s || p.start >= e {
+                next.push(p);
+                continue;
+            }
+            if p.start < s {
+                next.push(MapLine { end: s, ..p.clone() });
+            }
+            if p.end > e {
+                let offset = if p.inode != 0 { p.offset + (e - p.start) } else { p.offset };
+                next.push(MapLine { start: e, offset, ..p.clone() });
+            }
+        }
+        parts = next;
+    }
+    parts
 }
 
 fn populated_runs(
@@ -246,6 +268,15 @@ mod tests {
         assert_eq!(m[1].inode, 1234);
         assert_eq!(m[2].prot, 0);
         assert_eq!(m[2].path, "");
+    }
+
+    #[test]
+    fn clips_pmigs_own_ranges_out_of_merged_mappings() {
+        let m = MapLine { start: 0x1000, end: 0x9000, prot: 3, shared: false, offset: 0, inode: 0, path: String::new() };
+        let parts = clip(&m, &[(0x3000, 0x5000)]);
+        assert_eq!(parts.iter().map(|p| (p.start, p.end)).collect::<Vec<_>>(), vec![(0x1000, 0x3000), (0x5000, 0x9000)]);
+        assert!(clip(&m, &[(0x0, 0x10000)]).is_empty());
+        assert_eq!(clip(&m, &[(0x20000, 0x30000)]), vec![m]);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use crate::{log, sys};
 use pmig_image::{HostState, MmState, ProcessState, RlimitState};
 
-fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+/// The value of `key` (with its colon) in a `/proc/.../status` text.
+pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim())
 }
 

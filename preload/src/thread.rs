@@ -38,6 +38,8 @@ pub struct Slot {
     robust_len: AtomicU64,
     /// `comm`, NUL padded (filled by the checkpoint thread while the thread is parked).
     pub name: UnsafeCell<[u8; 16]>,
+    /// Signals pending for this thread alone (filled by the checkpoint thread).
+    pub pending: AtomicU64,
 }
 
 /// All slots.
@@ -58,6 +60,7 @@ const EMPTY: Slot = Slot {
     robust_head: AtomicU64::new(0),
     robust_len: AtomicU64::new(0),
     name: UnsafeCell::new([0; 16]),
+    pending: AtomicU64::new(0),
 };
 
 pub static SLOTS: Slots = Slots([EMPTY; MAX_THREADS]);
@@ -162,6 +165,15 @@ pub extern "C" fn suspend_handler(_sig: i32, _info: *mut libc::siginfo_t, _uc: *
         // SAFETY: `name` was filled before the image was written and nobody writes it now.
         let name = unsafe { *slot.name.get() };
         let _ = sys::prctl(libc::PR_SET_NAME, name.as_ptr() as u64, 0, 0, 0);
+        // Signals sent to this thread but not yet delivered: send them again; they stay
+        // pending until rt_sigreturn puts back the thread's own mask.
+        let pending = slot.pending.load(Relaxed);
+        let (pid, tid) = (sys::getpid(), sys::gettid());
+        for sig in 1..=64 {
+            if pending & (1u64 << (sig - 1)) != 0 {
+                let _ = sys::tgkill(pid, tid, sig);
+            }
+        }
         READY_COUNT.fetch_add(1, AcqRel);
         let _ = sys::futex_wake(&READY_COUNT);
         wait_release(slot.gen.load(Relaxed));
