@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Benchmarks: checkpoint throughput, restore time, image size and runtime overhead, each
+# printed next to a baseline measured in the same run on the same machine and disk.
+#   examples/bench.sh [MIB]     (default 512)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+cargo build --workspace --release --quiet
+bin=$root/target/release
+mib=${1:-512}
+work=$(mktemp -d "${TMPDIR:-/tmp}/pmig-bench.XXXXXX")
+trap 'pkill -f "$work/" 2>/dev/null || true; rm -rf "$work"' EXIT
+gcc -O2 -o "$work/mem" examples/bench_mem.c
+gcc -O2 -o "$work/openclose" examples/openclose.c
+now() { date +%s.%N; }
+rate() { awk -v m="$1" -v s="$2" 'BEGIN { printf "%.0f MiB/s", m / s }'; }
+ms() { awk -v s="$1" 'BEGIN { printf "%.1f ms", s * 1000 }'; }
+
+echo "pmig benchmarks ($mib MiB of touched heap; $(nproc) cores; image dir $work)"
+
+# Baseline: writing and syncing the same amount to the same disk.
+t0=$(now)
+dd if=/dev/zero of="$work/dd.out" bs=4M count=$((mib / 4)) conv=fsync status=none
+t1=$(now)
+rm -f "$work/dd.out"
+disk=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+
+# Checkpoint: from the signal until the program has exited after a durable image.
+fifo=$work/out
+mkfifo "$fifo"
+"$bin/pmig-run" --exit --image "$work/mem.pmig" "$work/mem" "$mib" > "$fifo" 2> "$work/run.err" &
+pid=$!
+exec 3< "$fifo"
+read -r line <&3
+[ "$line" = ready ] || { echo "unexpected: $line"; exit 1; }
+t0=$(now)
+kill -USR2 "$pid"
+wait "$pid"
+t1=$(now)
+exec 3<&-
+ck=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+size=$(stat -c %s "$work/mem.pmig")
+printf '%-34s %12s   (baseline dd+fsync of %d MiB: %s)\n' "checkpoint throughput" "$(rate "$mib" "$ck")" "$mib" "$(rate "$mib" "$disk")"
+printf '%-34s %12s   (%s in all)\n' "checkpoint time" "$(ms "$ck")" "signal to exit"
+printf '%-34s %9.1f MiB   (touched memory: %d MiB)\n' "image size" "$(awk -v s="$size" 'BEGIN { print s / 1048576 }')" "$mib"
+
+# Restore: from starting pmig-resume until the program prints its next tick.
+# Baseline: reading the image once from the page cache (restore's floor).
+t0=$(now)
+cat "$work/mem.pmig" > /dev/null
+t1=$(now)
+readimg=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+rm -f "$fifo"
+mkfifo "$fifo"
+t0=$(now)
+"$bin/pmig-resume" "$work/mem.pmig" > "$fifo" 2> "$work/resume.err" &
+rpid=$!
+exec 3< "$fifo"
+read -r line <&3
+t1=$(now)
+exec 3<&-
+kill -9 "$rpid" 2>/dev/null || true
+wait "$rpid" 2>/dev/null || true
+rs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+printf '%-34s %12s   (baseline: reading the image once: %s; first line: %s)\n' "restore time" "$(ms "$rs")" "$(ms "$readimg")" "$line"
+
+# Runtime overhead: 500k open+close pairs, plain and under pmig-run.
+t0=$(now); "$work/openclose" 500000; t1=$(now)
+plain=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+t0=$(now); "$bin/pmig-run" "$work/openclose" 500000 2>/dev/null; t1=$(now)
+under=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+printf '%-34s %12s   (plain: %s; overhead %s)\n' "500k open+close under pmig" "$(ms "$under")" "$(ms "$plain")" \
+    "$(awk -v a="$plain" -v b="$under" 'BEGIN { printf "%+.1f%%", (b - a) / a * 100 }')"
