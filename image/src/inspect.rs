@@ -1,6 +1,6 @@
 //! A human description of an image, for `pmig-resume --inspect`.
 
-use crate::{FdKind, Manifest, RegionKind};
+use crate::{FileKind, FileState, Manifest, RegionKind, SocketRole, SocketState};
 use std::fmt::Write;
 
 fn mib(b: u64) -> String {
@@ -17,16 +17,57 @@ fn prot(p: u32, shared: bool) -> String {
 }
 
 /// How each fd will come back, in words.
-fn fd_plan(fd: i32, k: &FdKind) -> String {
-    match k {
-        FdKind::Regular { path, pos, .. } => format!("reopened: {path} at offset {pos}"),
-        FdKind::CharDevice { path, .. } => format!("reopened: {path}"),
-        k if fd <= 2 && k.inherited_as_stdio() => "pmig-resume's own".into(),
-        FdKind::Tty { path, .. } => format!("NOT restorable yet (terminal {path})"),
-        FdKind::Pipe { ino, .. } => format!("NOT restorable yet (pipe:[{ino}])"),
-        FdKind::Socket { ino, .. } => format!("NOT restorable yet (socket:[{ino}])"),
-        FdKind::Other { link } => format!("NOT restorable yet ({link})"),
+fn fd_plan(fd: i32, f: &FileState) -> String {
+    match &f.kind {
+        k if fd <= 2 && k.inherited_as_stdio() => "becomes pmig-resume's own".into(),
+        FileKind::Regular { path, .. } => format!("reopened: {path} at offset {}", f.pos),
+        FileKind::Deleted { path, content } => format!("recreated from the image ({} bytes; was {path})", content.len()),
+        FileKind::Memfd { name, content } => format!("memfd {name:?} recreated ({} bytes)", content.len()),
+        FileKind::CharDevice { path } => format!("reopened: {path}"),
+        FileKind::Tty { path } => format!("reopened: terminal {path}"),
+        FileKind::Pipe { ino, fifo: Some(p), data, .. } => format!("FIFO {p} reopened (pipe:[{ino}], {} bytes queued)", data.len()),
+        FileKind::Pipe { ino, read_end, data, .. } => format!(
+            "pipe:[{ino}] {} end recreated ({} bytes queued)",
+            if *read_end { "read" } else { "write" },
+            data.len()
+        ),
+        FileKind::Socket(s) => socket_plan(s),
+        FileKind::EventFd { count, semaphore } => {
+            format!("eventfd recreated (count {count}{})", if *semaphore { ", semaphore" } else { "" })
+        }
+        FileKind::TimerFd { clockid, value_ns, interval_ns, .. } => {
+            format!("timerfd recreated (clock {clockid}, next in {value_ns} ns, every {interval_ns} ns)")
+        }
+        FileKind::SignalFd { mask } => format!("signalfd recreated (mask {mask:#x})"),
+        FileKind::Epoll { targets } => format!("epoll recreated ({} registrations)", targets.len()),
+        FileKind::Inotify { watches } => format!("inotify recreated ({} watches)", watches.len()),
+        FileKind::Other { link } => format!("NOT restorable ({link})"),
     }
+}
+
+fn socket_plan(s: &SocketState) -> String {
+    let fam = match s.family {
+        1 => "unix",
+        2 => "ipv4",
+        10 => "ipv6",
+        _ => "other",
+    };
+    let ty = match s.sotype {
+        1 => "stream",
+        2 => "dgram",
+        5 => "seqpacket",
+        _ => "other",
+    };
+    let how = match (s.role, &s.tcp) {
+        (SocketRole::Listening, _) => "bound and listening again".to_string(),
+        (SocketRole::Bound, _) => "bound again".to_string(),
+        (SocketRole::Unbound, _) => "recreated".to_string(),
+        (SocketRole::Pair, _) => format!("socketpair recreated ({} bytes queued)", s.recv_queue.len()),
+        (SocketRole::Connected, Some(_)) => "connection restored with TCP repair".to_string(),
+        (SocketRole::Connected, None) if s.family == 1 => "connection lost: the program sees it reset".to_string(),
+        (SocketRole::Connected, None) => "connection reset (TCP repair needs root): the program sees ECONNRESET".to_string(),
+    };
+    format!("{fam} {ty} socket:[{}] {how}", s.ino)
 }
 
 /// Renders what the image holds, without restoring anything.
@@ -78,13 +119,20 @@ pub fn describe(m: &Manifest, file_len: u64) -> String {
     }
     let _ = writeln!(o, "fds:       {}", m.fds.len());
     for f in &m.fds {
+        let Some(file) = m.files.get(f.file as usize) else {
+            let _ = writeln!(o, "  {:<4} (damaged entry)", f.fd);
+            continue;
+        };
+        let shared: Vec<String> =
+            m.fds.iter().filter(|g| g.file == f.file && g.fd != f.fd).map(|g| g.fd.to_string()).collect();
         let _ = writeln!(
             o,
-            "  {:<4} {:<8}{} {}",
+            "  {:<4} {:<8}{}{} {}",
             f.fd,
-            f.kind.name(),
+            file.kind.name(),
             if f.cloexec { " cloexec" } else { "" },
-            fd_plan(f.fd, &f.kind)
+            if shared.is_empty() { String::new() } else { format!(" (shared with fd {})", shared.join(", ")) },
+            fd_plan(f.fd, file)
         );
     }
     let handled: Vec<String> =

@@ -29,7 +29,9 @@ pub const MAGIC: [u8; 8] = *b"PMIGIMG\0";
 /// Last 8 bytes of every complete image.
 pub const END_MAGIC: [u8; 8] = *b"PMIGEND\0";
 /// The format version this code writes and the newest it reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The oldest format version this code reads.
+pub const MIN_VERSION: u32 = 2;
 /// Size of [`Header`] on disk.
 pub const HEADER_LEN: u64 = 64;
 /// Size of [`Footer`] on disk.
@@ -46,6 +48,8 @@ pub enum ImageError {
     Foreign,
     #[error("image format version {0} is newer than this pmig understands (version {VERSION}); use a newer pmig-resume")]
     TooNew(u32),
+    #[error("image format version {0} is older than this pmig reads (versions {MIN_VERSION} to {VERSION}); resume it with the pmig that wrote it")]
+    TooOld(u32),
     #[error("image is truncated: {0}")]
     Truncated(String),
     #[error("image is corrupted: {0}")]
@@ -121,7 +125,10 @@ impl Header {
         if version > VERSION {
             return Err(ImageError::TooNew(version));
         }
-        if version == 0 || le_u32(b, 12) as u64 != HEADER_LEN {
+        if version < MIN_VERSION {
+            return Err(ImageError::TooOld(version));
+        }
+        if le_u32(b, 12) as u64 != HEADER_LEN {
             return Err(ImageError::Corrupted(format!("bad header (version {version})")));
         }
         let h = Header {

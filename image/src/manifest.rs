@@ -15,6 +15,7 @@ pub struct Manifest {
     pub ckpt: CkptThreadState,
     pub signals: Vec<SigActionState>,
     pub itimers: Vec<ItimerState>,
+    pub files: Vec<FileState>,
     pub fds: Vec<FdState>,
     pub regions: Vec<RegionState>,
     pub vdso: VdsoState,
@@ -153,47 +154,153 @@ pub struct FileIdent {
     pub mtime_ns: i128,
 }
 
-/// One open file descriptor.
+/// One fd number and the open file description it refers to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FdState {
     pub fd: i32,
     pub cloexec: bool,
-    pub kind: FdKind,
+    /// Index into `Manifest::files`: fds that share an open file description (after `dup`,
+    /// or inherited) share one entry, and so their offset and flags, after restore too.
+    pub file: u32,
 }
 
-/// What an fd refers to, and so how it is restored.
+/// An open file description.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FdKind {
-    /// A regular file or directory, reopened at `path` with `flags` and moved to `pos`.
-    Regular { path: String, flags: i32, pos: i64, ident: FileIdent },
+pub struct FileState {
+    /// `O_*` status flags (`fcntl(F_GETFL)`).
+    pub flags: i32,
+    /// Offset (for seekable files).
+    pub pos: i64,
+    pub kind: FileKind,
+}
+
+/// What an open file is, and so how it is restored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    /// A regular file or directory, reopened at `path`.
+    Regular { path: String, ident: FileIdent },
+    /// A regular file deleted while open: its content travels in the image; it is recreated
+    /// as an unlinked file with the same content.
+    Deleted { path: String, content: Vec<u8> },
+    /// A memfd: name and content.
+    Memfd { name: String, content: Vec<u8> },
     /// A terminal.
-    Tty { path: String, flags: i32 },
-    /// A pipe or FIFO.
-    Pipe { ino: u64, flags: i32 },
-    /// A socket.
-    Socket { ino: u64, flags: i32 },
+    Tty { path: String },
     /// A character device other than a terminal (reopened at its path).
-    CharDevice { path: String, flags: i32 },
+    CharDevice { path: String },
+    /// One end of a pipe (`fifo`: the FIFO's path). `data`: bytes written but not yet read,
+    /// kept on one end of each pipe.
+    Pipe { ino: u64, read_end: bool, fifo: Option<String>, capacity: u32, data: Vec<u8> },
+    /// A socket.
+    Socket(SocketState),
+    /// An eventfd.
+    EventFd { count: u64, semaphore: bool },
+    /// A timerfd: remaining time and interval, in nanoseconds.
+    TimerFd { clockid: i32, value_ns: u64, interval_ns: u64, ticks: u64 },
+    /// A signalfd and its mask.
+    SignalFd { mask: u64 },
+    /// An epoll instance and its registrations.
+    Epoll { targets: Vec<EpollTarget> },
+    /// An inotify instance and its watches.
+    Inotify { watches: Vec<InotifyWatch> },
     /// Anything else (its `/proc/self/fd` link).
     Other { link: String },
 }
 
-impl FdKind {
+/// One registration of an epoll set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollTarget {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
+}
+
+/// One inotify watch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub path: String,
+    pub mask: u32,
+}
+
+/// A socket's address, as the kernel's `sockaddr` bytes.
+pub type SockAddr = Vec<u8>;
+
+/// A socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketState {
+    pub ino: u64,
+    pub family: i32,
+    pub sotype: i32,
+    pub protocol: i32,
+    /// What it was doing: see [`SocketRole`].
+    pub role: SocketRole,
+    pub local: Option<SockAddr>,
+    pub peer: Option<SockAddr>,
+    pub backlog: i32,
+    /// `(level, name, value)` of the options that are restored.
+    pub options: Vec<(i32, i32, Vec<u8>)>,
+    /// For one end of a socketpair: the inode of the other end.
+    pub pair: Option<u64>,
+    /// Bytes received but not yet read.
+    pub recv_queue: Vec<u8>,
+    /// TCP repair state of an established connection (taken as root).
+    pub tcp: Option<TcpRepairState>,
+}
+
+/// What a socket was doing at checkpoint time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SocketRole {
+    /// Created, not bound.
+    #[default]
+    Unbound,
+    /// Bound (a UDP socket, or TCP before listen).
+    Bound,
+    /// Listening for connections.
+    Listening,
+    /// Connected to a peer (TCP established, connected UDP or UNIX).
+    Connected,
+    /// Part of a socketpair made by the program.
+    Pair,
+}
+
+/// What TCP repair mode saves of an established connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpRepairState {
+    pub send_seq: u32,
+    pub recv_seq: u32,
+    pub send_queue: Vec<u8>,
+    pub mss: u32,
+    pub snd_wscale: u32,
+    pub rcv_wscale: u32,
+    pub timestamp: u32,
+    pub window: Vec<u8>,
+}
+
+impl FileKind {
     /// Short name of the kind, for messages and `--inspect`.
     pub fn name(&self) -> &'static str {
         match self {
-            FdKind::Regular { .. } => "file",
-            FdKind::Tty { .. } => "tty",
-            FdKind::Pipe { .. } => "pipe",
-            FdKind::Socket { .. } => "socket",
-            FdKind::CharDevice { .. } => "chardev",
-            FdKind::Other { .. } => "other",
+            FileKind::Regular { .. } => "file",
+            FileKind::Deleted { .. } => "deleted",
+            FileKind::Memfd { .. } => "memfd",
+            FileKind::Tty { .. } => "tty",
+            FileKind::CharDevice { .. } => "chardev",
+            FileKind::Pipe { fifo: Some(_), .. } => "fifo",
+            FileKind::Pipe { .. } => "pipe",
+            FileKind::Socket(_) => "socket",
+            FileKind::EventFd { .. } => "eventfd",
+            FileKind::TimerFd { .. } => "timerfd",
+            FileKind::SignalFd { .. } => "signalfd",
+            FileKind::Epoll { .. } => "epoll",
+            FileKind::Inotify { .. } => "inotify",
+            FileKind::Other { .. } => "other",
         }
     }
 
     /// For fds 0–2, whether the resumer's own fd takes its place.
     pub fn inherited_as_stdio(&self) -> bool {
-        matches!(self, FdKind::Tty { .. } | FdKind::Pipe { .. } | FdKind::Socket { .. })
+        matches!(self, FileKind::Tty { .. } | FileKind::Pipe { fifo: None, .. } | FileKind::Socket(_))
     }
 }
 

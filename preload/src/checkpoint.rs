@@ -128,8 +128,8 @@ fn dump(cfg: &config::Config) -> Result<u64, String> {
     let layout = memory::collect(&skip)?;
     debug!("{} regions, {} KiB of populated pages", layout.regions.len(), layout.pages_len >> 10);
     let process = process::dump()?;
-    let fds = fd::dump(&[])?;
-    if let Some(why) = fds.iter().find_map(fd::unsupported) {
+    let (files, fds) = fd::dump(&[])?;
+    if let Some(why) = fd::unsupported(&files, &fds) {
         return Err(why);
     }
     let mut threads = Vec::new();
@@ -177,6 +177,7 @@ fn dump(cfg: &config::Config) -> Result<u64, String> {
         },
         signals: signal::dump_actions(),
         itimers: signal::dump_itimers(),
+        files,
         fds,
         regions: layout.regions,
         vdso: layout.vdso,

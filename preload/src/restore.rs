@@ -54,7 +54,7 @@ pub fn restored(mb: *const Mailbox) {
         }
     };
     let mut keep = [mb.plan_fd, mb.image_fd];
-    fd::restore(&m.fds, &mut keep);
+    fd::restore(&m.files, &m.fds, &mut keep);
     process::restore(&m.process);
     signal::restore_actions(&m.signals);
     signal::restore_itimers(&m.itimers);

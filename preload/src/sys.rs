@@ -358,3 +358,115 @@ pub fn cstr(s: &str) -> Vec<u8> {
     v.push(0);
     v
 }
+
+/// `pipe2(2)`: `(read end, write end)`.
+pub fn pipe2(flags: i32) -> Result<(i32, i32), i32> {
+    let mut fds = [0i32; 2];
+    sc!(libc::SYS_pipe2, fds.as_mut_ptr(), flags)?;
+    Ok((fds[0], fds[1]))
+}
+
+/// `tee(2)`: duplicates up to `len` bytes of pipe `from` into pipe `to` without consuming them.
+pub fn tee(from: i32, to: i32, len: u64, flags: u32) -> Res {
+    sc!(libc::SYS_tee, from, to, len, flags)
+}
+
+/// `kcmp(KCMP_FILE)` of two fds of this process: 0 when they share an open file description.
+pub fn kcmp_file(fd1: i32, fd2: i32) -> Res {
+    let pid = getpid();
+    sc!(libc::SYS_kcmp, pid, pid, 0, fd1, fd2)
+}
+
+/// `ioctl(2)` with an integer or pointer argument.
+pub fn ioctl(fd: i32, req: u64, arg: u64) -> Res {
+    sc!(libc::SYS_ioctl, fd, req, arg)
+}
+
+/// `eventfd2(2)`.
+pub fn eventfd2(initval: u32, flags: i32) -> Res {
+    sc!(libc::SYS_eventfd2, initval, flags)
+}
+
+/// `timerfd_create(2)`.
+pub fn timerfd_create(clockid: i32, flags: i32) -> Res {
+    sc!(libc::SYS_timerfd_create, clockid, flags)
+}
+
+/// `timerfd_settime(2)` with a relative time.
+pub fn timerfd_settime(fd: i32, v: &libc::itimerspec) -> Res {
+    sc!(libc::SYS_timerfd_settime, fd, 0, v as *const libc::itimerspec, 0)
+}
+
+/// `signalfd4(2)` creating a new signalfd for a kernel 64-bit mask.
+pub fn signalfd(mask: u64, flags: i32) -> Res {
+    sc!(libc::SYS_signalfd4, -1i64, &mask as *const u64, 8, flags)
+}
+
+/// `epoll_create1(2)`.
+pub fn epoll_create1(flags: i32) -> Res {
+    sc!(libc::SYS_epoll_create1, flags)
+}
+
+/// `epoll_ctl(EPOLL_CTL_ADD)`.
+pub fn epoll_add(epfd: i32, fd: i32, events: u32, data: u64) -> Res {
+    let ev = libc::epoll_event { events, u64: data };
+    sc!(libc::SYS_epoll_ctl, epfd, libc::EPOLL_CTL_ADD, fd, &ev as *const libc::epoll_event)
+}
+
+/// `memfd_create(2)`; `name` must end with a NUL byte.
+pub fn memfd_create(name: &[u8], flags: u32) -> Res {
+    sc!(libc::SYS_memfd_create, name.as_ptr(), flags)
+}
+
+/// `socket(2)`.
+pub fn socket(family: i32, ty: i32, proto: i32) -> Res {
+    sc!(libc::SYS_socket, family, ty, proto)
+}
+
+/// `socketpair(2)`.
+pub fn socketpair(family: i32, ty: i32, proto: i32) -> Result<(i32, i32), i32> {
+    let mut fds = [0i32; 2];
+    sc!(libc::SYS_socketpair, family, ty, proto, fds.as_mut_ptr())?;
+    Ok((fds[0], fds[1]))
+}
+
+/// `bind(2)` to the raw sockaddr bytes `addr`.
+pub fn bind(fd: i32, addr: &[u8]) -> Res {
+    sc!(libc::SYS_bind, fd, addr.as_ptr(), addr.len())
+}
+
+/// `listen(2)`.
+pub fn listen(fd: i32, backlog: i32) -> Res {
+    sc!(libc::SYS_listen, fd, backlog)
+}
+
+/// `connect(2)` to the raw sockaddr bytes `addr`.
+pub fn connect(fd: i32, addr: &[u8]) -> Res {
+    sc!(libc::SYS_connect, fd, addr.as_ptr(), addr.len())
+}
+
+/// `getsockopt(2)` into `buf`; returns the length the kernel wrote.
+pub fn getsockopt(fd: i32, level: i32, name: i32, buf: &mut [u8]) -> Result<usize, i32> {
+    let mut len = buf.len() as u32;
+    sc!(libc::SYS_getsockopt, fd, level, name, buf.as_mut_ptr(), &mut len as *mut u32)?;
+    Ok(len as usize)
+}
+
+/// `setsockopt(2)`.
+pub fn setsockopt(fd: i32, level: i32, name: i32, val: &[u8]) -> Res {
+    sc!(libc::SYS_setsockopt, fd, level, name, val.as_ptr(), val.len())
+}
+
+/// `getsockname(2)` / `getpeername(2)` (`peer`): the raw sockaddr bytes.
+pub fn sockname(fd: i32, peer: bool) -> Result<Vec<u8>, i32> {
+    let mut buf = [0u8; 128];
+    let mut len = buf.len() as u32;
+    let nr = if peer { libc::SYS_getpeername } else { libc::SYS_getsockname };
+    sc!(nr, fd, buf.as_mut_ptr(), &mut len as *mut u32)?;
+    Ok(buf[..(len as usize).min(buf.len())].to_vec())
+}
+
+/// `recvfrom(2)` with `flags` (e.g. `MSG_PEEK | MSG_DONTWAIT`).
+pub fn recv(fd: i32, buf: &mut [u8], flags: i32) -> Res {
+    sc!(libc::SYS_recvfrom, fd, buf.as_mut_ptr(), buf.len(), flags, 0, 0)
+}

@@ -8,7 +8,7 @@
 mod plan;
 
 use anyhow::{bail, Context, Result};
-use pmig_image::{verify_file, FdKind, RegionKind, VerifiedImage};
+use pmig_image::{verify_file, FileKind, RegionKind, VerifiedImage};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
@@ -144,10 +144,13 @@ fn check_host(img: &VerifiedImage) -> Result<()> {
         }
     }
     for f in &m.fds {
-        if let FdKind::Regular { path, .. } = &f.kind {
-            if std::fs::metadata(path).is_err() {
+        let file = m.files.get(f.file as usize).context("the image's fd table is damaged")?;
+        match &file.kind {
+            FileKind::Regular { path, .. } if std::fs::metadata(path).is_err() => {
                 bail!("fd {} of the saved process was {path}, which is missing here", f.fd);
             }
+            FileKind::Other { link } => bail!("fd {} of the saved process ({link}) cannot be restored", f.fd),
+            _ => {}
         }
     }
     Ok(())

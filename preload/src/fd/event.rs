@@ -1,0 +1,130 @@
+//! Kernel event objects, all `anon_inode` files whose state `/proc/self/fdinfo` shows:
+//! eventfd (counter, semaphore mode), timerfd (clock, remaining time, interval, unread
+//! expirations), signalfd (mask) and epoll (each registration's fd, events and data).
+
+use super::{DumpCtx, FdInfo, Ops, RestoreCtx};
+use crate::sys;
+use pmig_image::{EpollTarget, FileKind, FileState};
+
+pub const OPS: Ops = Ops { name: "event", dump, restore };
+
+/// `TFD_IOC_SET_TICKS`: sets a timerfd's unread expiration count.
+const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
+
+/// Parses `(sec, nsec)` as fdinfo prints timerfd times, into nanoseconds.
+fn parse_time(v: &str) -> Option<u64> {
+    let (s, n) = v.trim().trim_start_matches('(').trim_end_matches(')').split_once(',')?;
+    Some(s.trim().parse::<u64>().ok()? * 1_000_000_000 + n.trim().parse::<u64>().ok()?)
+}
+
+/// Parses the `tfd:` lines of an epoll fdinfo.
+fn epoll_targets(fdinfo: &str) -> Vec<EpollTarget> {
+    fdinfo
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            if it.next()? != "tfd:" {
+                return None;
+            }
+            let fd = it.next()?.parse().ok()?;
+            let _ = it.next()?; // "events:"
+            let events = u32::from_str_radix(it.next()?, 16).ok()?;
+            let _ = it.next()?; // "data:"
+            let data = u64::from_str_radix(it.next()?, 16).ok()?;
+            Some(EpollTarget { fd, events, data })
+        })
+        .collect()
+}
+
+fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
+    let bad = |what: &str| Some(Err(format!("cannot read the {what}'s state from fdinfo")));
+    match i.link.as_str() {
+        "anon_inode:[eventfd]" => {
+            let Some(count) = i.field("eventfd-count:").and_then(|v| v.parse().ok()) else { return bad("eventfd") };
+            let semaphore = i.field("eventfd-semaphore:") == Some("1");
+            Some(Ok(FileKind::EventFd { count, semaphore }))
+        }
+        "anon_inode:[timerfd]" => {
+            let clockid = i.field("clockid:").and_then(|v| v.parse().ok());
+            let ticks = i.field("ticks:").and_then(|v| v.parse().ok());
+            let value = i.field("it_value:").and_then(parse_time);
+            let interval = i.field("it_interval:").and_then(parse_time);
+            match (clockid, ticks, value, interval) {
+                (Some(clockid), Some(ticks), Some(value_ns), Some(interval_ns)) => {
+                    Some(Ok(FileKind::TimerFd { clockid, value_ns, interval_ns, ticks }))
+                }
+                _ => bad("timerfd"),
+            }
+        }
+        "anon_inode:[signalfd]" => match i.field("sigmask:").and_then(|v| u64::from_str_radix(v, 16).ok()) {
+            Some(mask) => Some(Ok(FileKind::SignalFd { mask })),
+            None => bad("signalfd"),
+        },
+        "anon_inode:[eventpoll]" => Some(Ok(FileKind::Epoll { targets: epoll_targets(&i.fdinfo) })),
+        _ => None,
+    }
+}
+
+fn ts(ns: u64) -> libc::timespec {
+    libc::timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 }
+}
+
+fn restore(f: &FileState, _: &mut RestoreCtx) -> Option<Result<i32, String>> {
+    let cloexec = libc::O_CLOEXEC;
+    Some(match &f.kind {
+        FileKind::EventFd { count, semaphore } => {
+            let flags = cloexec | if *semaphore { libc::EFD_SEMAPHORE } else { 0 };
+            sys::eventfd2(0, flags).map_err(|e| format!("eventfd: errno {e}")).and_then(|fd| {
+                let fd = fd as i32;
+                if *count > 0 {
+                    sys::write_all(fd, &count.to_ne_bytes()).map_err(|e| format!("eventfd write: errno {e}"))?;
+                }
+                Ok(fd)
+            })
+        }
+        FileKind::TimerFd { clockid, value_ns, interval_ns, ticks } => {
+            sys::timerfd_create(*clockid, cloexec).map_err(|e| format!("timerfd_create: errno {e}")).and_then(|fd| {
+                let fd = fd as i32;
+                if *value_ns != 0 || *interval_ns != 0 {
+                    // An armed timer with 0 left fires at once rather than disarm.
+                    let v = libc::itimerspec { it_interval: ts(*interval_ns), it_value: ts((*value_ns).max(1)) };
+                    sys::timerfd_settime(fd, &v).map_err(|e| format!("timerfd_settime: errno {e}"))?;
+                }
+                if *ticks > 0 {
+                    sys::ioctl(fd, TFD_IOC_SET_TICKS, ticks as *const u64 as u64)
+                        .map_err(|e| format!("TFD_IOC_SET_TICKS: errno {e}"))?;
+                }
+                Ok(fd)
+            })
+        }
+        FileKind::SignalFd { mask } => {
+            sys::signalfd(*mask, cloexec).map(|fd| fd as i32).map_err(|e| format!("signalfd: errno {e}"))
+        }
+        FileKind::Epoll { targets } => sys::epoll_create1(cloexec).map_err(|e| format!("epoll_create1: errno {e}")).map(|ep| {
+            let ep = ep as i32;
+            for t in targets {
+                if let Err(e) = sys::epoll_add(ep, t.fd, t.events, t.data) {
+                    crate::log::say!("warning: cannot register fd {} with epoll again: errno {e}", t.fd);
+                }
+            }
+            ep
+        }),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fdinfo_times_and_epoll_lines() {
+        assert_eq!(parse_time("(1, 500)"), Some(1_000_000_500));
+        assert_eq!(parse_time(" (0, 0)"), Some(0));
+        let t = epoll_targets("pos:\t0\ntfd:        3 events:       19 data:                3  pos:0 ino:40f sdev:10\ntfd:       12 events: 80000001 data: ffffffffffffffff  pos:0 ino:1 sdev:2\n");
+        assert_eq!(t, vec![
+            EpollTarget { fd: 3, events: 0x19, data: 3 },
+            EpollTarget { fd: 12, events: 0x8000_0001, data: u64::MAX },
+        ]);
+    }
+}

@@ -1,0 +1,88 @@
+//! Files with a path: regular files and directories (reopened at their path and offset),
+//! files deleted while open and memfds (their content travels in the image), terminals and
+//! other character devices (reopened).
+
+use super::{FdInfo, DumpCtx, Ops, RestoreCtx};
+use crate::{memory, sys};
+use pmig_image::{FileKind, FileState};
+
+pub const OPS: Ops = Ops { name: "file", dump, restore };
+
+/// The largest deleted file or memfd whose content is saved.
+const MAX_CONTENT: u64 = 1 << 30;
+
+fn read_all(fd: i32, size: u64) -> Result<Vec<u8>, String> {
+    if size > MAX_CONTENT {
+        return Err(format!("its content ({size} bytes) is too large to carry in the image"));
+    }
+    let mut v = vec![0u8; size as usize];
+    let mut got = 0;
+    while got < v.len() {
+        match sys::pread(fd, &mut v[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n as usize,
+            Err(libc::EINTR) => {}
+            Err(e) => return Err(format!("cannot read its content: errno {e}")),
+        }
+    }
+    v.truncate(got);
+    Ok(v)
+}
+
+fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
+    let t = i.file_type();
+    if t == libc::S_IFREG && i.link.starts_with("/memfd:") {
+        let name = i.link.trim_start_matches("/memfd:").trim_end_matches(" (deleted)").to_string();
+        return Some(read_all(i.fd, i.st.st_size as u64).map(|content| FileKind::Memfd { name, content }));
+    }
+    if (t == libc::S_IFREG || t == libc::S_IFDIR) && i.link.starts_with('/') {
+        if let Some(path) = i.link.strip_suffix(" (deleted)") {
+            if t == libc::S_IFREG && i.st.st_nlink == 0 {
+                let path = path.to_string();
+                return Some(read_all(i.fd, i.st.st_size as u64).map(|content| FileKind::Deleted { path, content }));
+            }
+        }
+        let ident = memory::file_ident(&i.link).unwrap_or_default();
+        return Some(Ok(FileKind::Regular { path: i.link.clone(), ident }));
+    }
+    if t == libc::S_IFCHR {
+        let tty = i.link.starts_with("/dev/pts/") || i.link.starts_with("/dev/tty") || i.link == "/dev/console";
+        let path = i.link.clone();
+        return Some(Ok(if tty { FileKind::Tty { path } } else { FileKind::CharDevice { path } }));
+    }
+    None
+}
+
+/// Open flags without the ones that only matter when a file is created.
+fn reopen_flags(flags: i32) -> i32 {
+    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) | libc::O_CLOEXEC
+}
+
+fn with_content(fd: i32, content: &[u8], pos: i64) -> Result<i32, String> {
+    sys::write_all(fd, content).map_err(|e| format!("cannot write its content back: errno {e}"))?;
+    let _ = sys::lseek(fd, pos, libc::SEEK_SET);
+    Ok(fd)
+}
+
+fn restore(f: &FileState, _: &mut RestoreCtx) -> Option<Result<i32, String>> {
+    let open = |path: &str, flags: i32| {
+        sys::openat(libc::AT_FDCWD, &sys::cstr(path), flags, 0).map(|fd| fd as i32).map_err(|e| format!("cannot open {path}: errno {e}"))
+    };
+    Some(match &f.kind {
+        FileKind::Regular { path, .. } => open(path, reopen_flags(f.flags)).map(|fd| {
+            let _ = sys::lseek(fd, f.pos, libc::SEEK_SET);
+            fd
+        }),
+        FileKind::Tty { path } | FileKind::CharDevice { path } => open(path, reopen_flags(f.flags) | libc::O_NOCTTY),
+        FileKind::Deleted { path, content } => {
+            // An unlinked file in the same directory (or /tmp), as the original was.
+            let dir = path.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d }).unwrap_or("/tmp");
+            let tmp = libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC;
+            open(dir, tmp).or_else(|_| open("/tmp", tmp)).and_then(|fd| with_content(fd, content, f.pos))
+        }
+        FileKind::Memfd { name, content } => sys::memfd_create(&sys::cstr(name), libc::MFD_CLOEXEC)
+            .map_err(|e| format!("memfd_create: errno {e}"))
+            .and_then(|fd| with_content(fd as i32, content, f.pos)),
+        _ => return None,
+    })
+}

@@ -1,0 +1,237 @@
+//! File descriptors: what each open fd is (dump) and making it again (restore).
+//!
+//! Dump runs in the checkpoint thread with the others parked (arena allocation only); restore
+//! runs in the restored checkpoint thread before any other thread exists. Both use raw system
+//! calls only.
+//!
+//! The model is CRIU's: *files* (open file descriptions, with their offset and flags) and
+//! *fds* (numbers pointing at files). fds that share a description — after `dup`, or inherited
+//! — are found with `kcmp(KCMP_FILE)` and share one file, so after restore they share their
+//! offset again. Each resource family has its own module with a dump/restore pair, registered
+//! in [`OPS`]; the first entry that claims an fd handles it.
+
+mod event;
+mod file;
+mod pipe;
+mod socket;
+
+use crate::{log, sys};
+use pmig_image::{FdState, FileKind, FileState};
+
+/// What dump knows about an fd before a family claims it.
+pub struct FdInfo {
+    pub fd: i32,
+    /// The `/proc/self/fd` link.
+    pub link: String,
+    pub st: libc::stat,
+    /// `fcntl(F_GETFL)`.
+    pub flags: i32,
+    /// `/proc/self/fdinfo/N`.
+    pub fdinfo: String,
+}
+
+impl FdInfo {
+    /// The value after `key` in fdinfo (e.g. `"eventfd-count:"`).
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.fdinfo.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim())
+    }
+
+    pub fn file_type(&self) -> u32 {
+        self.st.st_mode & libc::S_IFMT
+    }
+}
+
+/// State shared by the dumps of one checkpoint.
+#[derive(Default)]
+pub struct DumpCtx {
+    /// Pipe inodes whose queued data is already saved.
+    pub pipes_with_data: Vec<u64>,
+}
+
+/// State shared by the restores of one restore.
+pub struct RestoreCtx {
+    /// Every fd restore creates is moved at or above this, clear of all saved fd numbers.
+    pub high: i32,
+    /// Ends of pipes recreated so far: `(ino, read fd, write fd)` (-1 once used).
+    pub pipes: Vec<(u64, i32, i32)>,
+    /// Ends of socketpairs recreated so far: `(ino, fd)`.
+    pub pairs: Vec<(u64, i32)>,
+}
+
+impl RestoreCtx {
+    /// Moves `fd` to a number at or above `high` (close-on-exec until placed).
+    pub fn lift(&self, fd: i32) -> Result<i32, String> {
+        if fd >= self.high {
+            return Ok(fd);
+        }
+        let n = sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, self.high as u64).map_err(|e| format!("F_DUPFD: errno {e}"))?;
+        let _ = sys::close(fd);
+        Ok(n as i32)
+    }
+}
+
+/// One resource family: `dump` returns `None` for fds that are not its kind; `restore`
+/// returns `None` for files that are not its kind, else a new fd for the file (any number).
+pub struct Ops {
+    pub name: &'static str,
+    pub dump: fn(&FdInfo, &mut DumpCtx) -> Option<Result<FileKind, String>>,
+    pub restore: fn(&FileState, &mut RestoreCtx) -> Option<Result<i32, String>>,
+}
+
+/// Every family, most specific first.
+const OPS: &[&Ops] = &[&pipe::OPS, &socket::OPS, &event::OPS, &file::OPS];
+
+/// Lists the open fds, skipping `skip`.
+fn list_fds(skip: &[i32]) -> Result<Vec<i32>, i32> {
+    let dir = sys::openat(libc::AT_FDCWD, b"/proc/self/fd\0", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)?
+        as i32;
+    let mut fds = Vec::new();
+    let mut buf = [0u8; 4096];
+    let r = loop {
+        let got = match sys::getdents64(dir, &mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(g) => g as usize,
+            Err(e) => break Err(e),
+        };
+        let mut at = 0;
+        while at < got {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
+            if let Some(fd) = core::str::from_utf8(name).ok().and_then(|s| s.parse::<i32>().ok()) {
+                if fd != dir && !skip.contains(&fd) {
+                    fds.push(fd);
+                }
+            }
+            at += reclen;
+        }
+    };
+    let _ = sys::close(dir);
+    r.map(|_| {
+        fds.sort_unstable();
+        fds
+    })
+}
+
+fn fd_info(fd: i32) -> Option<FdInfo> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    sys::fstat(fd, &mut st).ok()?;
+    let link = sys::readlink_string(&sys::cstr(&format!("/proc/self/fd/{fd}"))).unwrap_or_default();
+    let fdinfo = sys::read_file_vec(&sys::cstr(&format!("/proc/self/fdinfo/{fd}")))
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default();
+    let flags = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;
+    Some(FdInfo { fd, link, st, flags, fdinfo })
+}
+
+/// Describes every open fd: the files and the fd table.
+pub fn dump(skip: &[i32]) -> Result<(Vec<FileState>, Vec<FdState>), String> {
+    let fds = list_fds(skip).map_err(|e| format!("cannot list /proc/self/fd: errno {e}"))?;
+    let mut files: Vec<FileState> = Vec::new();
+    // For each file: one fd that refers to it, and its (dev, ino), to find sharers quickly.
+    let mut reps: Vec<(i32, u64, u64)> = Vec::new();
+    let mut table = Vec::with_capacity(fds.len());
+    let mut ctx = DumpCtx::default();
+    for fd in fds {
+        let Some(info) = fd_info(fd) else { continue };
+        let cloexec = sys::fcntl(fd, libc::F_GETFD, 0).map(|f| f as i32 & libc::FD_CLOEXEC != 0).unwrap_or(false);
+        let shared = reps
+            .iter()
+            .position(|&(rfd, dev, ino)| dev == info.st.st_dev && ino == info.st.st_ino && sys::kcmp_file(rfd, fd) == Ok(0));
+        let file = match shared {
+            Some(i) => i,
+            None => {
+                let kind = OPS
+                    .iter()
+                    .find_map(|ops| (ops.dump)(&info, &mut ctx))
+                    .unwrap_or_else(|| Ok(FileKind::Other { link: info.link.clone() }))
+                    .map_err(|e| format!("fd {fd} ({}): {e}", info.link))?;
+                let pos = sys::lseek(fd, 0, libc::SEEK_CUR).map(|p| p as i64).unwrap_or(0);
+                files.push(FileState { flags: info.flags, pos, kind });
+                reps.push((fd, info.st.st_dev, info.st.st_ino));
+                files.len() - 1
+            }
+        };
+        table.push(FdState { fd, cloexec, file: file as u32 });
+    }
+    Ok((files, table))
+}
+
+/// Why the fd table cannot be restored, if it cannot.
+pub fn unsupported(files: &[FileState], fds: &[FdState]) -> Option<String> {
+    fds.iter().find_map(|f| match &files[f.file as usize].kind {
+        FileKind::Other { link } => Some(format!("fd {} ({link}) cannot be checkpointed yet", f.fd)),
+        _ => None,
+    })
+}
+
+/// Recreates the saved fds. `keep` are fds the restorer still needs (moved out of the way
+/// first, their new numbers returned in place). Every other fd not saved is closed; fds 0–2
+/// that were a terminal, pipe or socket stay what they are now (the resumer's own).
+pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32]) {
+    let top = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
+    let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new() };
+    for k in keep.iter_mut() {
+        if let Ok(n) = ctx.lift(*k) {
+            *k = n;
+        }
+    }
+    let inherited = |f: &FdState| f.fd <= 2 && files[f.file as usize].kind.inherited_as_stdio();
+    if let Ok(open) = list_fds(keep) {
+        for fd in open {
+            if !fds.iter().any(|f| f.fd == fd && inherited(f)) {
+                let _ = sys::close(fd);
+            }
+        }
+    }
+    // Epoll sets refer to other fds by number: make them last, once every other fd is in place.
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by_key(|&i| matches!(files[i].kind, FileKind::Epoll { .. }));
+    for i in order {
+        let users: Vec<&FdState> = fds.iter().filter(|f| f.file as usize == i).collect();
+        if users.is_empty() {
+            continue;
+        }
+        // A file shared with an inherited stdio fd is that fd: dup it.
+        let new = if let Some(std) = users.iter().find(|f| inherited(f)) {
+            sys::fcntl(std.fd, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map(|f| f as i32).map_err(|e| format!("errno {e}"))
+        } else {
+            let f = &files[i];
+            match OPS.iter().find_map(|ops| (ops.restore)(f, &mut ctx)) {
+                Some(r) => r.and_then(|fd| ctx.lift(fd)),
+                None => Err(format!("no way to restore a {}", f.kind.name())),
+            }
+        };
+        let new = match new {
+            Ok(fd) => fd,
+            Err(e) => {
+                let nums: Vec<i32> = users.iter().map(|u| u.fd).collect();
+                log::say!("warning: cannot restore fd {nums:?} ({}): {e}; it stays closed", files[i].kind.name());
+                continue;
+            }
+        };
+        // Status flags the open above may not have set (O_APPEND, O_NONBLOCK, ...).
+        let setfl = libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME;
+        if !users.iter().any(|u| inherited(u)) {
+            let _ = sys::fcntl(new, libc::F_SETFL, (files[i].flags & setfl) as u64);
+        }
+        for u in users.iter().filter(|u| !inherited(u)) {
+            if let Err(e) = sys::dup3(new, u.fd, if u.cloexec { libc::O_CLOEXEC } else { 0 }) {
+                log::say!("warning: cannot place fd {}: errno {e}", u.fd);
+            }
+        }
+        let _ = sys::close(new);
+        log::debug!("fd {:?} restored: {}", users.iter().map(|u| u.fd).collect::<Vec<_>>(), files[i].kind.name());
+    }
+    for (_, r, w) in ctx.pipes.drain(..) {
+        for fd in [r, w] {
+            if fd >= 0 {
+                let _ = sys::close(fd);
+            }
+        }
+    }
+    for (_, fd) in ctx.pairs.drain(..) {
+        let _ = sys::close(fd);
+    }
+}
