@@ -56,7 +56,7 @@ pub enum ImageError {
     Corrupted(String),
     #[error("could not encode the manifest: {0}")]
     Encode(String),
-    #[error("I/O error reading the image: {0}")]
+    #[error("cannot read the image")]
     Io(#[from] std::io::Error),
 }
 

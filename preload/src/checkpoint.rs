@@ -42,7 +42,8 @@ fn run() {
     thread::confirm_tid_offset();
     CKPT_TID.store(sys::gettid(), Relaxed);
     let Some(cfg) = config::get() else { return };
-    let mut seen = config::CKPT_REQUEST.load(Acquire);
+    // Requests are counted from 0: one that arrived before this thread first ran is served.
+    let mut seen = 0;
     loop {
         while config::CKPT_REQUEST.load(Acquire) == seen {
             let _ = sys::futex_wait(&config::CKPT_REQUEST, seen, 0);

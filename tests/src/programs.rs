@@ -1,0 +1,179 @@
+//! The helper programs the end-to-end tests checkpoint, and [`Program`], the
+//! description of one run of them.
+//!
+//! The C programs are built from `tests/programs/*.c` by `build.rs`; see the
+//! banner of each source for what it exercises.  Every program takes the
+//! step count as its first argument, prints `step N` once per step, checks
+//! its own memory every step (`CORRUPT ...` and exit 3 on a mismatch) and
+//! exits 0 after the last step.  `rust-threads` is this package's binary
+//! (its path is only known to integration tests, through
+//! `env!("CARGO_BIN_EXE_rust-threads")`); the Python program is
+//! [`PYTHON_THREADS`].
+
+use std::ffi::OsString;
+use std::path::Path;
+
+/// `counter STEPS`: globals, stack, sbrk, malloc and mmap, allocating every step.
+pub const COUNTER: &str = env!("PMIG_TEST_PROG_COUNTER");
+/// `pthreads STEPS`: four workers, mutex + condvars, `__thread`, `pthread_kill`.
+pub const PTHREADS: &str = env!("PMIG_TEST_PROG_PTHREADS");
+/// `signals STEPS`: SIGALRM interval timer, SIGUSR1 handler, SIGHUP blocked.
+pub const SIGNALS: &str = env!("PMIG_TEST_PROG_SIGNALS");
+/// `files STEPS DATA LOG`: fds 7/12/20 on two regular files.
+pub const FILES: &str = env!("PMIG_TEST_PROG_FILES");
+/// `sleeper STEPS nanosleep|poll|read`: blocked in a system call.
+pub const SLEEPER: &str = env!("PMIG_TEST_PROG_SLEEPER");
+/// `sparse STEPS`: 1 GiB NORESERVE mapping with 16 MiB touched.
+pub const SPARSE: &str = env!("PMIG_TEST_PROG_SPARSE");
+
+/// Debian's Python; used by path so no pyenv shim is involved.
+pub const PYTHON3: &str = "/usr/bin/python3";
+
+/// The Python program, run as `/usr/bin/python3 -u -c PYTHON_THREADS STEPS`:
+/// three `threading.Thread` workers take jobs from a `queue.Queue` and
+/// answer on another; the main thread checks every answer and a
+/// `bytearray` pattern, prints `step N` and sleeps 30 ms.
+pub const PYTHON_THREADS: &str = r#"
+import os, queue, sys, threading, time
+
+def corrupt(msg):
+    print("CORRUPT " + msg, flush=True)
+    sys.stderr.write("CORRUPT " + msg + "\n")
+    sys.stderr.flush()
+    os._exit(3)
+
+def work(step, k):
+    return sum((i * (step * 7 + k + 1)) % 1009 for i in range(3000))
+
+def pattern(step):
+    return bytes(((i * 31) ^ step) & 0xFF for i in range(8192))
+
+WORKERS = 3
+steps = int(sys.argv[1])
+jobs = queue.Queue()
+answers = queue.Queue()
+local = threading.local()
+
+def worker(wid):
+    local.wid = wid
+    done = 0
+    while True:
+        job = jobs.get()
+        if job is None:
+            answers.put(("done", wid, done))
+            return
+        if local.wid != wid:
+            corrupt("worker %d: thread-local id is %r" % (wid, local.wid))
+        step, k = job
+        done += 1
+        answers.put((step, k, work(step, k)))
+
+threads = [threading.Thread(target=worker, args=(w,), name="worker-%d" % w) for w in range(WORKERS)]
+for t in threads:
+    t.start()
+
+blob = bytearray(pattern(0))
+for step in range(1, steps + 1):
+    if blob != pattern(step - 1):
+        corrupt("bytearray lost the pattern of step %d" % (step - 1))
+    for k in range(WORKERS):
+        jobs.put((step, k))
+    got = {}
+    for _ in range(WORKERS):
+        s, k, r = answers.get(timeout=10)
+        if s != step or k in got:
+            corrupt("step %d: unexpected answer %r" % (step, (s, k)))
+        got[k] = r
+    for k in range(WORKERS):
+        if got[k] != work(step, k):
+            corrupt("step %d: wrong answer for job %d" % (step, k))
+    blob[:] = pattern(step)
+    print("step %d" % step, flush=True)
+    if step < steps:
+        time.sleep(0.03)
+
+for _ in threads:
+    jobs.put(None)
+total = 0
+for _ in threads:
+    tag, wid, done = answers.get(timeout=10)
+    if tag != "done":
+        corrupt("unexpected final answer %r" % ((tag, wid, done),))
+    total += done
+for t in threads:
+    t.join(timeout=10)
+    if t.is_alive():
+        corrupt("%s did not finish" % t.name)
+if total != steps * WORKERS:
+    corrupt("workers did %d jobs, expected %d" % (total, steps * WORKERS))
+"#;
+
+/// What a program's stdin carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Nothing: stdin is an idle pipe (or terminal) the program never reads.
+    Idle,
+    /// One line `line-N` per step, fed in lock-step: line N+1 is written
+    /// only after `step N line-N` has been read back, and never while a
+    /// checkpoint is pending.  For `sleeper STEPS read`.
+    Lines,
+}
+
+/// One run of a helper program: the command line to give after `pmig-run
+/// ... --`, its step count and what its stdin carries.
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// A short name for messages, e.g. `counter` or `sleeper-read-pty`.
+    pub name: String,
+    /// argv, executable first.
+    pub argv: Vec<OsString>,
+    /// The step count given to the program.
+    pub steps: u32,
+    /// What its stdin carries.
+    pub input: Input,
+}
+
+impl Program {
+    /// `exe STEPS extra...`, with an idle stdin.
+    pub fn new(name: &str, exe: impl AsRef<Path>, steps: u32, extra: &[&str]) -> Program {
+        let mut argv = vec![
+            exe.as_ref().as_os_str().to_os_string(),
+            steps.to_string().into(),
+        ];
+        argv.extend(extra.iter().map(OsString::from));
+        Program {
+            name: name.to_string(),
+            argv,
+            steps,
+            input: Input::Idle,
+        }
+    }
+
+    /// `/usr/bin/python3 -u -c PYTHON_THREADS STEPS`.
+    pub fn python_threads(steps: u32) -> Program {
+        Program {
+            name: "python-threads".to_string(),
+            argv: vec![
+                PYTHON3.into(),
+                "-u".into(),
+                "-c".into(),
+                PYTHON_THREADS.into(),
+                steps.to_string().into(),
+            ],
+            steps,
+            input: Input::Idle,
+        }
+    }
+
+    /// The same program, fed one line per step on stdin.
+    pub fn reading_lines(mut self) -> Program {
+        self.input = Input::Lines;
+        self
+    }
+
+    /// Appends an argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Program {
+        self.argv.push(arg.into());
+        self
+    }
+}

@@ -1,0 +1,521 @@
+//! End-to-end tests of pmig: the real `pmig-run` and `pmig-resume` on the
+//! helper programs of `tests/programs/`, `rust-threads` and a Python script.
+//!
+//! Each `*_chain` test runs the [`Chain`] (run → checkpoint with `--exit` →
+//! resume → checkpoint → resume to the end; see `src/chain.rs`).  The others
+//! check a checkpoint without `--exit`, image size on a sparse mapping,
+//! `--inspect`, and the error paths of both binaries.
+//!
+//! Needs the pmig binaries built first, in the same profile:
+//! `cargo build --workspace && cargo test -p pmig-tests`.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pmig_tests::{
+    describe_status, fail_with, pmig_env, programs, Chain, ChainOpts, Input, Proc, Program, RunAs,
+    Sandbox, StepCheck, Terminal, CHECKPOINT_TIMEOUT, RESUME_TIMEOUT, STEP_TIMEOUT,
+};
+
+/// Steps given to the chain programs: enough that the checkpoints land well
+/// before the end even if a checkpoint takes a second or two.
+const STEPS: u32 = 60;
+
+const MIB: u64 = 1024 * 1024;
+
+fn run_chain(prog: &Program) {
+    let sb = Sandbox::new();
+    Chain::new(&sb, prog, ChainOpts::default()).run();
+}
+
+#[test]
+fn counter_chain() {
+    run_chain(&Program::new("counter", programs::COUNTER, STEPS, &[]));
+}
+
+#[test]
+fn pthreads_chain() {
+    run_chain(&Program::new("pthreads", programs::PTHREADS, STEPS, &[]));
+}
+
+#[test]
+fn signals_chain() {
+    run_chain(&Program::new("signals", programs::SIGNALS, STEPS, &[]));
+}
+
+#[test]
+fn files_chain() {
+    let sb = Sandbox::new();
+    let data = sb.file("data.txt");
+    let log = sb.file("log.txt");
+    let prog = Program::new("files", programs::FILES, STEPS, &[])
+        .arg(&data)
+        .arg(&log);
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
+
+    // Each step wrote exactly one record to each file: a step re-executed
+    // after a restore would show up as a repeated record in the O_APPEND log.
+    for (path, kind) in [(&data, "data"), (&log, "log")] {
+        let text =
+            fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let records: Vec<&str> = text.lines().collect();
+        let expected: Vec<String> = (1..=STEPS).map(|n| format!("{kind} {n:06}")).collect();
+        let got: Vec<String> = records
+            .iter()
+            .map(|r| r.trim_end_matches('.').to_string())
+            .collect();
+        assert_eq!(
+            got,
+            expected,
+            "{} must hold exactly one record per step, in order",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn sleeper_nanosleep_chain() {
+    run_chain(&Program::new(
+        "sleeper-nanosleep",
+        programs::SLEEPER,
+        STEPS,
+        &["nanosleep"],
+    ));
+}
+
+#[test]
+fn sleeper_poll_chain() {
+    run_chain(&Program::new(
+        "sleeper-poll",
+        programs::SLEEPER,
+        STEPS,
+        &["poll"],
+    ));
+}
+
+#[test]
+fn sleeper_read_pipe_chain() {
+    let prog = Program::new("sleeper-read-pipe", programs::SLEEPER, 30, &["read"]).reading_lines();
+    run_chain(&prog);
+}
+
+#[test]
+fn sleeper_read_pty_chain() {
+    let sb = Sandbox::new();
+    let prog = Program::new("sleeper-read-pty", programs::SLEEPER, 30, &["read"]).reading_lines();
+    let opts = ChainOpts {
+        terminal: Terminal::Pty,
+        ..ChainOpts::default()
+    };
+    Chain::new(&sb, &prog, opts).run();
+}
+
+#[test]
+fn rust_threads_chain() {
+    run_chain(&Program::new(
+        "rust-threads",
+        env!("CARGO_BIN_EXE_rust-threads"),
+        STEPS,
+        &[],
+    ));
+}
+
+#[test]
+fn python_threads_chain() {
+    assert!(
+        Path::new(programs::PYTHON3).is_file(),
+        "{} is missing (Debian package python3)",
+        programs::PYTHON3
+    );
+    run_chain(&Program::python_threads(STEPS));
+}
+
+/// As root, the chain runs as nobody (65534) through `setpriv`; otherwise
+/// the current user is already unprivileged.
+fn unprivileged_chain(name: &str, exe: &str) {
+    let run_as = RunAs::nobody_if_root();
+    if run_as.is_none() {
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        eprintln!(
+            "{name}: not root, running the unprivileged chain as the current user (uid {uid})"
+        );
+    }
+    let sb = Sandbox::with_user(run_as);
+    let prog = Program::new(name, sb.stage(exe), STEPS, &[]);
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
+}
+
+#[test]
+fn unprivileged_counter_chain() {
+    unprivileged_chain("counter-unprivileged", programs::COUNTER);
+}
+
+#[test]
+fn unprivileged_pthreads_chain() {
+    unprivileged_chain("pthreads-unprivileged", programs::PTHREADS);
+}
+
+/// A 1 GiB NORESERVE mapping with 16 MiB touched must give an image a bit
+/// over 16 MiB: bounded by the size of a plain counter image taken in the
+/// same test, plus 8 MiB of slack.
+#[test]
+fn sparse_image_stays_small() {
+    let sb = Sandbox::new();
+    let counter = Program::new("counter", programs::COUNTER, STEPS, &[]);
+    let mut chain = Chain::new(&sb, &counter, ChainOpts::default());
+    chain.start_and_checkpoint();
+    let counter_size = chain.report().image_sizes[0];
+
+    let low = 16 * MIB;
+    let high = 16 * MIB + counter_size + 8 * MIB;
+    let check = move |image: &Path| -> Result<(), String> {
+        let size = fs::metadata(image)
+            .map_err(|e| format!("stat {}: {e}", image.display()))?
+            .len();
+        if size > low && size < high {
+            Ok(())
+        } else {
+            Err(format!(
+                "sparse image is {size} bytes ({:.1} MiB); expected more than 16 MiB and less than \
+                 16 MiB + {counter_size} (a counter image) + 8 MiB = {high} bytes",
+                size as f64 / MIB as f64
+            ))
+        }
+    };
+    let sparse = Program::new("sparse", programs::SPARSE, STEPS, &[]);
+    let opts = ChainOpts {
+        check_image: Some(&check),
+        ..ChainOpts::default()
+    };
+    let report = Chain::new(&sb, &sparse, opts).run();
+    eprintln!(
+        "sparse image sizes {:?}, counter image {counter_size} bytes",
+        report.image_sizes
+    );
+}
+
+/// Reads and checks lines until the image at `image` appears with an inode
+/// other than `old_ino`. Returns (last step seen before the signal, last
+/// step written when the image appeared, the image's inode).
+fn checkpoint_while_running(
+    p: &mut Proc,
+    steps: &mut StepCheck,
+    image: &Path,
+    old_ino: Option<u64>,
+) -> (u32, u32, u64) {
+    let accept_all = |p: &mut Proc, steps: &mut StepCheck, lines: Vec<String>| {
+        for line in lines {
+            if let Err(e) = steps.accept(&line) {
+                fail_with(&e, &mut [p]);
+            }
+        }
+    };
+    let lines = p.drain_now().unwrap_or_else(|e| fail_with(&e, &mut [p]));
+    accept_all(p, steps, lines);
+    let before = steps.last();
+    if let Err(e) = p.signal(libc::SIGUSR2) {
+        fail_with(&e, &mut [p]);
+    }
+    let deadline = Instant::now() + CHECKPOINT_TIMEOUT;
+    loop {
+        if let Ok(meta) = fs::metadata(image) {
+            if Some(meta.ino()) != old_ino {
+                // Everything written before the image appeared is in the
+                // pipe by now: drain_now() returns it all.
+                let lines = p.drain_now().unwrap_or_else(|e| fail_with(&e, &mut [p]));
+                accept_all(p, steps, lines);
+                return (before, steps.last(), meta.ino());
+            }
+        }
+        if Instant::now() >= deadline {
+            let msg = format!(
+                "no new image at {} within {CHECKPOINT_TIMEOUT:?} of SIGUSR2 (sent after step {before})",
+                image.display()
+            );
+            fail_with(&msg, &mut [p]);
+        }
+        match p.next_line(Duration::from_millis(20)) {
+            Ok(Some(line)) => accept_all(p, steps, vec![line]),
+            Ok(None) => {
+                let msg = format!(
+                    "the program exited before the image appeared (SIGUSR2 sent after step {before})"
+                );
+                fail_with(&msg, &mut [p]);
+            }
+            Err(_) => {} // no line in this 20 ms slice
+        }
+    }
+}
+
+/// Without `--exit` the program keeps running after each checkpoint and
+/// finishes normally; a second checkpoint replaces the image; resuming the
+/// image continues from a step between the last one seen before the signal
+/// and the last one written when the image appeared.
+#[test]
+fn checkpoint_without_exit_keeps_running() {
+    let sb = Sandbox::new();
+    let prog = Program::new("counter-no-exit", programs::COUNTER, STEPS, &[]);
+    let chain = Chain::new(&sb, &prog, ChainOpts::default());
+    let image = chain.image().to_path_buf();
+    let mut p = chain.spawn_run(false, &sb.workdir("run"));
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+
+    while steps.last() < 5 {
+        match p.next_line(STEP_TIMEOUT) {
+            Ok(Some(line)) => {
+                if let Err(e) = steps.accept(&line) {
+                    fail_with(&e, &mut [&mut p]);
+                }
+            }
+            Ok(None) => fail_with("the program exited before step 5", &mut [&mut p]),
+            Err(e) => fail_with(&e, &mut [&mut p]),
+        }
+    }
+    let (_, _, first_ino) = checkpoint_while_running(&mut p, &mut steps, &image, None);
+    let (low, high, _) = checkpoint_while_running(&mut p, &mut steps, &image, Some(first_ino));
+
+    let (lines, status) = p
+        .finish(Duration::from_secs(u64::from(STEPS)) + CHECKPOINT_TIMEOUT)
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    for line in lines {
+        if let Err(e) = steps.accept(&line) {
+            fail_with(&e, &mut [&mut p]);
+        }
+    }
+    if !status.success() || !steps.complete() {
+        let msg = format!(
+            "without --exit the program must run to the end and exit 0; it ended with {} after step {}",
+            describe_status(status),
+            steps.last()
+        );
+        fail_with(&msg, &mut [&mut p]);
+    }
+
+    let mut r = chain.spawn_resume(
+        &sb.workdir("resume"),
+        "pmig-resume (image taken without --exit)",
+    );
+    let first = match r.next_line(RESUME_TIMEOUT) {
+        Ok(Some(line)) => line,
+        Ok(None) => fail_with("the resumed process printed nothing", &mut [&mut p, &mut r]),
+        Err(e) => fail_with(&e, &mut [&mut p, &mut r]),
+    };
+    let n: u32 = first
+        .strip_prefix("step ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            fail_with(
+                &format!("unexpected first line {first:?}"),
+                &mut [&mut p, &mut r],
+            )
+        });
+    if n < low + 1 || n > high + 1 {
+        let msg = format!(
+            "the resumed process started at step {n}; the second checkpoint was requested after \
+             step {low} and the image appeared when step {high} had been written, so it must start \
+             between step {} and step {}",
+            low + 1,
+            high + 1
+        );
+        fail_with(&msg, &mut [&mut p, &mut r]);
+    }
+    let mut resumed = StepCheck::new(n, STEPS, Input::Idle);
+    resumed
+        .accept(&first)
+        .expect("the first line was parsed above");
+    let (lines, status) = r
+        .finish(Duration::from_secs(u64::from(STEPS)) + CHECKPOINT_TIMEOUT)
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut p, &mut r]));
+    for line in lines {
+        if let Err(e) = resumed.accept(&line) {
+            fail_with(&e, &mut [&mut p, &mut r]);
+        }
+    }
+    if !status.success() || !resumed.complete() {
+        let msg = format!(
+            "the resumed process must run to the end and exit 0; it ended with {} after step {}",
+            describe_status(status),
+            resumed.last()
+        );
+        fail_with(&msg, &mut [&mut p, &mut r]);
+    }
+}
+
+/// Whether `text` states a thread count of `n`: a line mentioning threads
+/// with `n` as a word, or exactly `n` lines each describing one thread.
+fn mentions_thread_count(text: &str, n: usize) -> bool {
+    let n_str = n.to_string();
+    let stated = text.lines().any(|line| {
+        line.to_lowercase().contains("thread")
+            && line
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|word| word == n_str)
+    });
+    let listed = text
+        .lines()
+        .filter(|line| {
+            let l = line.trim_start().to_lowercase();
+            l.starts_with("thread ") || l.starts_with("tid ") || l.starts_with("tid:")
+        })
+        .count();
+    stated || listed == n
+}
+
+#[test]
+fn inspect_describes_image() {
+    let sb = Sandbox::new();
+    let prog = Program::new("pthreads", programs::PTHREADS, STEPS, &[]);
+    let mut chain = Chain::new(&sb, &prog, ChainOpts::default());
+    chain.start_and_checkpoint();
+
+    let mut cmd = Command::new(&sb.bins().resume);
+    cmd.arg("--inspect")
+        .arg(chain.image())
+        .current_dir(sb.workdir("inspect"));
+    pmig_env(&mut cmd);
+    let mut p = Proc::spawn("pmig-resume --inspect", cmd, Terminal::Pipe);
+    let (lines, status) = p
+        .finish(CHECKPOINT_TIMEOUT)
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    let text = lines.join("\n");
+    if !status.success() {
+        let msg = format!("--inspect ended with {}", describe_status(status));
+        fail_with(&msg, &mut [&mut p]);
+    }
+    if !text.contains("pthreads") {
+        fail_with(
+            "--inspect output does not name the program (pthreads)",
+            &mut [&mut p],
+        );
+    }
+    // The main thread and four workers.
+    if !mentions_thread_count(&text, 5) {
+        fail_with(
+            "--inspect output does not state the thread count (5)",
+            &mut [&mut p],
+        );
+    }
+}
+
+#[test]
+fn resume_rejects_bad_images() {
+    let sb = Sandbox::new();
+    let prog = Program::new("counter", programs::COUNTER, STEPS, &[]);
+    let mut chain = Chain::new(&sb, &prog, ChainOpts::default());
+    chain.start_and_checkpoint();
+    let good = fs::read(chain.image()).expect("read the image");
+    assert!(good.len() > 2, "the image is too small to damage");
+
+    let truncated = sb.image("truncated.pmig");
+    fs::write(&truncated, &good[..good.len() / 2]).expect("write truncated image");
+    let flipped = sb.image("flipped.pmig");
+    let mut bytes = good.clone();
+    bytes[good.len() / 2] ^= 0xFF;
+    fs::write(&flipped, &bytes).expect("write flipped image");
+    let empty = sb.image("empty.pmig");
+    fs::write(&empty, b"").expect("write empty image");
+    let missing = sb.image("no-such-image.pmig");
+
+    let cases: [(&str, &Path); 5] = [
+        ("truncated to half its length", &truncated),
+        ("one byte flipped in the middle", &flipped),
+        ("a foreign file (/bin/ls)", Path::new("/bin/ls")),
+        ("an empty file", &empty),
+        ("a nonexistent path", &missing),
+    ];
+    let mut failures = Vec::new();
+    for (what, path) in cases {
+        let mut cmd = Command::new(&sb.bins().resume);
+        cmd.arg(path)
+            .current_dir(sb.workdir("bad"))
+            .env_remove("PMIG_DEBUG")
+            .env_remove("PMIG_PRELOAD");
+        let mut p = Proc::spawn(&format!("pmig-resume on {what}"), cmd, Terminal::Pipe);
+        let problem = match p.finish(CHECKPOINT_TIMEOUT) {
+            Err(e) => Some(e),
+            Ok((_, status)) => {
+                let stderr = p.stderr_text();
+                match status.code() {
+                    None => Some(format!("crashed: {}", describe_status(status))),
+                    Some(0) => Some("exited 0".to_string()),
+                    Some(_) if !stderr.trim_start().starts_with("pmig-resume:") => {
+                        Some("stderr does not start with `pmig-resume:`".to_string())
+                    }
+                    Some(_) if stderr.lines().filter(|l| !l.trim().is_empty()).count() != 1 => {
+                        Some("stderr is not a single message line".to_string())
+                    }
+                    Some(_) => None,
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            failures.push(format!("{what}: {problem}\n{}", p.describe()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "pmig-resume must reject bad input with a non-zero exit and one `pmig-resume: ...` \
+         message:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn run_reports_missing_program() {
+    let sb = Sandbox::new();
+    let name = "pmig-e2e-no-such-program";
+    let mut cmd = Command::new(&sb.bins().run);
+    cmd.arg("--image")
+        .arg(sb.image("x.pmig"))
+        .arg("--exit")
+        .arg("--")
+        .arg(name)
+        .current_dir(sb.workdir("run"));
+    pmig_env(&mut cmd);
+    let mut p = Proc::spawn("pmig-run with a missing program", cmd, Terminal::Pipe);
+    let (_, status) = p
+        .finish(CHECKPOINT_TIMEOUT)
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    let stderr = p.stderr_text();
+    if status.code().map_or(true, |c| c == 0) || !stderr.contains(name) {
+        let msg = format!(
+            "pmig-run must fail (non-zero exit, no signal) naming the missing program {name:?}; \
+             it ended with {}",
+            describe_status(status)
+        );
+        fail_with(&msg, &mut [&mut p]);
+    }
+}
+
+#[test]
+fn run_without_preload_reports_libpmig() {
+    let sb = Sandbox::new();
+    let alone = sb.path().join("alone");
+    fs::create_dir(&alone).expect("create alone/");
+    let run = alone.join("pmig-run");
+    fs::copy(&sb.bins().run, &run).expect("copy pmig-run");
+    let mut cmd = Command::new(&run);
+    cmd.arg("--image")
+        .arg(sb.image("x.pmig"))
+        .arg("--")
+        .arg("/bin/true")
+        .current_dir(sb.workdir("run"));
+    pmig_env(&mut cmd);
+    let mut p = Proc::spawn("pmig-run without libpmig.so beside it", cmd, Terminal::Pipe);
+    let (_, status) = p
+        .finish(CHECKPOINT_TIMEOUT)
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    let stderr = p.stderr_text();
+    if status.code().map_or(true, |c| c == 0) || !stderr.contains("libpmig.so") {
+        let msg = format!(
+            "pmig-run alone in a directory (PMIG_PRELOAD unset) must fail (non-zero exit, no \
+             signal) mentioning libpmig.so; it ended with {}",
+            describe_status(status)
+        );
+        fail_with(&msg, &mut [&mut p]);
+    }
+}
