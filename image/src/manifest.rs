@@ -42,8 +42,8 @@ pub struct HostState {
     pub hostname: String,
     /// XSAVE features enabled (XCR0): the target must have all of them.
     pub xcr0: u64,
-    /// Seconds since the epoch when the image was taken.
-    pub time: u64,
+    /// Nanoseconds since the epoch (CLOCK_REALTIME) when the image was taken.
+    pub time_ns: u64,
 }
 
 /// Process-wide state.

@@ -1,12 +1,17 @@
 //! Every function libpmig exports in place of libc's, in one auditable list.
 //!
-//! They keep the program from taking away pmig's two signals (the checkpoint signal and the
-//! suspend signal): installing a handler for them or blocking them is quietly left out, and
-//! asking for their disposition answers "default". Everything else goes to libc unchanged.
+//! - Signals: they keep the program from taking away pmig's two signals (the checkpoint signal
+//!   and the suspend signal): installing a handler for them or blocking them is quietly left
+//!   out, and asking for their disposition answers "default".
+//! - Ids: `getpid`, `getppid`, `gettid` answer with the ids the program saw before a restore;
+//!   `kill`, `tgkill` and functions taking a path translate them back (`pid`).
+//!
+//! Everything else goes to libc unchanged; until a restore, the id wrappers cost one atomic
+//! load.
 
 use crate::config;
 use core::sync::atomic::Ordering::Relaxed;
-use libc::{c_int, sighandler_t, sigset_t};
+use libc::{c_char, c_int, sighandler_t, sigset_t};
 
 /// Whether `sig` is one of pmig's while pmig is active in this process.
 fn ours(sig: c_int) -> bool {
@@ -82,3 +87,104 @@ redhook::hook! {
         }
     }
 }
+
+// ---- ids as the program saw them (see `pid`) ----
+
+redhook::hook! {
+    unsafe fn getpid() -> libc::pid_t => pmig_getpid {
+        crate::pid::getpid()
+    }
+}
+
+redhook::hook! {
+    unsafe fn getppid() -> libc::pid_t => pmig_getppid {
+        crate::pid::getppid()
+    }
+}
+
+redhook::hook! {
+    unsafe fn gettid() -> libc::pid_t => pmig_gettid {
+        crate::pid::gettid()
+    }
+}
+
+redhook::hook! {
+    unsafe fn kill(pid: libc::pid_t, sig: c_int) -> c_int => pmig_kill {
+        // SAFETY: forwarded to libc with a translated pid.
+        unsafe { redhook::real!(kill)(crate::pid::to_real(pid), sig) }
+    }
+}
+
+redhook::hook! {
+    unsafe fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: c_int) -> c_int => pmig_tgkill {
+        // SAFETY: forwarded to libc with translated ids.
+        unsafe { redhook::real!(tgkill)(crate::pid::to_real(tgid), crate::pid::to_real(tid), sig) }
+    }
+}
+
+/// `path` with `/proc/<virtual id>` rewritten to the real id, when that changes it.
+///
+/// # Safety
+/// `path` must be null or a valid NUL-terminated string.
+unsafe fn proc_path(path: *const c_char) -> Option<std::ffi::CString> {
+    if path.is_null() || !crate::pid::active() {
+        return None;
+    }
+    // SAFETY: the caller guarantees a valid C string.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes();
+    std::ffi::CString::new(crate::pid::proc_path(bytes)?).ok()
+}
+
+/// Defines a wrapper for a libc function whose first path argument may name `/proc/<pid>`.
+macro_rules! path_hook {
+    ($name:ident => $hook:ident ($path:ident : *const c_char $(, $a:ident : $t:ty)*) -> $r:ty) => {
+        redhook::hook! {
+            unsafe fn $name($path: *const c_char $(, $a: $t)*) -> $r => $hook {
+                // SAFETY: `$path` comes from the program, as valid as libc requires.
+                match unsafe { proc_path($path) } {
+                    // SAFETY: forwarded to libc with a valid translated path.
+                    Some(p) => unsafe { redhook::real!($name)(p.as_ptr() $(, $a)*) },
+                    // SAFETY: forwarded unchanged to libc.
+                    None => unsafe { redhook::real!($name)($path $(, $a)*) },
+                }
+            }
+        }
+    };
+}
+
+path_hook!(open => pmig_open(path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int);
+path_hook!(open64 => pmig_open64(path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int);
+path_hook!(__open_2 => pmig_open_2(path: *const c_char, flags: c_int) -> c_int);
+path_hook!(__open64_2 => pmig_open64_2(path: *const c_char, flags: c_int) -> c_int);
+path_hook!(fopen => pmig_fopen(path: *const c_char, mode: *const c_char) -> *mut libc::FILE);
+path_hook!(fopen64 => pmig_fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE);
+path_hook!(opendir => pmig_opendir(path: *const c_char) -> *mut libc::DIR);
+path_hook!(readlink => pmig_readlink(path: *const c_char, buf: *mut c_char, len: libc::size_t) -> libc::ssize_t);
+path_hook!(access => pmig_access(path: *const c_char, mode: c_int) -> c_int);
+path_hook!(stat => pmig_stat(path: *const c_char, buf: *mut libc::stat) -> c_int);
+path_hook!(lstat => pmig_lstat(path: *const c_char, buf: *mut libc::stat) -> c_int);
+path_hook!(stat64 => pmig_stat64(path: *const c_char, buf: *mut libc::stat64) -> c_int);
+path_hook!(lstat64 => pmig_lstat64(path: *const c_char, buf: *mut libc::stat64) -> c_int);
+
+/// Defines a wrapper for a libc `*at` function whose path argument may name `/proc/<pid>`.
+macro_rules! at_hook {
+    ($name:ident => $hook:ident ($dirfd:ident : c_int, $path:ident : *const c_char $(, $a:ident : $t:ty)*) -> $r:ty) => {
+        redhook::hook! {
+            unsafe fn $name($dirfd: c_int, $path: *const c_char $(, $a: $t)*) -> $r => $hook {
+                // SAFETY: `$path` comes from the program, as valid as libc requires.
+                match unsafe { proc_path($path) } {
+                    // SAFETY: forwarded to libc with a valid translated path.
+                    Some(p) => unsafe { redhook::real!($name)($dirfd, p.as_ptr() $(, $a)*) },
+                    // SAFETY: forwarded unchanged to libc.
+                    None => unsafe { redhook::real!($name)($dirfd, $path $(, $a)*) },
+                }
+            }
+        }
+    };
+}
+
+at_hook!(openat => pmig_openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int);
+at_hook!(openat64 => pmig_openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int);
+at_hook!(readlinkat => pmig_readlinkat(dirfd: c_int, path: *const c_char, buf: *mut c_char, len: libc::size_t) -> libc::ssize_t);
+at_hook!(fstatat => pmig_fstatat(dirfd: c_int, path: *const c_char, buf: *mut libc::stat, flags: c_int) -> c_int);
+at_hook!(fstatat64 => pmig_fstatat64(dirfd: c_int, path: *const c_char, buf: *mut libc::stat64, flags: c_int) -> c_int);

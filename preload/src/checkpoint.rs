@@ -43,14 +43,18 @@ fn run() {
     CKPT_TID.store(sys::gettid(), Relaxed);
     let Some(cfg) = config::get() else { return };
     // Requests are counted from 0: one that arrived before this thread first ran is served.
-    let mut seen = 0;
+    // `served` moves only to the count seen *before* a checkpoint started, so a request that
+    // arrives during one (or, in a restored process, before this thread runs again) is
+    // served by the next.
+    let mut served = 0;
     loop {
-        while config::CKPT_REQUEST.load(Acquire) == seen {
-            let _ = sys::futex_wait(&config::CKPT_REQUEST, seen, 0);
+        let mut req = config::CKPT_REQUEST.load(Acquire);
+        while req == served {
+            let _ = sys::futex_wait(&config::CKPT_REQUEST, served, 0);
+            req = config::CKPT_REQUEST.load(Acquire);
         }
         checkpoint_once(cfg);
-        // Requests that arrived meanwhile were served by this checkpoint.
-        seen = config::CKPT_REQUEST.load(Acquire);
+        served = req;
     }
 }
 
@@ -149,7 +153,12 @@ fn dump(cfg: &config::Config) -> Result<u64, String> {
         // Our own suspend signal is not the program's.
         s.pending.store(pending & !crate::signal::bit(cfg.suspend_signal), Relaxed);
         let len = name.iter().position(|&c| c == 0).unwrap_or(16);
-        threads.push(ThreadState { tid, name: String::from_utf8_lossy(&name[..len]).into_owned(), main: tid == process.pid });
+        let vtid = crate::pid::virt_tid(tid);
+        threads.push(ThreadState {
+            tid: vtid,
+            name: String::from_utf8_lossy(&name[..len]).into_owned(),
+            main: vtid == process.pid,
+        });
     }
     // SAFETY: CKPT_CTX was written by save_and_call in this thread.
     let c = unsafe { *CKPT_CTX.0.get() };

@@ -16,6 +16,7 @@ pub mod config;
 pub mod fd;
 pub mod log;
 pub mod memory;
+pub mod pid;
 pub mod process;
 pub mod restore;
 pub mod signal;

@@ -33,7 +33,7 @@ pub fn host() -> HostState {
         kernel_release: utsfield(&u.release),
         hostname: utsfield(&u.nodename),
         xcr0: pmig_abi::arch::xcr0(),
-        time: sys::time_now(),
+        time_ns: sys::realtime_ns(),
     }
 }
 
@@ -73,8 +73,8 @@ pub fn dump() -> Result<ProcessState, String> {
         })
         .collect();
     Ok(ProcessState {
-        pid: sys::getpid(),
-        ppid: sys::getppid(),
+        pid: crate::pid::getpid(),
+        ppid: crate::pid::getppid(),
         uid: sys::getuid(),
         gid: sys::getgid(),
         exe: sys::readlink_string(b"/proc/self/exe\0").unwrap_or_default(),

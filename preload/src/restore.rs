@@ -54,16 +54,18 @@ pub fn restored(mb: *const Mailbox) {
         }
     };
     let mut keep = [mb.plan_fd, mb.image_fd];
-    fd::restore(&m.files, &m.fds, &mut keep);
+    let gap_ns = sys::realtime_ns().saturating_sub(m.host.time_ns);
+    fd::restore(&m.files, &m.fds, &mut keep, gap_ns);
     process::restore(&m.process);
     signal::restore_actions(&m.signals);
-    signal::restore_itimers(&m.itimers);
+    signal::restore_itimers(&m.itimers, gap_ns / 1000);
     let mut comm = [0u8; 16];
     let n = m.process.comm.len().min(15);
     comm[..n].copy_from_slice(&m.process.comm.as_bytes()[..n]);
     let _ = sys::prctl(libc::PR_SET_NAME, comm.as_ptr() as u64, 0, 0, 0);
     debug!("restore: process state back; recreating {} thread(s)", m.threads.len());
 
+    let old_tids: Vec<i32> = thread::live_slots().map(|s| s.tid.load(Relaxed)).collect();
     match thread::recreate_all() {
         Ok(n) => debug!("restore: {n} thread(s) ready"),
         Err(e) => {
@@ -71,6 +73,8 @@ pub fn restored(mb: *const Mailbox) {
             sys::exit_group(123);
         }
     }
+    let new_tids = thread::live_slots().map(|s| s.tid.load(Relaxed));
+    crate::pid::after_restore(m.process.pid, m.process.ppid, old_tids.iter().copied().zip(new_tids));
     signal::restore_pending(m.process.pending_signals);
     for k in keep {
         let _ = sys::close(k);

@@ -92,11 +92,26 @@ pub fn dump_itimers() -> Vec<ItimerState> {
         .collect()
 }
 
-/// Re-arms the interval timers with what was left of them.
-pub fn restore_itimers(saved: &[ItimerState]) {
+/// Re-arms the interval timers. `ITIMER_REAL` counts wall time, which went on while the
+/// process was an image: the time spent there (`gap_us`) is taken off what was left, and a
+/// timer that would have expired meanwhile fires now (one signal, as for a stopped process)
+/// and goes on from its interval. The CPU-time timers stopped with the process.
+pub fn restore_itimers(saved: &[ItimerState], gap_us: u64) {
     for t in saved.iter().filter(|t| t.value_us != 0 || t.interval_us != 0) {
+        let (mut value, interval) = (t.value_us, t.interval_us);
+        if t.which == libc::ITIMER_REAL {
+            if gap_us >= value {
+                let _ = sys::kill(sys::getpid(), libc::SIGALRM);
+                if interval == 0 {
+                    continue;
+                }
+                value = interval - (gap_us - value) % interval;
+            } else {
+                value -= gap_us;
+            }
+        }
         // An armed timer with 0 left would disarm; fire it at once instead.
-        let v = libc::itimerval { it_interval: us_tv(t.interval_us), it_value: us_tv(t.value_us.max(1)) };
+        let v = libc::itimerval { it_interval: us_tv(interval), it_value: us_tv(value.max(1)) };
         if let Err(e) = sys::setitimer(t.which, &v) {
             log::say!("warning: cannot re-arm interval timer {}: errno {e}", t.which);
         }

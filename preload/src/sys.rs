@@ -134,6 +134,11 @@ pub fn getpid() -> i32 {
     sc!(libc::SYS_getpid).unwrap_or(0) as i32
 }
 
+/// `getpgid(2)` of this process.
+pub fn getpgid() -> i32 {
+    sc!(libc::SYS_getpgid, 0).unwrap_or(0) as i32
+}
+
 /// `getppid(2)`.
 pub fn getppid() -> i32 {
     sc!(libc::SYS_getppid).unwrap_or(0) as i32
@@ -281,11 +286,11 @@ pub fn brk_current() -> u64 {
     sc!(libc::SYS_brk, 0).unwrap_or(0)
 }
 
-/// `clock_gettime(CLOCK_REALTIME)` in seconds, by system call (no vdso).
-pub fn time_now() -> u64 {
+/// `clock_gettime(CLOCK_REALTIME)` in nanoseconds, by system call (no vdso).
+pub fn realtime_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     let _ = sc!(libc::SYS_clock_gettime, libc::CLOCK_REALTIME, &mut ts as *mut libc::timespec);
-    ts.tv_sec as u64
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// `clock_gettime(CLOCK_MONOTONIC)` in milliseconds, by system call.

@@ -143,11 +143,11 @@ impl<'a> Chain<'a> {
         // pmig-run announces the program's pid and the image path on stderr.
         let pid = p.pid().to_string();
         let image = self.image.display().to_string();
-        if !p
-            .stderr_text()
-            .lines()
-            .any(|l| l.contains(&pid) && l.contains(&image))
-        {
+        // The line is captured by a reader thread: give it a moment to arrive.
+        let announced = crate::wait::wait_until(Duration::from_secs(5), "pmig-run's announcement", || {
+            p.stderr_text().lines().any(|l| l.contains(&pid) && l.contains(&image)).then_some(())
+        });
+        if announced.is_err() {
             let msg = format!("pmig-run's stderr has no line naming pid {pid} and the image path");
             self.fail(&mut p, &msg);
         }

@@ -25,6 +25,11 @@ pub const FILES: &str = env!("PMIG_TEST_PROG_FILES");
 pub const SLEEPER: &str = env!("PMIG_TEST_PROG_SLEEPER");
 /// `sparse STEPS`: 1 GiB NORESERVE mapping with 16 MiB touched.
 pub const SPARSE: &str = env!("PMIG_TEST_PROG_SPARSE");
+/// `kernel_fds.c`: pipes with queued bytes, dup'd fds, eventfd, timerfd, epoll, signalfd,
+/// a deleted file, a memfd, /dev/null, a shared O_APPEND offset.
+pub const KERNEL_FDS: &str = env!("PMIG_TEST_PROG_KERNEL_FDS");
+/// `ids.c`: getpid/gettid/getppid, kill, tgkill and /proc/<pid> across restores.
+pub const IDS: &str = env!("PMIG_TEST_PROG_IDS");
 
 /// Debian's Python; used by path so no pyenv shim is involved.
 pub const PYTHON3: &str = "/usr/bin/python3";

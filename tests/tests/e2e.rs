@@ -47,6 +47,16 @@ fn signals_chain() {
 }
 
 #[test]
+fn kernel_fds_chain() {
+    run_chain(&Program::new("kernel-fds", programs::KERNEL_FDS, STEPS, &[]));
+}
+
+#[test]
+fn ids_chain() {
+    run_chain(&Program::new("ids", programs::IDS, STEPS, &[]));
+}
+
+#[test]
 fn files_chain() {
     let sb = Sandbox::new();
     let data = sb.file("data.txt");

@@ -69,7 +69,7 @@ fn ts(ns: u64) -> libc::timespec {
     libc::timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 }
 }
 
-fn restore(f: &FileState, _: &mut RestoreCtx) -> Option<Result<i32, String>> {
+fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
     let cloexec = libc::O_CLOEXEC;
     Some(match &f.kind {
         FileKind::EventFd { count, semaphore } => {
@@ -83,9 +83,20 @@ fn restore(f: &FileState, _: &mut RestoreCtx) -> Option<Result<i32, String>> {
             })
         }
         FileKind::TimerFd { clockid, value_ns, interval_ns, ticks } => {
+            // The timer ran on while the process was an image: expirations in the gap become
+            // unread ticks, as they would have for a stopped process.
+            let (mut value_ns, mut ticks) = (*value_ns, *ticks);
+            if value_ns != 0 && ctx.gap_ns >= value_ns {
+                let over = ctx.gap_ns - value_ns;
+                ticks += 1 + if *interval_ns > 0 { over / interval_ns } else { 0 };
+                value_ns = if *interval_ns > 0 { interval_ns - over % interval_ns } else { 0 };
+            } else if value_ns != 0 {
+                value_ns -= ctx.gap_ns;
+            }
+            let (value_ns, ticks) = (&value_ns, &ticks);
             sys::timerfd_create(*clockid, cloexec).map_err(|e| format!("timerfd_create: errno {e}")).and_then(|fd| {
                 let fd = fd as i32;
-                if *value_ns != 0 || *interval_ns != 0 {
+                if *value_ns != 0 {
                     // An armed timer with 0 left fires at once rather than disarm.
                     let v = libc::itimerspec { it_interval: ts(*interval_ns), it_value: ts((*value_ns).max(1)) };
                     sys::timerfd_settime(fd, &v).map_err(|e| format!("timerfd_settime: errno {e}"))?;

@@ -11,9 +11,20 @@ pub const OPS: Ops = Ops { name: "file", dump, restore };
 /// The largest deleted file or memfd whose content is saved.
 const MAX_CONTENT: u64 = 1 << 30;
 
+/// The whole content of the file open as `fd`; a write-only fd is read through a new
+/// read-only open of its `/proc/self/fd` link (which works for deleted files too).
 fn read_all(fd: i32, size: u64) -> Result<Vec<u8>, String> {
     if size > MAX_CONTENT {
         return Err(format!("its content ({size} bytes) is too large to carry in the image"));
+    }
+    let writeonly = sys::fcntl(fd, libc::F_GETFL, 0).map(|f| f as i32 & libc::O_ACCMODE == libc::O_WRONLY).unwrap_or(false);
+    if writeonly {
+        let path = sys::cstr(&format!("/proc/self/fd/{fd}"));
+        let rd = sys::openat(libc::AT_FDCWD, &path, libc::O_RDONLY | libc::O_CLOEXEC, 0)
+            .map_err(|e| format!("cannot reopen it to read its content: errno {e}"))? as i32;
+        let r = read_all(rd, size);
+        let _ = sys::close(rd);
+        return r;
     }
     let mut v = vec![0u8; size as usize];
     let mut got = 0;
