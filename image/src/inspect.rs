@@ -41,7 +41,7 @@ fn fd_plan(fd: i32, f: &FileState) -> String {
         FileKind::SignalFd { mask } => format!("signalfd recreated (mask {mask:#x})"),
         FileKind::Epoll { targets } => format!("epoll recreated ({} registrations)", targets.len()),
         FileKind::Inotify { watches } => format!("inotify recreated ({} watches)", watches.len()),
-        FileKind::Other { link } => format!("NOT restorable ({link})"),
+        FileKind::Other { link } => format!("left out at checkpoint, closed after restore ({link})"),
     }
 }
 

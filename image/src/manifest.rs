@@ -300,7 +300,7 @@ impl FileKind {
 
     /// For fds 0–2, whether the resumer's own fd takes its place.
     pub fn inherited_as_stdio(&self) -> bool {
-        matches!(self, FileKind::Tty { .. } | FileKind::Pipe { fifo: None, .. } | FileKind::Socket(_))
+        matches!(self, FileKind::Tty { .. } | FileKind::Pipe { .. } | FileKind::Socket(_))
     }
 }
 

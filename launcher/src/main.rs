@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
-const USAGE: &str = "usage: pmig-run [--image PATH] [--exit] [--signal SIG] [--] PROGRAM [ARGS...]
+const USAGE: &str = "usage: pmig-run [--image PATH] [--exit] [--signal SIG] [--drop-unsupported] [--] PROGRAM [ARGS...]
 
 Runs PROGRAM under pmig. `kill -SIG <pid>` (default SIGUSR2) then writes a checkpoint image
 that `pmig-resume IMAGE` turns back into the running program, here or on another host.
@@ -18,6 +18,9 @@ that `pmig-resume IMAGE` turns back into the running program, here or on another
   --image PATH   where the image goes (default: ./PROGRAM-PID.pmig)
   --exit         exit (status 0) once the image is safely written, to move the program
   --signal SIG   checkpoint on SIG instead of SIGUSR2 (a name like USR1 or a number)
+  --drop-unsupported
+                 checkpoint even if the program holds something pmig cannot restore yet;
+                 such fds are left out (closed after restore), with a warning
   PMIG_DEBUG=1   log each checkpoint and restore phase to stderr";
 
 fn die(msg: &str) -> ! {
@@ -95,6 +98,7 @@ fn main() {
     let mut args = std::env::args_os().skip(1).peekable();
     let mut image: Option<PathBuf> = None;
     let mut exit_after = false;
+    let mut drop_unsupported = false;
     let mut signal = libc::SIGUSR2;
     while let Some(a) = args.peek() {
         let a = a.to_string_lossy().into_owned();
@@ -108,6 +112,7 @@ fn main() {
                 exit(0)
             }
             "--exit" => exit_after = true,
+            "--drop-unsupported" => drop_unsupported = true,
             "--image" | "--signal" => {
                 args.next();
                 let v = args.peek().unwrap_or_else(|| die(&format!("{a} needs a value\n{USAGE}"))).clone();
@@ -162,6 +167,7 @@ fn main() {
         .env("PMIG_IMAGE", &image)
         .env("PMIG_EXIT", if exit_after { "1" } else { "0" })
         .env("PMIG_SIGNAL", signal.to_string())
+        .env("PMIG_DROP_UNSUPPORTED", if drop_unsupported { "1" } else { "0" })
         .env("PMIG_PID", pid.to_string())
         .exec();
     die(&format!("cannot run {}: {err}", resolved.display()))

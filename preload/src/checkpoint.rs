@@ -133,9 +133,14 @@ fn dump(cfg: &config::Config) -> Result<u64, String> {
     let layout = memory::collect(&skip)?;
     debug!("{} regions, {} KiB of populated pages", layout.regions.len(), layout.pages_len >> 10);
     let process = process::dump()?;
-    let (files, fds) = fd::dump(&[])?;
+    let (files, fds) = fd::dump(&[], cfg.drop_unsupported)?;
     if let Some(why) = fd::unsupported(&files, &fds) {
-        return Err(why);
+        if !cfg.drop_unsupported {
+            return Err(format!("{why} (pmig-run --drop-unsupported checkpoints without it)"));
+        }
+        for f in fds.iter().filter(|f| matches!(files[f.file as usize].kind, pmig_image::FileKind::Other { .. })) {
+            say!("warning: fd {} is left out of the image (--drop-unsupported); it will be closed after restore", f.fd);
+        }
     }
     let mut threads = Vec::new();
     for s in thread::live_slots() {

@@ -15,6 +15,8 @@ pub struct Config {
     pub signal: i32,
     /// The signal that stops threads for a checkpoint.
     pub suspend_signal: i32,
+    /// Leave out what cannot be restored (with a warning) instead of failing the checkpoint.
+    pub drop_unsupported: bool,
 }
 
 pub static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -45,5 +47,6 @@ pub fn from_env() -> Option<Config> {
     if crate::log::debug_on() {
         crate::log::say!("active: image {image_path}, exit after checkpoint: {exit_after}, signal {signal}");
     }
-    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL })
+    let drop_unsupported = std::env::var("PMIG_DROP_UNSUPPORTED").map(|v| v == "1").unwrap_or(false);
+    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported })
 }

@@ -149,7 +149,9 @@ fn check_host(img: &VerifiedImage) -> Result<()> {
             FileKind::Regular { path, .. } if std::fs::metadata(path).is_err() => {
                 bail!("fd {} of the saved process was {path}, which is missing here", f.fd);
             }
-            FileKind::Other { link } => bail!("fd {} of the saved process ({link}) cannot be restored", f.fd),
+            FileKind::Other { link } => {
+                eprintln!("pmig-resume: warning: fd {} ({link}) was left out at checkpoint; it will be closed", f.fd)
+            }
             _ => {}
         }
     }

@@ -28,6 +28,8 @@ pub const SPARSE: &str = env!("PMIG_TEST_PROG_SPARSE");
 /// `kernel_fds.c`: pipes with queued bytes, dup'd fds, eventfd, timerfd, epoll, signalfd,
 /// a deleted file, a memfd, /dev/null, a shared O_APPEND offset.
 pub const KERNEL_FDS: &str = env!("PMIG_TEST_PROG_KERNEL_FDS");
+/// `holds_inotify.c`: a counter holding an inotify fd (not restorable yet).
+pub const HOLDS_INOTIFY: &str = env!("PMIG_TEST_PROG_HOLDS_INOTIFY");
 /// `ids.c`: getpid/gettid/getppid, kill, tgkill and /proc/<pid> across restores.
 pub const IDS: &str = env!("PMIG_TEST_PROG_IDS");
 

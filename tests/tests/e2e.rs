@@ -529,3 +529,109 @@ fn run_without_preload_reports_libpmig() {
         fail_with(&msg, &mut [&mut p]);
     }
 }
+
+/// Reads step lines from `p` until step `n`, checking them.
+fn read_until_step(p: &mut Proc, steps: &mut StepCheck, n: u32) {
+    while steps.last() < n {
+        match p.next_line(STEP_TIMEOUT) {
+            Ok(Some(line)) => {
+                if let Err(e) = steps.accept(&line) {
+                    fail_with(&e, &mut [p]);
+                }
+            }
+            Ok(None) => fail_with(&format!("the program exited before step {n}"), &mut [p]),
+            Err(e) => fail_with(&e, &mut [p]),
+        }
+    }
+}
+
+/// Spawns `pmig-run FLAGS --image IMAGE -- holds_inotify STEPS`.
+fn spawn_holds_inotify(sb: &Sandbox, image: &Path, flags: &[&str]) -> Proc {
+    let prog = sb.stage(programs::HOLDS_INOTIFY);
+    let mut cmd = sb.command(&sb.bins().run, &sb.workdir("run"));
+    cmd.args(flags).arg("--image").arg(image).arg("--").arg(&prog).arg(STEPS.to_string());
+    pmig_env(&mut cmd);
+    Proc::spawn("pmig-run (holds_inotify)", cmd, Terminal::Pipe)
+}
+
+/// A checkpoint of a program holding something pmig cannot restore fails, says why naming the
+/// fd, writes no image, and the program goes on to its end.
+#[test]
+fn unsupported_resource_fails_checkpoint_and_program_goes_on() {
+    let sb = Sandbox::new();
+    let image = sb.image("inotify");
+    let mut p = spawn_holds_inotify(&sb, &image, &[]);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_until_step(&mut p, &mut steps, 3);
+    p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    let said = pmig_tests::wait_until(CHECKPOINT_TIMEOUT, "the checkpoint failure message", || {
+        let err = p.stderr_text();
+        err.lines().find(|l| l.contains("checkpoint failed") && l.contains("inotify") && l.contains("fd ")).map(String::from)
+    });
+    if let Err(e) = said {
+        fail_with(&e, &mut [&mut p]);
+    }
+    let after = steps.last();
+    read_until_step(&mut p, &mut steps, after + 3);
+    let (lines, status) = p
+        .finish(Duration::from_secs(u64::from(STEPS)) + CHECKPOINT_TIMEOUT)
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    for line in lines {
+        if let Err(e) = steps.accept(&line) {
+            fail_with(&e, &mut [&mut p]);
+        }
+    }
+    assert!(status.success() && steps.complete(), "the program must run to its end: {}", p.describe());
+    assert!(!image.exists(), "a failed checkpoint must not leave an image");
+}
+
+/// With --exit, a failed checkpoint makes the program exit with status 1, and no image.
+#[test]
+fn unsupported_resource_with_exit_exits_1() {
+    let sb = Sandbox::new();
+    let image = sb.image("inotify-exit");
+    let mut p = spawn_holds_inotify(&sb, &image, &["--exit"]);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_until_step(&mut p, &mut steps, 3);
+    p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    let status = p.wait_exit(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    assert_eq!(status.code(), Some(1), "{}", p.describe());
+    assert!(!image.exists(), "a failed checkpoint must not leave an image");
+}
+
+/// --drop-unsupported checkpoints anyway (with a warning naming the fd), --signal picks the
+/// checkpoint signal, and the resumed program goes on from the next step.
+#[test]
+fn drop_unsupported_and_signal_option() {
+    let sb = Sandbox::new();
+    let image = sb.image("inotify-drop");
+    let mut p = spawn_holds_inotify(&sb, &image, &["--exit", "--drop-unsupported", "--signal", "USR1"]);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_until_step(&mut p, &mut steps, 3);
+    p.signal(libc::SIGUSR1).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    let status = p.wait_exit(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    for line in p.drain_now().unwrap_or_default() {
+        if let Err(e) = steps.accept(&line) {
+            fail_with(&e, &mut [&mut p]);
+        }
+    }
+    assert!(status.success(), "{}", p.describe());
+    let err = p.stderr_text();
+    assert!(err.contains("left out of the image"), "no warning about the dropped fd: {err}");
+    assert!(image.exists());
+
+    let mut cmd = sb.command(&sb.bins().resume, &sb.workdir("resume"));
+    cmd.arg(&image);
+    pmig_env(&mut cmd);
+    let mut r = Proc::spawn("pmig-resume (holds_inotify)", cmd, Terminal::Pipe);
+    let mut resumed = StepCheck::new(steps.last() + 1, STEPS, Input::Idle);
+    let (lines, status) = r
+        .finish(Duration::from_secs(u64::from(STEPS)) + CHECKPOINT_TIMEOUT)
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    for line in lines {
+        if let Err(e) = resumed.accept(&line) {
+            fail_with(&e, &mut [&mut r]);
+        }
+    }
+    assert!(status.success() && resumed.complete(), "{}", r.describe());
+}

@@ -128,7 +128,9 @@ fn fd_info(fd: i32) -> Option<FdInfo> {
 }
 
 /// Describes every open fd: the files and the fd table.
-pub fn dump(skip: &[i32]) -> Result<(Vec<FileState>, Vec<FdState>), String> {
+/// With `drop_unsupported`, an fd no family can save becomes `Other` (restored closed)
+/// instead of failing the dump.
+pub fn dump(skip: &[i32], drop_unsupported: bool) -> Result<(Vec<FileState>, Vec<FdState>), String> {
     let fds = list_fds(skip).map_err(|e| format!("cannot list /proc/self/fd: errno {e}"))?;
     let mut files: Vec<FileState> = Vec::new();
     // For each file: one fd that refers to it, and its (dev, ino), to find sharers quickly.
@@ -144,11 +146,12 @@ pub fn dump(skip: &[i32]) -> Result<(Vec<FileState>, Vec<FdState>), String> {
         let file = match shared {
             Some(i) => i,
             None => {
-                let kind = OPS
-                    .iter()
-                    .find_map(|ops| (ops.dump)(&info, &mut ctx))
-                    .unwrap_or_else(|| Ok(FileKind::Other { link: info.link.clone() }))
-                    .map_err(|e| format!("fd {fd} ({}): {e}", info.link))?;
+                let kind = match OPS.iter().find_map(|ops| (ops.dump)(&info, &mut ctx)) {
+                    Some(Ok(kind)) => kind,
+                    None => FileKind::Other { link: info.link.clone() },
+                    Some(Err(e)) if drop_unsupported => FileKind::Other { link: format!("{}: {e}", info.link) },
+                    Some(Err(e)) => return Err(format!("fd {fd} ({}): {e}", info.link)),
+                };
                 let pos = sys::lseek(fd, 0, libc::SEEK_CUR).map(|p| p as i64).unwrap_or(0);
                 files.push(FileState { flags: info.flags, pos, kind });
                 reps.push((fd, info.st.st_dev, info.st.st_ino));
@@ -192,7 +195,8 @@ pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap_ns: u
     order.sort_by_key(|&i| matches!(files[i].kind, FileKind::Epoll { .. }));
     for i in order {
         let users: Vec<&FdState> = fds.iter().filter(|f| f.file as usize == i).collect();
-        if users.is_empty() {
+        if users.is_empty() || matches!(files[i].kind, FileKind::Other { .. }) {
+            // Left out at checkpoint (--drop-unsupported): stays closed.
             continue;
         }
         // A file shared with an inherited stdio fd is that fd: dup it.
