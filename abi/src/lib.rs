@@ -12,7 +12,7 @@
 //! +0x00f0_0000  parking place for the kernel's [vvar][vvar_vclock][vdso] block
 //! +0x0100_0000  the plan, mapped from its memfd
 //!
-//! plan:  PlanHeader | PlanRegion * n_regions | PlanRun * n_runs | manifest bytes
+//! plan:  PlanHeader | PlanRegion * n_regions | PlanRun * n_runs | PlanObject * n_objects | manifest
 //! ```
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -73,12 +73,15 @@ pub struct Mailbox {
     /// Non-zero when `PMIG_DEBUG` was set for `pmig-resume`.
     pub debug: u32,
     pub _pad: u32,
+    /// Where the `PlanObject` table is in the plan, and how many entries.
+    pub objects_off: u64,
+    pub n_objects: u64,
 }
 
 /// Magic of [`PlanHeader`].
 pub const PLAN_MAGIC: u64 = 0x6e61_6c70_676d_6970; // "pimgplan"
 /// Version of the plan layout.
-pub const PLAN_VERSION: u32 = 1;
+pub const PLAN_VERSION: u32 = 2;
 
 /// `struct prctl_mm_map` of `<linux/prctl.h>` (for `PR_SET_MM_MAP`).
 #[repr(C)]
@@ -133,6 +136,8 @@ pub struct PlanHeader {
     pub runs_off: u64,
     pub manifest_off: u64,
     pub manifest_len: u64,
+    pub n_objects: u64,
+    pub objects_off: u64,
     pub total_len: u64,
     pub mm: MmMap,
     pub auxv: [u64; AUXV_WORDS],
@@ -168,9 +173,24 @@ pub struct PlanRegion {
     pub kind: u32,
     /// File to map for file kinds, else -1.
     pub fd: i32,
-    pub _pad: u32,
+    /// [`REGION_FILL`]: the region has saved pages to read in.
+    pub flags: u32,
     /// Offset in the file for file kinds.
     pub offset: u64,
+}
+
+/// [`PlanRegion::flags`]: the region has saved pages, so it is mapped writable while they are
+/// read in (a shared object's fd is opened read/write for this).
+pub const REGION_FILL: u32 = 1;
+
+/// A shared memory object pmig-resume made: the inode it had at checkpoint time and the fd
+/// the restored process inherits it on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanObject {
+    pub ino: u64,
+    pub fd: i32,
+    pub _pad: u32,
 }
 
 /// A run of saved pages: `len` bytes at `addr` come from the image at `file_off`.

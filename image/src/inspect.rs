@@ -21,8 +21,8 @@ fn fd_plan(fd: i32, f: &FileState) -> String {
     match &f.kind {
         k if fd <= 2 && k.inherited_as_stdio() => "becomes pmig-resume's own".into(),
         FileKind::Regular { path, .. } => format!("reopened: {path} at offset {}", f.pos),
-        FileKind::Deleted { path, content } => format!("recreated from the image ({} bytes; was {path})", content.len()),
-        FileKind::Memfd { name, content } => format!("memfd {name:?} recreated ({} bytes)", content.len()),
+        FileKind::Deleted { path, content, .. } => format!("recreated from the image ({} bytes; was {path})", content.len()),
+        FileKind::Memfd { name, content, .. } => format!("memfd {name:?} recreated ({} bytes)", content.len()),
         FileKind::CharDevice { path } => format!("reopened: {path}"),
         FileKind::Tty { path } => format!("reopened: terminal {path}"),
         FileKind::Pipe { ino, fifo: Some(p), data, .. } => format!("FIFO {p} reopened (pipe:[{ino}], {} bytes queued)", data.len()),
@@ -104,6 +104,10 @@ pub fn describe(m: &Manifest, file_len: u64) -> String {
             RegionKind::Stack => "[stack]".to_string(),
             RegionKind::Heap => "[heap]".to_string(),
             RegionKind::File { path, offset, .. } => format!("{path} @{offset:#x}"),
+            RegionKind::SharedObject { object, offset } => match m.objects.get(*object as usize) {
+                Some(o) => format!("shared object {} @{offset:#x} ({} bytes)", o.name, o.size),
+                None => "(damaged object reference)".to_string(),
+            },
         };
         let saved: u64 = r.runs.iter().map(|x| x.len).sum();
         let _ = writeln!(

@@ -18,7 +18,19 @@ pub struct Manifest {
     pub files: Vec<FileState>,
     pub fds: Vec<FdState>,
     pub regions: Vec<RegionState>,
+    /// Shared memory objects without a name in the file system (memfds, deleted files) that
+    /// regions map shared; fds of the same inode refer to the same object after restore.
+    pub objects: Vec<ObjectState>,
     pub vdso: VdsoState,
+}
+
+/// A shared memory object (see `Manifest::objects`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectState {
+    pub ino: u64,
+    /// The memfd's name, or the deleted file's path.
+    pub name: String,
+    pub size: u64,
 }
 
 impl Manifest {
@@ -181,9 +193,9 @@ pub enum FileKind {
     Regular { path: String, ident: FileIdent },
     /// A regular file deleted while open: its content travels in the image; it is recreated
     /// as an unlinked file with the same content.
-    Deleted { path: String, content: Vec<u8> },
+    Deleted { path: String, ino: u64, content: Vec<u8> },
     /// A memfd: name and content.
-    Memfd { name: String, content: Vec<u8> },
+    Memfd { name: String, ino: u64, content: Vec<u8> },
     /// A terminal.
     Tty { path: String },
     /// A character device other than a terminal (reopened at its path).
@@ -329,6 +341,8 @@ pub enum RegionKind {
     Heap,
     /// A file mapping; pages the program changed (private mappings) are in the image.
     File { path: String, offset: u64, ident: FileIdent },
+    /// A shared mapping of `Manifest::objects[object]`; its resident pages are in the image.
+    SharedObject { object: u32, offset: u64 },
 }
 
 /// A run of populated pages saved in the image.

@@ -79,6 +79,11 @@ fn check_layout(h: &Header, m: &Manifest, t: &Trailer) -> Result<(), ImageError>
             return bad(format!("region {:#x}-{:#x} is misplaced", r.start, r.end));
         }
         prev_end = r.end;
+        if let crate::RegionKind::SharedObject { object, .. } = r.kind {
+            if object as usize >= m.objects.len() {
+                return bad(format!("region {:#x} maps a shared object the image does not have", r.start));
+            }
+        }
         for run in &r.runs {
             n_runs += 1;
             let end = run.addr.checked_add(run.len);

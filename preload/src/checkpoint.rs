@@ -142,6 +142,17 @@ fn dump(cfg: &config::Config) -> Result<u64, String> {
             say!("warning: fd {} is left out of the image (--drop-unsupported); it will be closed after restore", f.fd);
         }
     }
+    // An object also open as an fd is as large as the file, not only its mapped part.
+    let mut objects = layout.objects;
+    for o in objects.iter_mut() {
+        for f in &files {
+            if let pmig_image::FileKind::Memfd { ino, content, .. } | pmig_image::FileKind::Deleted { ino, content, .. } = &f.kind {
+                if *ino == o.ino {
+                    o.size = o.size.max(content.len() as u64);
+                }
+            }
+        }
+    }
     let mut threads = Vec::new();
     for s in thread::live_slots() {
         let tid = s.tid.load(Relaxed);
@@ -195,6 +206,7 @@ fn dump(cfg: &config::Config) -> Result<u64, String> {
         files,
         fds,
         regions: layout.regions,
+        objects,
         vdso: layout.vdso,
         process,
     };

@@ -8,7 +8,7 @@
 //! file holds them.
 
 use crate::sys;
-use pmig_image::{FileIdent, PageRun, RegionKind, RegionState, VdsoState};
+use pmig_image::{FileIdent, ObjectState, PageRun, RegionKind, RegionState, VdsoState};
 
 const PAGE: u64 = 4096;
 const PM_PRESENT: u64 = 1 << 63;
@@ -73,6 +73,7 @@ pub fn file_ident(path: &str) -> Result<FileIdent, i32> {
 /// total length of the page data.
 pub struct Layout {
     pub regions: Vec<RegionState>,
+    pub objects: Vec<ObjectState>,
     pub vdso: VdsoState,
     pub pages_len: u64,
 }
@@ -90,6 +91,7 @@ pub fn collect(skip: &[(u64, u64)]) -> Result<Layout, String> {
 
 fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<Layout, String> {
     let mut regions = Vec::new();
+    let mut objects: Vec<ObjectState> = Vec::new();
     let mut vdso = VdsoState::default();
     let mut data_off = 0u64;
     let mut entries = vec![0u64; 64 * 1024];
@@ -114,11 +116,30 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<L
             p if p.starts_with("[anon:") => RegionKind::Anon,
             "/dev/zero (deleted)" => RegionKind::Anon,
             p if p.starts_with('[') => return Err(format!("the mapping {p} at {:#x} is not supported yet", m.start)),
+            p if p.starts_with("/SYSV") => {
+                return Err(format!("the SysV shared memory mapping at {:#x} ({p}) is not supported yet", m.start))
+            }
+            p if p.ends_with(" (deleted)") && !m.shared => {
+                // Its file is gone: every page comes from the image, as anonymous memory.
+                let runs = all_runs(m.start, m.end, &mut data_off);
+                regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: false, kind: RegionKind::Anon, runs });
+                continue;
+            }
             p if p.ends_with(" (deleted)") => {
-                return Err(format!(
-                    "the mapping of {p} at {:#x} (a deleted file, memfd or shared memory) is not supported yet",
-                    m.start
-                ))
+                let name = p.trim_end_matches(" (deleted)").trim_start_matches("/memfd:").to_string();
+                let object = match objects.iter().position(|o| o.ino == m.inode) {
+                    Some(i) => i,
+                    None => {
+                        objects.push(ObjectState { ino: m.inode, name, size: 0 });
+                        objects.len() - 1
+                    }
+                };
+                let o = &mut objects[object];
+                o.size = o.size.max(m.offset + (m.end - m.start));
+                let runs = resident_runs(m.start, m.end, &mut data_off).map_err(|e| format!("mincore: errno {e}"))?;
+                let kind = RegionKind::SharedObject { object: object as u32, offset: m.offset };
+                regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: true, kind, runs });
+                continue;
             }
             p => {
                 let ident = file_ident(p).map_err(|e| format!("cannot stat mapped file {p}: errno {e}"))?;
@@ -137,7 +158,39 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<L
         };
         regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: m.shared, kind, runs });
     }
-    Ok(Layout { regions, vdso, pages_len: data_off })
+    Ok(Layout { regions, objects, vdso, pages_len: data_off })
+}
+
+/// Every page of `[start, end)` as one run.
+fn all_runs(start: u64, end: u64, data_off: &mut u64) -> Vec<PageRun> {
+    let run = PageRun { addr: start, len: end - start, data_off: *data_off };
+    *data_off += end - start;
+    vec![run]
+}
+
+/// The pages of a shared mapping resident in its object (`mincore(2)`), as runs: pages of the
+/// object the program wrote through any fd or mapping, without faulting in the others.
+fn resident_runs(start: u64, end: u64, data_off: &mut u64) -> Result<Vec<PageRun>, i32> {
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut vec = vec![0u8; 64 * 1024];
+    let mut addr = start;
+    while addr < end {
+        let len = (end - addr).min(vec.len() as u64 * PAGE);
+        sys::mincore(addr, len, &mut vec)?;
+        for (i, &v) in vec[..(len / PAGE) as usize].iter().enumerate() {
+            if v & 1 == 0 {
+                continue;
+            }
+            let a = addr + i as u64 * PAGE;
+            match runs.last_mut() {
+                Some(r) if r.addr + r.len == a => r.len += PAGE,
+                _ => runs.push(PageRun { addr: a, len: PAGE, data_off: *data_off }),
+            }
+            *data_off += PAGE;
+        }
+        addr += len;
+    }
+    Ok(runs)
 }
 
 /// The parts of `m` outside every `skip` range (the kernel may merge pmig's own mappings with

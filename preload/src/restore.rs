@@ -55,7 +55,17 @@ pub fn restored(mb: *const Mailbox) {
     };
     let mut keep = [mb.plan_fd, mb.image_fd];
     let gap_ns = sys::realtime_ns().saturating_sub(m.host.time_ns);
-    fd::restore(&m.files, &m.fds, &mut keep, gap_ns);
+    let mut table = vec![pmig_abi::PlanObject::default(); mb.n_objects as usize];
+    // SAFETY: viewing the repr(C) integer-only table as bytes to read it from the plan.
+    let bytes = unsafe {
+        core::slice::from_raw_parts_mut(table.as_mut_ptr() as *mut u8, table.len() * core::mem::size_of::<pmig_abi::PlanObject>())
+    };
+    if !bytes.is_empty() && sys::pread(mb.plan_fd, bytes, mb.objects_off).map(|n| n as usize) != Ok(bytes.len()) {
+        say!("warning: cannot read the shared object table from the plan");
+        table.clear();
+    }
+    let objects = table.iter().map(|o| (o.ino, o.fd)).collect();
+    fd::restore(&m.files, &m.fds, &mut keep, gap_ns, objects);
     process::restore(&m.process);
     signal::restore_actions(&m.signals);
     signal::restore_itimers(&m.itimers, gap_ns / 1000);

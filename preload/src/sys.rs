@@ -364,6 +364,12 @@ pub fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
+/// `mincore(2)`: one byte per page of `[addr, addr+len)`, bit 0 set when resident.
+pub fn mincore(addr: u64, len: u64, vec: &mut [u8]) -> Res {
+    debug_assert!(vec.len() as u64 >= len.div_ceil(4096));
+    sc!(libc::SYS_mincore, addr, len, vec.as_mut_ptr())
+}
+
 /// `pipe2(2)`: `(read end, write end)`.
 pub fn pipe2(flags: i32) -> Result<(i32, i32), i32> {
     let mut fds = [0i32; 2];

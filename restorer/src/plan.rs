@@ -3,8 +3,8 @@
 //! mapped file open (without close-on-exec) for it.
 
 use anyhow::{bail, Context, Result};
-use pmig_abi::{region_kind, MmMap, PlanHeader, PlanRegion, PlanRun, PlanVdso, AUXV_WORDS, PLAN_MAGIC, PLAN_MAX, PLAN_VERSION};
-use pmig_image::{RegionKind, VerifiedImage};
+use pmig_abi::{region_kind, MmMap, PlanHeader, PlanObject, PlanRegion, PlanRun, PlanVdso, AUXV_WORDS, PLAN_MAGIC, PLAN_MAX, PLAN_VERSION, REGION_FILL};
+use pmig_image::{FileKind, Manifest, ObjectState, RegionKind, VerifiedImage};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -33,9 +33,36 @@ fn bytes_of<T: Copy>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
 }
 
+/// Makes a shared memory object again: a memfd of its size holding the content an fd of the
+/// same object saved (the mapped pages the engine reads in on top are the same data).
+fn make_object(m: &Manifest, o: &ObjectState) -> Result<i32> {
+    let name = std::ffi::CString::new(o.name.replace('\0', "")).unwrap_or_default();
+    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    if fd < 0 {
+        bail!("memfd_create for shared object {}: {}", o.name, std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the memfd just created, owned here.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    let content = m.files.iter().find_map(|f| match &f.kind {
+        FileKind::Memfd { ino, content, .. } | FileKind::Deleted { ino, content, .. } if *ino == o.ino => Some(content),
+        _ => None,
+    });
+    if let Some(c) = content {
+        f.write_all(c).with_context(|| format!("cannot fill shared object {}", o.name))?;
+    }
+    f.set_len(o.size.max(content.map_or(0, |c| c.len() as u64)))
+        .with_context(|| format!("cannot size shared object {}", o.name))?;
+    inherit(f)
+}
+
 pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Prepared> {
     let m = &img.manifest;
     let image_fd = inherit(File::open(image).context("cannot reopen the image")?)?;
+    let mut objects = Vec::with_capacity(m.objects.len());
+    for o in &m.objects {
+        objects.push(PlanObject { ino: o.ino, fd: make_object(m, o)?, _pad: 0 });
+    }
 
     let mut files: HashMap<(String, bool), i32> = HashMap::new();
     let mut regions = Vec::with_capacity(m.regions.len());
@@ -62,8 +89,13 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Prepare
                 };
                 (if r.shared { region_kind::FILE_SHARED } else { region_kind::FILE_PRIVATE }, fd, *offset)
             }
+            RegionKind::SharedObject { object, offset } => {
+                let o = objects.get(*object as usize).context("a region maps a missing shared object")?;
+                (region_kind::FILE_SHARED, o.fd, *offset)
+            }
         };
-        regions.push(PlanRegion { start: r.start, end: r.end, prot: r.prot, kind, fd, _pad: 0, offset });
+        let flags = if r.runs.is_empty() { 0 } else { REGION_FILL };
+        regions.push(PlanRegion { start: r.start, end: r.end, prot: r.prot, kind, fd, flags, offset });
         for run in &r.runs {
             runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.header.pages_off + run.data_off });
         }
@@ -82,7 +114,8 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Prepare
     let hsize = std::mem::size_of::<PlanHeader>() as u64;
     let regions_off = hsize;
     let runs_off = regions_off + (regions.len() * std::mem::size_of::<PlanRegion>()) as u64;
-    let manifest_off = runs_off + (runs.len() * std::mem::size_of::<PlanRun>()) as u64;
+    let objects_off = runs_off + (runs.len() * std::mem::size_of::<PlanRun>()) as u64;
+    let manifest_off = objects_off + (objects.len() * std::mem::size_of::<PlanObject>()) as u64;
     let total_len = manifest_off + img.manifest_bytes.len() as u64;
     if total_len > PLAN_MAX {
         bail!("the restore plan would be {total_len} bytes, more than the engine can map ({PLAN_MAX})");
@@ -105,6 +138,8 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Prepare
         runs_off,
         manifest_off,
         manifest_len: img.manifest_bytes.len() as u64,
+        n_objects: objects.len() as u64,
+        objects_off,
         total_len,
         mm: MmMap {
             start_code: p.mm.start_code,
@@ -145,6 +180,9 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Prepare
     }
     for r in &runs {
         out.extend_from_slice(bytes_of(r));
+    }
+    for o in &objects {
+        out.extend_from_slice(bytes_of(o));
     }
     out.extend_from_slice(&img.manifest_bytes);
     // SAFETY: plan_fd is the memfd just created, owned here.

@@ -30,6 +30,8 @@ pub const SPARSE: &str = env!("PMIG_TEST_PROG_SPARSE");
 pub const KERNEL_FDS: &str = env!("PMIG_TEST_PROG_KERNEL_FDS");
 /// `holds_inotify.c`: a counter holding an inotify fd (not restorable yet).
 pub const HOLDS_INOTIFY: &str = env!("PMIG_TEST_PROG_HOLDS_INOTIFY");
+/// `shm.c`: memfd, deleted-file, anonymous and POSIX shm mappings shared.
+pub const SHM: &str = env!("PMIG_TEST_PROG_SHM");
 /// `ids.c`: getpid/gettid/getppid, kill, tgkill and /proc/<pid> across restores.
 pub const IDS: &str = env!("PMIG_TEST_PROG_IDS");
 

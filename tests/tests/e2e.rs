@@ -52,6 +52,11 @@ fn kernel_fds_chain() {
 }
 
 #[test]
+fn shared_memory_chain() {
+    run_chain(&Program::new("shm", programs::SHM, STEPS, &[]));
+}
+
+#[test]
 fn ids_chain() {
     run_chain(&Program::new("ids", programs::IDS, STEPS, &[]));
 }

@@ -44,13 +44,15 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
     let t = i.file_type();
     if t == libc::S_IFREG && i.link.starts_with("/memfd:") {
         let name = i.link.trim_start_matches("/memfd:").trim_end_matches(" (deleted)").to_string();
-        return Some(read_all(i.fd, i.st.st_size as u64).map(|content| FileKind::Memfd { name, content }));
+        let ino = i.st.st_ino;
+        return Some(read_all(i.fd, i.st.st_size as u64).map(|content| FileKind::Memfd { name, ino, content }));
     }
     if (t == libc::S_IFREG || t == libc::S_IFDIR) && i.link.starts_with('/') {
         if let Some(path) = i.link.strip_suffix(" (deleted)") {
             if t == libc::S_IFREG && i.st.st_nlink == 0 {
                 let path = path.to_string();
-                return Some(read_all(i.fd, i.st.st_size as u64).map(|content| FileKind::Deleted { path, content }));
+                let ino = i.st.st_ino;
+                return Some(read_all(i.fd, i.st.st_size as u64).map(|content| FileKind::Deleted { path, ino, content }));
             }
         }
         let ident = memory::file_ident(&i.link).unwrap_or_default();
@@ -75,7 +77,7 @@ fn with_content(fd: i32, content: &[u8], pos: i64) -> Result<i32, String> {
     Ok(fd)
 }
 
-fn restore(f: &FileState, _: &mut RestoreCtx) -> Option<Result<i32, String>> {
+fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
     let open = |path: &str, flags: i32| {
         sys::openat(libc::AT_FDCWD, &sys::cstr(path), flags, 0).map(|fd| fd as i32).map_err(|e| format!("cannot open {path}: errno {e}"))
     };
@@ -85,13 +87,23 @@ fn restore(f: &FileState, _: &mut RestoreCtx) -> Option<Result<i32, String>> {
             fd
         }),
         FileKind::Tty { path } | FileKind::CharDevice { path } => open(path, reopen_flags(f.flags) | libc::O_NOCTTY),
-        FileKind::Deleted { path, content } => {
+        FileKind::Deleted { ino, .. } | FileKind::Memfd { ino, .. } if ctx.objects.iter().any(|o| o.0 == *ino) => {
+            // Also mapped shared: pmig-resume made the object (with this content) for the
+            // mapping; open a new description of that same object.
+            let ofd = ctx.objects.iter().find(|o| o.0 == *ino).map(|o| o.1).unwrap_or(-1);
+            let acc = if f.flags & libc::O_ACCMODE == libc::O_RDONLY { libc::O_RDONLY } else { libc::O_RDWR };
+            open(&format!("/proc/self/fd/{ofd}"), acc | libc::O_CLOEXEC).map(|fd| {
+                let _ = sys::lseek(fd, f.pos, libc::SEEK_SET);
+                fd
+            })
+        }
+        FileKind::Deleted { path, content, .. } => {
             // An unlinked file in the same directory (or /tmp), as the original was.
             let dir = path.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d }).unwrap_or("/tmp");
             let tmp = libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC;
             open(dir, tmp).or_else(|_| open("/tmp", tmp)).and_then(|fd| with_content(fd, content, f.pos))
         }
-        FileKind::Memfd { name, content } => sys::memfd_create(&sys::cstr(name), libc::MFD_CLOEXEC)
+        FileKind::Memfd { name, content, .. } => sys::memfd_create(&sys::cstr(name), libc::MFD_CLOEXEC)
             .map_err(|e| format!("memfd_create: errno {e}"))
             .and_then(|fd| with_content(fd as i32, content, f.pos)),
         _ => return None,

@@ -58,6 +58,8 @@ pub struct RestoreCtx {
     pub pairs: Vec<(u64, i32)>,
     /// Wall time between the checkpoint and this restore, in nanoseconds (timers ran on).
     pub gap_ns: u64,
+    /// Shared memory objects pmig-resume made for shared mappings: `(inode at checkpoint, fd)`.
+    pub objects: Vec<(u64, i32)>,
 }
 
 impl RestoreCtx {
@@ -174,14 +176,24 @@ pub fn unsupported(files: &[FileState], fds: &[FdState]) -> Option<String> {
 /// Recreates the saved fds. `keep` are fds the restorer still needs (moved out of the way
 /// first, their new numbers returned in place). Every other fd not saved is closed; fds 0–2
 /// that were a terminal, pipe or socket stay what they are now (the resumer's own).
-pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap_ns: u64) {
+pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap_ns: u64, objects: Vec<(u64, i32)>) {
     let top = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
-    let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap_ns };
+    let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap_ns, objects };
     for k in keep.iter_mut() {
         if let Ok(n) = ctx.lift(*k) {
             *k = n;
         }
     }
+    let mut objects = core::mem::take(&mut ctx.objects);
+    for o in objects.iter_mut() {
+        if let Ok(n) = ctx.lift(o.1) {
+            o.1 = n;
+        }
+    }
+    ctx.objects = objects;
+    let mut keep: Vec<i32> = keep.to_vec();
+    keep.extend(ctx.objects.iter().map(|o| o.1));
+    let keep = &keep[..];
     let inherited = |f: &FdState| f.fd <= 2 && files[f.file as usize].kind.inherited_as_stdio();
     if let Ok(open) = list_fds(keep) {
         for fd in open {
@@ -237,7 +249,7 @@ pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap_ns: u
             }
         }
     }
-    for (_, fd) in ctx.pairs.drain(..) {
+    for (_, fd) in ctx.pairs.drain(..).chain(ctx.objects.drain(..)) {
         let _ = sys::close(fd);
     }
 }

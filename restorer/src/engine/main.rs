@@ -23,7 +23,7 @@
 use core::cell::UnsafeCell;
 use pmig_abi::arch::syscall6;
 use pmig_abi::{exit_code as ec, Mailbox, PlanHeader, PlanRegion, PlanRun, MAILBOX_MAGIC, PLAN_ADDR, PLAN_MAGIC, PLAN_MAX, PLAN_VERSION, VDSO_PARK};
-use pmig_abi::{region_kind as rk, ENGINE_BASE, RESERVE_LEN};
+use pmig_abi::{region_kind as rk, ENGINE_BASE, REGION_FILL, RESERVE_LEN};
 
 const STACK_SIZE: usize = 256 * 1024;
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
@@ -42,6 +42,8 @@ static MAILBOX: Bss<Mailbox> = Bss(UnsafeCell::new(Mailbox {
     manifest_len: 0,
     debug: 0,
     _pad: 0,
+    objects_off: 0,
+    n_objects: 0,
 }));
 static DEBUG: Bss<bool> = Bss(UnsafeCell::new(false));
 
@@ -222,7 +224,14 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
     let h: &PlanHeader = unsafe { &*(PLAN_ADDR as *const PlanHeader) };
     let regions_end = h.regions_off + h.n_regions * core::mem::size_of::<PlanRegion>() as u64;
     let runs_end = h.runs_off + h.n_runs * core::mem::size_of::<PlanRun>() as u64;
-    if h.magic != PLAN_MAGIC || h.version != PLAN_VERSION || h.total_len != size || regions_end > size || runs_end > size {
+    let objects_end = h.objects_off + h.n_objects * core::mem::size_of::<pmig_abi::PlanObject>() as u64;
+    if h.magic != PLAN_MAGIC
+        || h.version != PLAN_VERSION
+        || h.total_len != size
+        || regions_end > size
+        || runs_end > size
+        || objects_end > size
+    {
         fail(ec::PLAN, 0, h.magic);
     }
     // SAFETY: bounds checked above; the arrays are aligned (8-byte multiples from PLAN_ADDR).
@@ -269,6 +278,7 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
             ),
             rk::SHARED_ANON => (fill_prot, (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64, u64::MAX, 0),
             rk::FILE_PRIVATE => (fill_prot, libc::MAP_PRIVATE as u64, r.fd as u64, r.offset),
+            rk::FILE_SHARED if r.flags & REGION_FILL != 0 => (fill_prot, libc::MAP_SHARED as u64, r.fd as u64, r.offset),
             rk::FILE_SHARED => (r.prot as u64, libc::MAP_SHARED as u64, r.fd as u64, r.offset),
             _ => fail(ec::MAP, 0, r.start),
         };
@@ -305,7 +315,7 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
     log(b"pages read; runs:", Some(h.n_runs));
 
     // Phase 7: final protections.
-    for r in regions.iter().filter(|r| r.kind != rk::FILE_SHARED) {
+    for r in regions.iter().filter(|r| r.kind != rk::FILE_SHARED || r.flags & REGION_FILL != 0) {
         check(ec::PROTECT, sys(nr::MPROTECT, r.start, r.end - r.start, r.prot as u64, 0, 0, 0), r.start);
     }
 
@@ -334,8 +344,13 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
     log(b"mm map set; brk", Some(mm.brk));
 
     // Phase 10: hand over.
+    // Shared objects' fds stay open: libpmig gives them to the program's fds of the same object.
+    // SAFETY: bounds of the object table were checked with the rest of the plan in phase 2.
+    let objects: &[pmig_abi::PlanObject] = unsafe {
+        core::slice::from_raw_parts((PLAN_ADDR + h.objects_off) as *const pmig_abi::PlanObject, h.n_objects as usize)
+    };
     for (i, r) in regions.iter().enumerate() {
-        if r.fd >= 0 && !regions[..i].iter().any(|o| o.fd == r.fd) {
+        if r.fd >= 0 && !regions[..i].iter().any(|o| o.fd == r.fd) && !objects.iter().any(|o| o.fd == r.fd) {
             sys(nr::CLOSE, r.fd as u64, 0, 0, 0, 0, 0);
         }
     }
@@ -349,6 +364,8 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
         manifest_len: h.manifest_len,
         debug: h.debug,
         _pad: 0,
+        objects_off: h.objects_off,
+        n_objects: h.n_objects,
     };
     log(b"jumping to the checkpoint thread at", Some(h.ctx.rip));
     check(ec::JUMP, sys(nr::ARCH_PRCTL, 0x1002, h.fs_base, 0, 0, 0, 0), h.fs_base);
