@@ -35,6 +35,39 @@ pub const SHM: &str = env!("PMIG_TEST_PROG_SHM");
 /// `ids.c`: getpid/gettid/getppid, kill, tgkill and /proc/<pid> across restores.
 pub const IDS: &str = env!("PMIG_TEST_PROG_IDS");
 
+/// Debian's perl.
+pub const PERL: &str = "/usr/bin/perl";
+
+/// The perl program, run as `perl -e PERL_LOOP STEPS FILE`: a loop over a file (append a
+/// line, read the whole file back, check every line) and a growing hash, checked each step.
+pub const PERL_LOOP: &str = r#"
+$| = 1;
+my ($steps, $path) = @ARGV;
+open(my $f, "+>", $path) or die "open $path: $!";
+my %h;
+sub corrupt { print "CORRUPT $_[0]
+"; print STDERR "CORRUPT $_[0]
+"; exit 3 }
+for my $s (1 .. $steps) {
+    seek($f, 0, 2);
+    print $f "line $s
+";
+    $h{$s} = "v$s" x 10;
+    for my $k (1 .. $s) { corrupt("hash entry $k") unless $h{$k} eq "v$k" x 10 }
+    seek($f, 0, 0);
+    my @l = <$f>;
+    corrupt("file has " . scalar(@l) . " lines at step $s") unless @l == $s;
+    for my $i (0 .. $#l) { corrupt("file line $i is $l[$i]") unless $l[$i] eq "line " . ($i + 1) . "
+" }
+    print "step $s
+";
+    select(undef, undef, undef, 0.03) if $s < $steps;
+}
+"#;
+
+/// Debian's sqlite3 command-line shell.
+pub const SQLITE3: &str = "/usr/bin/sqlite3";
+
 /// Debian's Python; used by path so no pyenv shim is involved.
 pub const PYTHON3: &str = "/usr/bin/python3";
 
@@ -169,6 +202,16 @@ impl Program {
                 PYTHON_THREADS.into(),
                 steps.to_string().into(),
             ],
+            steps,
+            input: Input::Idle,
+        }
+    }
+
+    /// `/usr/bin/perl -e PERL_LOOP STEPS FILE`.
+    pub fn perl_loop(steps: u32, file: &Path) -> Program {
+        Program {
+            name: "perl-loop".to_string(),
+            argv: vec![PERL.into(), "-e".into(), PERL_LOOP.into(), steps.to_string().into(), file.as_os_str().into()],
             steps,
             input: Input::Idle,
         }

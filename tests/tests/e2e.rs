@@ -640,3 +640,73 @@ fn drop_unsupported_and_signal_option() {
     }
     assert!(status.success() && resumed.complete(), "{}", r.describe());
 }
+
+#[test]
+fn perl_loop_chain() {
+    let sb = Sandbox::new();
+    let file = sb.file("perl-data.txt");
+    run_chain(&Program::perl_loop(STEPS, &file));
+}
+
+/// The SQL for step `n`: insert `n`, and print `step N` only if the table holds 1..=n.
+fn sqlite_step(n: u32) -> String {
+    format!(
+        "insert into t values({n}); select 'step ' || count(*) from t where (select sum(x) from t) = {};\n",
+        n * (n + 1) / 2
+    )
+}
+
+/// Feeds SQL steps `from..=to` to a sqlite3 process and checks each answer.
+fn sqlite_steps(p: &mut Proc, steps: &mut StepCheck, from: u32, to: u32) {
+    for n in from..=to {
+        if let Err(e) = p.feed(&sqlite_step(n)) {
+            fail_with(&e, &mut [p]);
+        }
+        read_until_step(p, steps, n);
+    }
+}
+
+/// The sqlite3 shell with an open WAL database (its -shm file mapped shared), fed SQL on
+/// stdin: checkpointed, resumed, checkpointed again, resumed to the end; the table holds every
+/// row exactly once.
+#[test]
+fn sqlite3_chain() {
+    let sb = Sandbox::new();
+    let image = sb.image("sqlite3");
+    let db = sb.file("data.db");
+    let spawn = |cmd: Command, label: &str| {
+        let mut cmd = cmd;
+        pmig_env(&mut cmd);
+        Proc::spawn(label, cmd, Terminal::Pipe)
+    };
+    let mut run = sb.command(&sb.bins().run, &sb.workdir("run"));
+    run.arg("--exit").arg("--image").arg(&image).arg("--").arg(programs::SQLITE3).arg(&db);
+    let mut p = spawn(run, "pmig-run (sqlite3)");
+    p.feed("create table t(x integer); pragma journal_mode=wal;\n").unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    match p.next_line(STEP_TIMEOUT) {
+        Ok(Some(l)) if l == "wal" => {}
+        other => fail_with(&format!("expected \"wal\", got {other:?}"), &mut [&mut p]),
+    }
+    let mut steps = StepCheck::new(1, 20, Input::Idle);
+    sqlite_steps(&mut p, &mut steps, 1, 5);
+    p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    let status = p.wait_exit(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    assert!(status.success(), "{}", p.describe());
+
+    let resume = |n: u32| {
+        let mut cmd = sb.command(&sb.bins().resume, &sb.workdir(&format!("resume-{n}")));
+        cmd.arg(&image);
+        spawn(cmd, &format!("pmig-resume #{n} (sqlite3)"))
+    };
+    let mut r = resume(1);
+    sqlite_steps(&mut r, &mut steps, 6, 9);
+    r.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    let status = r.wait_exit(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    assert!(status.success(), "{}", r.describe());
+
+    let mut r = resume(2);
+    sqlite_steps(&mut r, &mut steps, 10, 20);
+    r.close_stdin();
+    let status = r.wait_exit(RESUME_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    assert!(status.success() && steps.complete(), "{}", r.describe());
+}
