@@ -142,6 +142,13 @@ pub fn describe(m: &Manifest, file_len: u64) -> String {
     let handled: Vec<String> =
         m.signals.iter().filter(|s| s.handler > 1).map(|s| s.sig.to_string()).collect();
     let _ = writeln!(o, "signals:   handlers for {}", if handled.is_empty() { "none".into() } else { handled.join(" ") });
+    for t in &m.timers {
+        let _ = writeln!(
+            o,
+            "timer:     id {} clock {} signal {} next in {} ns, every {} ns",
+            t.id, t.clockid, t.signo, t.value_ns, t.interval_ns
+        );
+    }
     for t in m.itimers.iter().filter(|t| t.value_us != 0 || t.interval_us != 0) {
         let _ = writeln!(o, "itimer:    {} next in {} us, every {} us", t.which, t.value_us, t.interval_us);
     }

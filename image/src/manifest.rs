@@ -15,6 +15,7 @@ pub struct Manifest {
     pub ckpt: CkptThreadState,
     pub signals: Vec<SigActionState>,
     pub itimers: Vec<ItimerState>,
+    pub timers: Vec<PosixTimerState>,
     pub files: Vec<FileState>,
     pub fds: Vec<FdState>,
     pub regions: Vec<RegionState>,
@@ -155,6 +156,23 @@ pub struct ItimerState {
     pub which: i32,
     pub interval_us: u64,
     pub value_us: u64,
+}
+
+/// A POSIX timer (`timer_create`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimerState {
+    /// The id the program holds (`timer_t`).
+    pub id: i32,
+    pub clockid: i32,
+    /// `SIGEV_SIGNAL`, `SIGEV_NONE` or `SIGEV_THREAD_ID` (glibc's `SIGEV_THREAD` timers are
+    /// `SIGEV_THREAD_ID` to its helper thread).
+    pub notify: i32,
+    pub signo: i32,
+    pub sival: u64,
+    /// For `SIGEV_THREAD_ID`: the thread, as the program knows it.
+    pub tid: i32,
+    pub value_ns: u64,
+    pub interval_ns: u64,
 }
 
 /// Identity of a file, to tell whether the file found at restore time is the same one.

@@ -188,3 +188,16 @@ at_hook!(openat64 => pmig_openat64(dirfd: c_int, path: *const c_char, flags: c_i
 at_hook!(readlinkat => pmig_readlinkat(dirfd: c_int, path: *const c_char, buf: *mut c_char, len: libc::size_t) -> libc::ssize_t);
 at_hook!(fstatat => pmig_fstatat(dirfd: c_int, path: *const c_char, buf: *mut libc::stat, flags: c_int) -> c_int);
 at_hook!(fstatat64 => pmig_fstatat64(dirfd: c_int, path: *const c_char, buf: *mut libc::stat64, flags: c_int) -> c_int);
+
+// ---- POSIX timers (see `timer`) ----
+
+redhook::hook! {
+    unsafe fn timer_create(clock: libc::clockid_t, sev: *const libc::sigevent, id: *mut libc::timer_t) -> c_int => pmig_timer_create {
+        // SAFETY: arguments from the program, valid as timer_create requires.
+        match unsafe { crate::timer::create_thread_timer(clock, sev, id) } {
+            Some(r) => r,
+            // SAFETY: forwarded unchanged to libc.
+            None => unsafe { redhook::real!(timer_create)(clock, sev, id) },
+        }
+    }
+}

@@ -203,6 +203,7 @@ fn dump(cfg: &config::Config) -> Result<u64, String> {
         },
         signals: signal::dump_actions(),
         itimers: signal::dump_itimers(),
+        timers: crate::timer::dump()?,
         files,
         fds,
         regions: layout.regions,

@@ -22,6 +22,7 @@ pub mod restore;
 pub mod signal;
 pub mod sys;
 pub mod thread;
+pub mod timer;
 
 use core::sync::atomic::Ordering::Relaxed;
 use log::{debug, say};

@@ -85,6 +85,7 @@ pub fn restored(mb: *const Mailbox) {
     }
     let new_tids = thread::live_slots().map(|s| s.tid.load(Relaxed));
     crate::pid::after_restore(m.process.pid, m.process.ppid, old_tids.iter().copied().zip(new_tids));
+    crate::timer::restore(&m.timers, gap_ns);
     signal::restore_pending(m.process.pending_signals);
     for k in keep {
         let _ = sys::close(k);

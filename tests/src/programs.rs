@@ -32,6 +32,8 @@ pub const KERNEL_FDS: &str = env!("PMIG_TEST_PROG_KERNEL_FDS");
 pub const HOLDS_INOTIFY: &str = env!("PMIG_TEST_PROG_HOLDS_INOTIFY");
 /// `shm.c`: memfd, deleted-file, anonymous and POSIX shm mappings shared.
 pub const SHM: &str = env!("PMIG_TEST_PROG_SHM");
+/// `posix_timers.c`: SIGEV_SIGNAL, SIGEV_THREAD and SIGEV_NONE timers.
+pub const POSIX_TIMERS: &str = env!("PMIG_TEST_PROG_POSIX_TIMERS");
 /// `ids.c`: getpid/gettid/getppid, kill, tgkill and /proc/<pid> across restores.
 pub const IDS: &str = env!("PMIG_TEST_PROG_IDS");
 

@@ -57,6 +57,11 @@ fn shared_memory_chain() {
 }
 
 #[test]
+fn posix_timers_chain() {
+    run_chain(&Program::new("posix-timers", programs::POSIX_TIMERS, STEPS, &[]));
+}
+
+#[test]
 fn ids_chain() {
     run_chain(&Program::new("ids", programs::IDS, STEPS, &[]));
 }
