@@ -201,3 +201,18 @@ redhook::hook! {
         }
     }
 }
+
+// ---- inotify (see `fd::inotify`) ----
+
+redhook::hook! {
+    unsafe fn inotify_add_watch(fd: c_int, path: *const c_char, mask: u32) -> c_int => pmig_inotify_add_watch {
+        // SAFETY: forwarded unchanged to libc.
+        let wd = unsafe { redhook::real!(inotify_add_watch)(fd, path, mask) };
+        if wd >= 0 && !path.is_null() {
+            // SAFETY: the call above succeeded, so `path` is a valid C string.
+            let p = unsafe { std::ffi::CStr::from_ptr(path) }.to_string_lossy();
+            crate::fd::inotify::remember(wd, &p);
+        }
+        wd
+    }
+}

@@ -424,6 +424,16 @@ pub fn epoll_add(epfd: i32, fd: i32, events: u32, data: u64) -> Res {
     sc!(libc::SYS_epoll_ctl, epfd, libc::EPOLL_CTL_ADD, fd, &ev as *const libc::epoll_event)
 }
 
+/// `inotify_init1(2)`.
+pub fn inotify_init1(flags: i32) -> Res {
+    sc!(libc::SYS_inotify_init1, flags)
+}
+
+/// `inotify_add_watch(2)`; `path` must end with a NUL byte.
+pub fn inotify_add_watch(fd: i32, path: &[u8], mask: u32) -> Res {
+    sc!(libc::SYS_inotify_add_watch, fd, path.as_ptr(), mask)
+}
+
 /// `memfd_create(2)`; `name` must end with a NUL byte.
 pub fn memfd_create(name: &[u8], flags: u32) -> Res {
     sc!(libc::SYS_memfd_create, name.as_ptr(), flags)

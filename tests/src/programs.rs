@@ -28,8 +28,10 @@ pub const SPARSE: &str = env!("PMIG_TEST_PROG_SPARSE");
 /// `kernel_fds.c`: pipes with queued bytes, dup'd fds, eventfd, timerfd, epoll, signalfd,
 /// a deleted file, a memfd, /dev/null, a shared O_APPEND offset.
 pub const KERNEL_FDS: &str = env!("PMIG_TEST_PROG_KERNEL_FDS");
-/// `holds_inotify.c`: a counter holding an inotify fd (not restorable yet).
-pub const HOLDS_INOTIFY: &str = env!("PMIG_TEST_PROG_HOLDS_INOTIFY");
+/// `holds_pidfd.c`: a counter holding a pidfd (not restorable yet).
+pub const HOLDS_PIDFD: &str = env!("PMIG_TEST_PROG_HOLDS_PIDFD");
+/// `inotify.c`: an inotify watch that must keep reporting events.
+pub const INOTIFY: &str = env!("PMIG_TEST_PROG_INOTIFY");
 /// `shm.c`: memfd, deleted-file, anonymous and POSIX shm mappings shared.
 pub const SHM: &str = env!("PMIG_TEST_PROG_SHM");
 /// `posix_timers.c`: SIGEV_SIGNAL, SIGEV_THREAD and SIGEV_NONE timers.

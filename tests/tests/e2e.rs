@@ -62,6 +62,15 @@ fn posix_timers_chain() {
 }
 
 #[test]
+fn inotify_chain() {
+    let sb = Sandbox::new();
+    let dir = sb.file("watched");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let prog = Program::new("inotify", programs::INOTIFY, STEPS, &[]).arg(&dir);
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
+}
+
+#[test]
 fn ids_chain() {
     run_chain(&Program::new("ids", programs::IDS, STEPS, &[]));
 }
@@ -555,13 +564,13 @@ fn read_until_step(p: &mut Proc, steps: &mut StepCheck, n: u32) {
     }
 }
 
-/// Spawns `pmig-run FLAGS --image IMAGE -- holds_inotify STEPS`.
-fn spawn_holds_inotify(sb: &Sandbox, image: &Path, flags: &[&str]) -> Proc {
-    let prog = sb.stage(programs::HOLDS_INOTIFY);
+/// Spawns `pmig-run FLAGS --image IMAGE -- holds_pidfd STEPS`.
+fn spawn_holds_pidfd(sb: &Sandbox, image: &Path, flags: &[&str]) -> Proc {
+    let prog = sb.stage(programs::HOLDS_PIDFD);
     let mut cmd = sb.command(&sb.bins().run, &sb.workdir("run"));
     cmd.args(flags).arg("--image").arg(image).arg("--").arg(&prog).arg(STEPS.to_string());
     pmig_env(&mut cmd);
-    Proc::spawn("pmig-run (holds_inotify)", cmd, Terminal::Pipe)
+    Proc::spawn("pmig-run (holds_pidfd)", cmd, Terminal::Pipe)
 }
 
 /// A checkpoint of a program holding something pmig cannot restore fails, says why naming the
@@ -569,14 +578,14 @@ fn spawn_holds_inotify(sb: &Sandbox, image: &Path, flags: &[&str]) -> Proc {
 #[test]
 fn unsupported_resource_fails_checkpoint_and_program_goes_on() {
     let sb = Sandbox::new();
-    let image = sb.image("inotify");
-    let mut p = spawn_holds_inotify(&sb, &image, &[]);
+    let image = sb.image("pidfd");
+    let mut p = spawn_holds_pidfd(&sb, &image, &[]);
     let mut steps = StepCheck::new(1, STEPS, Input::Idle);
     read_until_step(&mut p, &mut steps, 3);
     p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
     let said = pmig_tests::wait_until(CHECKPOINT_TIMEOUT, "the checkpoint failure message", || {
         let err = p.stderr_text();
-        err.lines().find(|l| l.contains("checkpoint failed") && l.contains("inotify") && l.contains("fd ")).map(String::from)
+        err.lines().find(|l| l.contains("checkpoint failed") && l.contains("pidfd") && l.contains("fd ")).map(String::from)
     });
     if let Err(e) = said {
         fail_with(&e, &mut [&mut p]);
@@ -599,8 +608,8 @@ fn unsupported_resource_fails_checkpoint_and_program_goes_on() {
 #[test]
 fn unsupported_resource_with_exit_exits_1() {
     let sb = Sandbox::new();
-    let image = sb.image("inotify-exit");
-    let mut p = spawn_holds_inotify(&sb, &image, &["--exit"]);
+    let image = sb.image("pidfd-exit");
+    let mut p = spawn_holds_pidfd(&sb, &image, &["--exit"]);
     let mut steps = StepCheck::new(1, STEPS, Input::Idle);
     read_until_step(&mut p, &mut steps, 3);
     p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
@@ -614,8 +623,8 @@ fn unsupported_resource_with_exit_exits_1() {
 #[test]
 fn drop_unsupported_and_signal_option() {
     let sb = Sandbox::new();
-    let image = sb.image("inotify-drop");
-    let mut p = spawn_holds_inotify(&sb, &image, &["--exit", "--drop-unsupported", "--signal", "USR1"]);
+    let image = sb.image("pidfd-drop");
+    let mut p = spawn_holds_pidfd(&sb, &image, &["--exit", "--drop-unsupported", "--signal", "USR1"]);
     let mut steps = StepCheck::new(1, STEPS, Input::Idle);
     read_until_step(&mut p, &mut steps, 3);
     p.signal(libc::SIGUSR1).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
@@ -633,7 +642,7 @@ fn drop_unsupported_and_signal_option() {
     let mut cmd = sb.command(&sb.bins().resume, &sb.workdir("resume"));
     cmd.arg(&image);
     pmig_env(&mut cmd);
-    let mut r = Proc::spawn("pmig-resume (holds_inotify)", cmd, Terminal::Pipe);
+    let mut r = Proc::spawn("pmig-resume (holds_pidfd)", cmd, Terminal::Pipe);
     let mut resumed = StepCheck::new(steps.last() + 1, STEPS, Input::Idle);
     let (lines, status) = r
         .finish(Duration::from_secs(u64::from(STEPS)) + CHECKPOINT_TIMEOUT)

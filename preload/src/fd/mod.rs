@@ -12,6 +12,7 @@
 
 mod event;
 mod file;
+pub mod inotify;
 mod pipe;
 mod socket;
 
@@ -83,7 +84,7 @@ pub struct Ops {
 }
 
 /// Every family, most specific first.
-const OPS: &[&Ops] = &[&pipe::OPS, &socket::OPS, &event::OPS, &file::OPS];
+const OPS: &[&Ops] = &[&pipe::OPS, &socket::OPS, &event::OPS, &inotify::OPS, &file::OPS];
 
 /// Lists the open fds, skipping `skip`.
 fn list_fds(skip: &[i32]) -> Result<Vec<i32>, i32> {
