@@ -19,6 +19,7 @@
 mod inspect;
 mod manifest;
 mod read;
+pub mod wire;
 
 pub use inspect::describe;
 pub use manifest::*;

@@ -10,13 +10,20 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
-const USAGE: &str = "usage: pmig-run [--image PATH] [--exit] [--signal SIG] [--drop-unsupported] [--] PROGRAM [ARGS...]
+const USAGE: &str = "usage: pmig-run [--image PATH | --to HOST:PORT --token-file FILE [--compress]] [--exit]
+                [--signal SIG] [--drop-unsupported] [--] PROGRAM [ARGS...]
 
 Runs PROGRAM under pmig. `kill -SIG <pid>` (default SIGUSR2) then writes a checkpoint image
 that `pmig-resume IMAGE` turns back into the running program, here or on another host.
 
   --image PATH   where the image goes (default: ./PROGRAM-PID.pmig)
   --exit         exit (status 0) once the image is safely written, to move the program
+  --to HOST:PORT send the checkpoint straight to `pmig-resume --listen` there (no image
+                 file here); the program exits once the receiver has the whole image and
+                 checked it, and goes on here if the transfer fails
+  --token-file FILE
+                 the secret shared with the receiver (needed with --to)
+  --compress     LZ4-compress the transfer (for slow links)
   --signal SIG   checkpoint on SIG instead of SIGUSR2 (a name like USR1 or a number)
   --drop-unsupported
                  checkpoint even if the program holds something pmig cannot restore yet;
@@ -64,6 +71,19 @@ fn signal_name(sig: i32) -> String {
         .unwrap_or_else(|| sig.to_string())
 }
 
+/// Resolves `HOST:PORT` (or `[v6]:PORT`) to one `ip:port` the preload can connect to.
+fn resolve_receiver(spec: &str) -> String {
+    use std::net::ToSocketAddrs;
+    if spec.starts_with("ssh://") {
+        die("--to ssh://HOST is not supported yet; use `pmig-resume --listen` on the target and --to HOST:PORT, or copy the image and run `pmig-resume -` there");
+    }
+    match spec.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => a.to_string(),
+        Ok(None) => die(&format!("{spec}: the name has no address")),
+        Err(e) => die(&format!("--to {spec}: {e} (expected HOST:PORT)")),
+    }
+}
+
 /// Finds `prog` the way execvp would.
 fn find_program(prog: &str) -> Option<PathBuf> {
     let is_exec = |p: &Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
@@ -99,6 +119,9 @@ fn main() {
     let mut image: Option<PathBuf> = None;
     let mut exit_after = false;
     let mut drop_unsupported = false;
+    let mut to: Option<String> = None;
+    let mut token_file: Option<PathBuf> = None;
+    let mut compress = false;
     let mut signal = libc::SIGUSR2;
     while let Some(a) = args.peek() {
         let a = a.to_string_lossy().into_owned();
@@ -113,11 +136,16 @@ fn main() {
             }
             "--exit" => exit_after = true,
             "--drop-unsupported" => drop_unsupported = true,
-            "--image" | "--signal" => {
+            "--compress" => compress = true,
+            "--image" | "--signal" | "--to" | "--token-file" => {
                 args.next();
                 let v = args.peek().unwrap_or_else(|| die(&format!("{a} needs a value\n{USAGE}"))).clone();
                 if a == "--image" {
                     image = Some(PathBuf::from(v));
+                } else if a == "--to" {
+                    to = Some(v.to_string_lossy().into_owned());
+                } else if a == "--token-file" {
+                    token_file = Some(PathBuf::from(v));
                 } else {
                     let s = v.to_string_lossy();
                     signal = parse_signal(&s).unwrap_or_else(|| die(&format!("unknown signal {s:?}")));
@@ -137,6 +165,17 @@ fn main() {
     let resolved =
         find_program(&prog_s).unwrap_or_else(|| die(&format!("{prog_s}: no such program (or not executable)")));
     let lib = find_library();
+    let to = to.map(|t| resolve_receiver(&t));
+    if to.is_some() {
+        match &token_file {
+            None => die("--to needs --token-file FILE: the receiver only takes programs from senders that know its secret"),
+            Some(f) => {
+                if let Err(e) = std::fs::read(f) {
+                    die(&format!("cannot read the token file {}: {e}", f.display()));
+                }
+            }
+        }
+    }
     let lib = lib.canonicalize().unwrap_or(lib);
 
     let pid = std::process::id();
@@ -155,12 +194,26 @@ fn main() {
         preload.push(":");
         preload.push(old);
     }
-    eprintln!(
-        "pmig: running {prog_s} as pid {pid}; checkpoint with: kill -{} {pid}  (image: {})",
-        signal_name(signal),
-        image.display()
-    );
-    let err = Command::new(&resolved)
+    match &to {
+        Some(t) => eprintln!(
+            "pmig: running {prog_s} as pid {pid}; move it to {t} with: kill -{} {pid}",
+            signal_name(signal)
+        ),
+        None => eprintln!(
+            "pmig: running {prog_s} as pid {pid}; checkpoint with: kill -{} {pid}  (image: {})",
+            signal_name(signal),
+            image.display()
+        ),
+    }
+    let mut cmd = Command::new(&resolved);
+    if let Some(t) = &to {
+        cmd.env("PMIG_TO", t);
+    }
+    if let Some(f) = &token_file {
+        cmd.env("PMIG_TOKEN_FILE", f.canonicalize().unwrap_or_else(|_| f.clone()));
+    }
+    cmd.env("PMIG_COMPRESS", if compress { "1" } else { "0" });
+    let err = cmd
         .arg0(&prog)
         .args(&rest)
         .env("LD_PRELOAD", preload)

@@ -61,6 +61,8 @@ fn run() {
 /// What the dump reports back (kept on this stack: no heap).
 struct Job {
     cfg: &'static config::Config,
+    /// Connected receiver (`--to`), or -1 to write the image file.
+    conn: i32,
     bytes: u64,
     msg: StackBuf,
 }
@@ -68,9 +70,20 @@ struct Job {
 fn checkpoint_once(cfg: &'static config::Config) {
     let t0 = sys::monotonic_ms();
     debug!("checkpoint requested");
+    // A receiver is reached and authenticated before the program is stopped.
+    let conn = match &cfg.to {
+        Some(addr) => match crate::transfer::connect(addr, &cfg.token, cfg.compress) {
+            Ok(fd) => fd,
+            Err(e) => return failed(cfg, format_args!("{e}")),
+        },
+        None => -1,
+    };
     let n = match thread::suspend_all(cfg.suspend_signal) {
         Ok(n) => n,
-        Err(e) => return failed(cfg, format_args!("{e}")),
+        Err(e) => {
+            let _ = sys::close(conn);
+            return failed(cfg, format_args!("{e}"));
+        }
     };
     debug!("{n} thread(s) stopped in {} ms", sys::monotonic_ms() - t0);
     alloc::arena_on();
@@ -78,13 +91,16 @@ fn checkpoint_once(cfg: &'static config::Config) {
     let (h, l) = sys::get_robust_list();
     CKPT_ROBUST[0].store(h, Relaxed);
     CKPT_ROBUST[1].store(l, Relaxed);
-    let mut job = Job { cfg, bytes: 0, msg: StackBuf::new() };
+    let mut job = Job { cfg, conn, bytes: 0, msg: StackBuf::new() };
     // SAFETY: CKPT_CTX is this thread's; `job` outlives the call.
     let r = unsafe { arch::save_and_call(CKPT_CTX.0.get(), dump_entry, &mut job as *mut Job as u64) };
     if r >= ENGINE_BASE {
         // We are the restored process: `r` is the engine's mailbox.
         crate::restore::restored(r as *const Mailbox);
         return;
+    }
+    if conn >= 0 {
+        let _ = sys::close(conn);
     }
     if r != 0 {
         alloc::arena_off();
@@ -93,6 +109,10 @@ fn checkpoint_once(cfg: &'static config::Config) {
         return failed(cfg, format_args!("{msg}"));
     }
     let ms = (sys::monotonic_ms() - t0).max(1);
+    if let Some(to) = cfg.to.as_ref() {
+        say!("moved to {to} ({} MiB in {ms} ms); the receiver has it and checked it; exiting", job.bytes >> 20);
+        sys::exit_group(0);
+    }
     if cfg.exit_after {
         say!("checkpoint written to {} ({} MiB in {ms} ms); exiting", cfg.image_path, job.bytes >> 20);
         // The other threads stay parked: the program does nothing more here.
@@ -104,6 +124,10 @@ fn checkpoint_once(cfg: &'static config::Config) {
 }
 
 fn failed(cfg: &config::Config, why: core::fmt::Arguments<'_>) {
+    if let Some(to) = cfg.to.as_ref() {
+        say!("moving the program to {to} failed: {why}; the program goes on here");
+        return;
+    }
     if cfg.exit_after {
         say!("checkpoint failed: {why}; exiting with status 1 (no image written)");
         sys::exit_group(1);
@@ -114,7 +138,7 @@ fn failed(cfg: &config::Config, why: core::fmt::Arguments<'_>) {
 extern "C" fn dump_entry(job: u64) -> u64 {
     // SAFETY: `job` is the address of the Job on the caller's stack, alive for this call.
     let job = unsafe { &mut *(job as *mut Job) };
-    match dump(job.cfg) {
+    match dump(job.cfg, job.conn) {
         Ok(bytes) => {
             job.bytes = bytes;
             0
@@ -127,13 +151,14 @@ extern "C" fn dump_entry(job: u64) -> u64 {
 }
 
 /// Collects everything and writes the image; returns its size.
-fn dump(cfg: &config::Config) -> Result<u64, String> {
+fn dump(cfg: &config::Config, conn: i32) -> Result<u64, String> {
     let arena = alloc::ARENA_BASE.load(Relaxed);
     let skip = [(ENGINE_BASE, ENGINE_BASE + RESERVE_LEN), (arena, arena + alloc::ARENA_LEN)];
     let layout = memory::collect(&skip)?;
     debug!("{} regions, {} KiB of populated pages", layout.regions.len(), layout.pages_len >> 10);
     let process = process::dump()?;
-    let (files, fds) = fd::dump(&[], cfg.drop_unsupported)?;
+    // The connection to a receiver is pmig's own, not the program's.
+    let (files, fds) = fd::dump(&[conn], cfg.drop_unsupported)?;
     if let Some(why) = fd::unsupported(&files, &fds) {
         if !cfg.drop_unsupported {
             return Err(format!("{why} (pmig-run --drop-unsupported checkpoints without it)"));
@@ -211,14 +236,59 @@ fn dump(cfg: &config::Config) -> Result<u64, String> {
         vdso: layout.vdso,
         process,
     };
+    if conn >= 0 {
+        let (bytes, header) = self::layout(&manifest, layout.pages_len)?;
+        let total = header.trailer_off() + 4096;
+        let mut sink = crate::transfer::WireSink::new(conn, cfg.compress, total);
+        let len = stream_image(&mut sink, &manifest, &bytes, &header)?;
+        let verdict = sink.finish()?;
+        debug!("receiver: {verdict}");
+        return Ok(len);
+    }
     write_image(&cfg.image_path, &manifest, layout.pages_len)
+}
+
+/// Where an image goes: a file, or a receiver on the network.
+pub trait Sink {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), String>;
+}
+
+/// An image file being written.
+struct FileSink<'a> {
+    fd: i32,
+    path: &'a str,
+}
+
+impl Sink for FileSink<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), String> {
+        sys::write_all(self.fd, bytes).map_err(|e| format!("cannot write {}: {}", self.path, errno_str(e)))
+    }
+}
+
+/// The encoded manifest and the header that places it.
+pub fn layout(m: &Manifest, pages_len: u64) -> Result<(Vec<u8>, Header), String> {
+    let bytes = pmig_image::encode(m).map_err(|e| e.to_string())?;
+    let header = Header::layout(bytes.len() as u64, crc32fast::hash(&bytes), pages_len);
+    Ok((bytes, header))
+}
+
+/// Streams the whole image, front to back, into `out`; returns its length.
+pub fn stream_image(out: &mut dyn Sink, m: &Manifest, manifest: &[u8], header: &Header) -> Result<u64, String> {
+    out.put(&header.to_bytes())?;
+    out.put(manifest)?;
+    out.put(&vec![0u8; (header.pages_off - header.manifest_off - header.manifest_len) as usize])?;
+    let run_crcs = memory::write_pages(out, &m.regions)?;
+    let trailer = pmig_image::encode(&Trailer { run_crcs }).map_err(|e| e.to_string())?;
+    out.put(&trailer)?;
+    let footer = Footer { trailer_off: header.trailer_off(), trailer_len: trailer.len() as u64, trailer_crc: crc32fast::hash(&trailer) };
+    out.put(&footer.to_bytes())?;
+    Ok(footer.total_len())
 }
 
 /// Writes the image to a temporary file beside `path`, makes it durable, and renames it over
 /// `path`: a reader sees the old image or the new one, never half of one.
 fn write_image(path: &str, m: &Manifest, pages_len: u64) -> Result<u64, String> {
-    let bytes = pmig_image::encode(m).map_err(|e| e.to_string())?;
-    let header = Header::layout(bytes.len() as u64, crc32fast::hash(&bytes), pages_len);
+    let (bytes, header) = layout(m, pages_len)?;
     let tmp = format!("{path}.tmp.{}", sys::getpid());
     let ctmp = sys::cstr(&tmp);
     let fd = sys::openat(
@@ -229,18 +299,9 @@ fn write_image(path: &str, m: &Manifest, pages_len: u64) -> Result<u64, String> 
     )
     .map_err(|e| format!("cannot create {tmp}: {}", errno_str(e)))? as i32;
     let r = (|| {
-        let w = |b: &[u8]| sys::write_all(fd, b).map_err(|e| format!("cannot write {tmp}: {}", errno_str(e)));
-        w(&header.to_bytes())?;
-        w(&bytes)?;
-        w(&vec![0u8; (header.pages_off - header.manifest_off - header.manifest_len) as usize])?;
-        let run_crcs = memory::write_pages(fd, &m.regions)?;
-        let trailer = pmig_image::encode(&Trailer { run_crcs }).map_err(|e| e.to_string())?;
-        w(&trailer)?;
-        let footer =
-            Footer { trailer_off: header.trailer_off(), trailer_len: trailer.len() as u64, trailer_crc: crc32fast::hash(&trailer) };
-        w(&footer.to_bytes())?;
+        let total = stream_image(&mut FileSink { fd, path: &tmp }, m, &bytes, &header)?;
         sys::fsync(fd).map_err(|e| format!("cannot sync {tmp}: {}", errno_str(e)))?;
-        Ok(footer.total_len())
+        Ok(total)
     })();
     let _ = sys::close(fd);
     let total = match r {

@@ -17,6 +17,12 @@ pub struct Config {
     pub suspend_signal: i32,
     /// Leave out what cannot be restored (with a warning) instead of failing the checkpoint.
     pub drop_unsupported: bool,
+    /// Send the image to this receiver (`ip:port`) instead of writing a file, then exit.
+    pub to: Option<String>,
+    /// The shared secret proving who we are to the receiver.
+    pub token: Vec<u8>,
+    /// LZ4-compress the transfer.
+    pub compress: bool,
 }
 
 pub static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -48,5 +54,17 @@ pub fn from_env() -> Option<Config> {
         crate::log::say!("active: image {image_path}, exit after checkpoint: {exit_after}, signal {signal}");
     }
     let drop_unsupported = std::env::var("PMIG_DROP_UNSUPPORTED").map(|v| v == "1").unwrap_or(false);
-    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported })
+    let to = std::env::var("PMIG_TO").ok().filter(|t| !t.is_empty());
+    let token = match std::env::var_os("PMIG_TOKEN_FILE") {
+        Some(p) => match std::fs::read(&p) {
+            Ok(t) => t,
+            Err(e) => {
+                crate::log::say!("cannot read the token file {}: {e}; checkpoints are disabled", p.to_string_lossy());
+                return None;
+            }
+        },
+        None => Vec::new(),
+    };
+    let compress = std::env::var("PMIG_COMPRESS").map(|v| v == "1").unwrap_or(false);
+    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported, to, token, compress })
 }

@@ -23,6 +23,7 @@ pub mod signal;
 pub mod sys;
 pub mod thread;
 pub mod timer;
+pub mod transfer;
 
 use core::sync::atomic::Ordering::Relaxed;
 use log::{debug, say};

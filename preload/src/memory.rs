@@ -260,7 +260,7 @@ fn populated_runs(
 /// Writes every run's pages to `fd` through a bounce buffer (so the checksum covers exactly
 /// the bytes written, even for the checkpoint thread's own stack), returning a crc per run.
 /// Unreadable regions are read through `/proc/self/mem`.
-pub fn write_pages(fd: i32, regions: &[RegionState]) -> Result<Vec<u32>, String> {
+pub fn write_pages(out: &mut dyn crate::checkpoint::Sink, regions: &[RegionState]) -> Result<Vec<u32>, String> {
     let mut crcs = Vec::new();
     let mut buf = vec![0u8; 4 << 20];
     let mem = sys::openat(libc::AT_FDCWD, b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
@@ -287,7 +287,7 @@ pub fn write_pages(fd: i32, regions: &[RegionState]) -> Result<Vec<u32>, String>
                         }
                     }
                     h.update(&buf[..n]);
-                    sys::write_all(fd, &buf[..n]).map_err(|e| format!("cannot write the image: errno {e}"))?;
+                    out.put(&buf[..n])?;
                     done += n as u64;
                 }
                 crcs.push(h.finalize());

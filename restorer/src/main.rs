@@ -6,6 +6,7 @@
 //! does it exec the restore engine, which replaces the address space with the saved one.
 
 mod plan;
+mod receive;
 
 use anyhow::{bail, Context, Result};
 use pmig_image::{verify_file, FileKind, RegionKind, VerifiedImage};
@@ -13,34 +14,86 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
-const USAGE: &str = "usage: pmig-resume [--inspect] IMAGE
+const USAGE: &str = "usage: pmig-resume [--inspect] IMAGE|-
+       pmig-resume --listen ADDR:PORT --token-file FILE [--keep-listening] [--as-owner]
 
 Turns this process into the program saved in IMAGE (written by a checkpoint of a program run
 under pmig-run), which then goes on where it stopped, with this process's pid, and with this
 process's stdin, stdout and stderr in place of the saved terminal, pipe or socket ones.
 
-  --inspect     print what the image holds and exit, restoring nothing
-  PMIG_DEBUG=1  log each restore phase to stderr";
+  -                 read the image from standard input (cat app.pmig | ssh host pmig-resume -)
+  --inspect         print what the image holds and exit, restoring nothing
+  --listen ADDR:PORT
+                    wait for one program sent by `pmig-run --to` and become it; prints one
+                    line when ready. Listen on loopback unless the network is trusted.
+  --token-file FILE the secret a sender must prove it knows (required with --listen)
+  --keep-listening  stay, and fork one restorer per arriving program
+  --as-owner        as root, also take programs of other users (restored as their owner)
+  PMIG_DEBUG=1      log each restore phase to stderr";
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args = std::env::args().skip(1);
     let mut inspect = false;
-    let mut image: Option<PathBuf> = None;
-    for a in &args {
+    let mut image: Option<String> = None;
+    let mut listen: Option<String> = None;
+    let mut token_file: Option<PathBuf> = None;
+    let mut keep = false;
+    let mut as_owner = false;
+    while let Some(a) = args.next() {
         match a.as_str() {
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return;
             }
             "--inspect" => inspect = true,
+            "--keep-listening" => keep = true,
+            "--as-owner" => as_owner = true,
+            "--listen" | "--token-file" => {
+                let v = args.next().unwrap_or_else(|| fail(&format!("{a} needs a value\n{USAGE}")));
+                if a == "--listen" {
+                    listen = Some(v);
+                } else {
+                    token_file = Some(PathBuf::from(v));
+                }
+            }
             s if s.starts_with('-') && s != "-" => fail(&format!("unknown option {s}\n{USAGE}")),
-            s if image.is_none() => image = Some(PathBuf::from(s)),
+            s if image.is_none() => image = Some(s.to_string()),
             _ => fail(&format!("more than one image given\n{USAGE}")),
         }
     }
-    let Some(image) = image else { fail(&format!("no image given\n{USAGE}")) };
-    if let Err(e) = run(&image, inspect) {
-        fail(&format!("{}: {e:#}", image.display()));
+    let result = match (listen, image) {
+        (Some(addr), None) => {
+            let Some(tf) = token_file else { fail("--listen needs --token-file FILE: a receiver runs whatever arrives, so it only takes programs from senders that know its secret") };
+            let token = std::fs::read(&tf).unwrap_or_else(|e| fail(&format!("cannot read the token file {}: {e}", tf.display())));
+            if token.is_empty() {
+                fail(&format!("the token file {} is empty", tf.display()));
+            }
+            let r = receive::Receiver { token, as_owner };
+            r.listen(&addr, keep).and_then(|(s, img)| restore(&s.path, &img, as_owner).map(|_| drop(s.file)))
+        }
+        (Some(_), Some(_)) => fail("give either an image or --listen, not both"),
+        (None, None) => fail(&format!("no image given\n{USAGE}")),
+        (None, Some(i)) if i == "-" => receive::from_stdin()
+            .and_then(|s| {
+                let img = verify_file(&s.path).context("cannot use this image")?;
+                if inspect {
+                    return print_inspect(&img);
+                }
+                restore(&s.path, &img, false).map(|_| drop(s.file))
+            })
+            .with_context(|| "standard input".to_string()),
+        (None, Some(i)) => (|| {
+            let path = PathBuf::from(&i);
+            let img = verify_file(&path).context("cannot use this image")?;
+            if inspect {
+                return print_inspect(&img);
+            }
+            restore(&path, &img, false)
+        })()
+        .with_context(|| i.clone()),
+    };
+    if let Err(e) = result {
+        fail(&format!("{e:#}"));
     }
 }
 
@@ -49,17 +102,29 @@ fn fail(msg: &str) -> ! {
     exit(2)
 }
 
-fn run(image: &Path, inspect: bool) -> Result<()> {
-    let img = verify_file(image).context("cannot use this image")?;
-    if inspect {
-        print!("{}", pmig_image::describe(&img.manifest, img.file_len));
-        println!("checksums: all {} page runs verified", img.trailer.run_crcs.len());
-        return Ok(());
-    }
-    check_host(&img)?;
+fn print_inspect(img: &VerifiedImage) -> Result<()> {
+    print!("{}", pmig_image::describe(&img.manifest, img.file_len));
+    println!("checksums: all {} page runs verified", img.trailer.run_crcs.len());
+    Ok(())
+}
+
+/// Checks the host, writes the plan and execs the engine: returns only on failure.
+fn restore(image: &Path, img: &VerifiedImage, as_owner: bool) -> Result<()> {
+    check_host(img)?;
     let debug = std::env::var_os("PMIG_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
     let engine = engine_path()?;
-    let prepared = plan::prepare(image, &img, debug)?;
+    let prepared = plan::prepare(image, img, debug)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let p = &img.manifest.process;
+    if me == 0 && as_owner && p.uid != 0 {
+        // SAFETY: plain credential system calls; each result is checked.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(p.gid) != 0 || libc::setuid(p.uid) != 0 {
+                bail!("cannot become uid {} gid {}: {}", p.uid, p.gid, std::io::Error::last_os_error());
+            }
+        }
+    }
     if debug {
         eprintln!(
             "pmig-resume: image verified ({} regions, {} page runs); starting the restore engine",

@@ -1,0 +1,242 @@
+//! Moving a live process over the network (`pmig-run --to`, `pmig-resume --listen`) and
+//! through standard input (`pmig-resume -`), on loopback; and a receiver's refusals: wrong
+//! token, no token, garbage, a truncated stream, an oversized frame. A receiver must refuse
+//! each before restoring anything, log it with the peer's address, and stay up.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use pmig_image::wire;
+use pmig_tests::{fail_with, pmig_env, programs, wait_until, Input, Proc, Program, Sandbox, StepCheck, Terminal};
+
+const STEPS: u32 = 60;
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn token_file(sb: &Sandbox, name: &str, secret: &str) -> PathBuf {
+    let p = sb.file(name);
+    std::fs::write(&p, secret).expect("write token");
+    p
+}
+
+/// Starts `pmig-resume --listen 127.0.0.1:0 --token-file TOKEN` and returns it with its port.
+fn start_receiver(sb: &Sandbox, token: &Path, extra: &[&str]) -> (Proc, u16) {
+    let mut cmd = sb.command(&sb.bins().resume, &sb.workdir("receiver"));
+    cmd.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg(token).args(extra);
+    pmig_env(&mut cmd);
+    let mut r = Proc::spawn("pmig-resume --listen", cmd, Terminal::Pipe);
+    let port = wait_until(TIMEOUT, "the receiver's ready line", || {
+        r.stderr_text().lines().find_map(|l| l.strip_prefix("pmig-resume: listening on 127.0.0.1:")?.trim().parse().ok())
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    (r, port)
+}
+
+/// Starts `pmig-run --to 127.0.0.1:PORT --token-file TOKEN FLAGS -- PROGRAM...`.
+fn start_sender(sb: &Sandbox, port: u16, token: &Path, flags: &[&str], prog: &Program) -> Proc {
+    let mut cmd = sb.command(&sb.bins().run, &sb.workdir("sender"));
+    cmd.arg("--to").arg(format!("127.0.0.1:{port}")).arg("--token-file").arg(token).args(flags).arg("--");
+    cmd.args(&prog.argv);
+    pmig_env(&mut cmd);
+    Proc::spawn(&format!("pmig-run --to ({})", prog.name), cmd, Terminal::Pipe)
+}
+
+fn read_steps(p: &mut Proc, steps: &mut StepCheck, until: u32) {
+    while steps.last() < until {
+        match p.next_line(TIMEOUT) {
+            Ok(Some(l)) => {
+                if let Err(e) = steps.accept(&l) {
+                    fail_with(&e, &mut [p]);
+                }
+            }
+            Ok(None) => fail_with(&format!("output ended before step {until}"), &mut [p]),
+            Err(e) => fail_with(&e, &mut [p]),
+        }
+    }
+}
+
+/// Runs `prog` under `pmig-run --to`, moves it after step 5, and checks that the receiver's
+/// process goes on from the next step to the end.
+fn migrate(prog: &Program, flags: &[&str]) {
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "a shared secret");
+    let (mut r, port) = start_receiver(&sb, &token, &[]);
+    let mut s = start_sender(&sb, port, &token, flags, prog);
+    let mut steps = StepCheck::new(1, prog.steps, Input::Idle);
+    read_steps(&mut s, &mut steps, 5);
+    s.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    let status = s.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    if !status.success() {
+        fail_with("the sender must exit 0 once the receiver confirmed", &mut [&mut s, &mut r]);
+    }
+    for l in s.drain_now().unwrap_or_default() {
+        if let Err(e) = steps.accept(&l) {
+            fail_with(&e, &mut [&mut s, &mut r]);
+        }
+    }
+    let mut moved = StepCheck::new(steps.last() + 1, prog.steps, Input::Idle);
+    let (lines, status) = r.finish(Duration::from_secs(u64::from(prog.steps)) + TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    for l in lines {
+        if let Err(e) = moved.accept(&l) {
+            fail_with(&e, &mut [&mut s, &mut r]);
+        }
+    }
+    if !status.success() || !moved.complete() {
+        fail_with("the moved program must run to its end and exit 0", &mut [&mut s, &mut r]);
+    }
+    let left: Vec<_> = std::fs::read_dir(sb.workdir("sender")).map(|d| d.filter_map(|e| e.ok()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "--to must leave no image file on the source: {left:?}");
+}
+
+#[test]
+fn migrate_counter_over_tcp() {
+    migrate(&Program::new("counter", programs::COUNTER, STEPS, &[]), &[]);
+}
+
+#[test]
+fn migrate_threads_over_tcp_compressed() {
+    migrate(&Program::new("pthreads", programs::PTHREADS, STEPS, &[]), &["--compress"]);
+}
+
+#[test]
+fn migrate_python_over_tcp() {
+    migrate(&Program::python_threads(STEPS), &["--compress"]);
+}
+
+/// `cat image | pmig-resume -`.
+#[test]
+fn resume_from_stdin() {
+    let sb = Sandbox::new();
+    let image = sb.image("stdin.pmig");
+    let mut cmd = sb.command(&sb.bins().run, &sb.workdir("run"));
+    cmd.arg("--exit").arg("--image").arg(&image).arg("--").arg(programs::COUNTER).arg(STEPS.to_string());
+    pmig_env(&mut cmd);
+    let mut p = Proc::spawn("pmig-run (counter)", cmd, Terminal::Pipe);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut p, &mut steps, 5);
+    p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    assert!(p.wait_exit(TIMEOUT).map(|s| s.success()).unwrap_or(false), "{}", p.describe());
+    for l in p.drain_now().unwrap_or_default() {
+        steps.accept(&l).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    }
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("cat '{}' | '{}' -", image.display(), sb.bins().resume.display()))
+        .current_dir(sb.workdir("resume"))
+        .output()
+        .expect("run sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut resumed = StepCheck::new(steps.last() + 1, STEPS, Input::Idle);
+    for l in text.lines() {
+        resumed.accept(l).unwrap_or_else(|e| panic!("{e}\nstderr: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    assert!(out.status.success() && resumed.complete(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Connects to the receiver and reads its HELLO: the challenge.
+fn connect(port: u16) -> (TcpStream, [u8; 32]) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect to the receiver");
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut hello = [0u8; wire::HELLO_LEN];
+    c.read_exact(&mut hello).expect("read HELLO");
+    let challenge = wire::parse_hello(&hello).expect("a pmig HELLO");
+    (c, challenge)
+}
+
+/// Authenticates as a sender that knows `token`; returns the receiver's status byte.
+fn authenticate(c: &mut TcpStream, challenge: &[u8; 32], token: &[u8]) -> u8 {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let auth = wire::Auth { mac: wire::mac(token, b"pmig-sender", challenge), flags: 0, uid, challenge: [9; 32] };
+    c.write_all(&auth.to_bytes()).expect("send AUTH");
+    let mut st = [0u8; 1];
+    c.read_exact(&mut st).expect("read ACCEPT");
+    st[0]
+}
+
+fn refusals(r: &mut Proc) -> usize {
+    r.stderr_text().lines().filter(|l| l.starts_with("pmig-resume: refused 127.0.0.1:")).count()
+}
+
+fn expect_refusal(r: &mut Proc, n: usize, what: &str) {
+    if let Err(e) = wait_until(TIMEOUT, what, || (refusals(r) >= n).then_some(())) {
+        fail_with(&format!("{e}: the receiver must log a refusal naming the peer"), &mut [r]);
+    }
+}
+
+/// Wrong token, no token, garbage, truncated stream, oversized frame: each refused and
+/// logged; a program whose sender is refused goes on where it is; the receiver stays up and
+/// takes the next (right) sender.
+#[test]
+fn receiver_refuses_bad_senders_and_stays_up() {
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "the right secret");
+    let wrong = token_file(&sb, "wrong", "a wrong secret");
+    let (mut r, port) = start_receiver(&sb, &token, &[]);
+
+    // A real sender with the wrong token: its move fails and the program goes on.
+    let prog = Program::new("counter", programs::COUNTER, STEPS, &[]);
+    let mut s = start_sender(&sb, port, &wrong, &[], &prog);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut s, &mut steps, 3);
+    s.signal(libc::SIGUSR2).unwrap();
+    let said = wait_until(TIMEOUT, "the sender's failure message", || {
+        s.stderr_text().lines().find(|l| l.contains("failed") && l.contains("refused")).map(String::from)
+    });
+    if let Err(e) = said {
+        fail_with(&e, &mut [&mut s, &mut r]);
+    }
+    let now = steps.last();
+    read_steps(&mut s, &mut steps, now + 3);
+    expect_refusal(&mut r, 1, "refusal of the wrong token");
+    drop(s);
+
+    // No token at all: connect and hang up.
+    drop(connect(port));
+    expect_refusal(&mut r, 2, "refusal of a silent peer");
+
+    // Garbage instead of AUTH.
+    let (mut c, _) = connect(port);
+    c.write_all(&[0x5a; wire::AUTH_LEN]).unwrap();
+    let mut st = [0u8; 1];
+    let _ = c.read_exact(&mut st);
+    assert_eq!(st[0], 1, "garbage must be answered with a refusal");
+    drop(c);
+    expect_refusal(&mut r, 3, "refusal of garbage");
+
+    // A truncated stream: authenticated, then half a frame.
+    let (mut c, ch) = connect(port);
+    assert_eq!(authenticate(&mut c, &ch, b"the right secret"), 0);
+    let mut rest = [0u8; 34];
+    c.read_exact(&mut rest).unwrap();
+    c.write_all(&wire::frame_header(wire::frame::RAW, 100)).unwrap();
+    c.write_all(&[1u8; 10]).unwrap();
+    drop(c);
+    expect_refusal(&mut r, 4, "refusal of a truncated stream");
+
+    // An oversized frame.
+    let (mut c, ch) = connect(port);
+    assert_eq!(authenticate(&mut c, &ch, b"the right secret"), 0);
+    c.read_exact(&mut rest).unwrap();
+    c.write_all(&wire::frame_header(wire::frame::RAW, u32::MAX)).unwrap();
+    drop(c);
+    expect_refusal(&mut r, 5, "refusal of an oversized frame");
+    let log = r.stderr_text();
+    assert!(log.contains("authentication failed"), "{log}");
+    assert!(log.contains("truncated"), "{log}");
+
+    // The receiver is still up: the right sender moves its program.
+    let mut s = start_sender(&sb, port, &token, &[], &prog);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut s, &mut steps, 3);
+    s.signal(libc::SIGUSR2).unwrap();
+    let status = s.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    assert!(status.success(), "{}", s.describe());
+    for l in s.drain_now().unwrap_or_default() {
+        steps.accept(&l).unwrap();
+    }
+    let line = r.next_line(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    assert_eq!(line, Some(format!("step {}", steps.last() + 1)), "{}", r.describe());
+}
