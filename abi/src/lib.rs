@@ -159,6 +159,8 @@ pub mod region_kind {
     pub const FILE_SHARED: u32 = 4;
     /// `MAP_SHARED | MAP_ANONYMOUS`.
     pub const SHARED_ANON: u32 = 5;
+    /// A SysV shared memory segment (`fd` holds its id), attached with `shmat`.
+    pub const SYSV: u32 = 6;
 }
 
 /// One memory region to map.
@@ -182,6 +184,9 @@ pub struct PlanRegion {
 /// [`PlanRegion::flags`]: the region has saved pages, so it is mapped writable while they are
 /// read in (a shared object's fd is opened read/write for this).
 pub const REGION_FILL: u32 = 1;
+/// [`PlanRegion::flags`] of a SysV region: mark the segment for removal once attached (the
+/// program had done `IPC_RMID`).
+pub const REGION_SYSV_RMID: u32 = 2;
 
 /// A shared memory object pmig-resume made: the inode it had at checkpoint time and the fd
 /// the restored process inherits it on.

@@ -104,6 +104,7 @@ pub fn describe(m: &Manifest, file_len: u64) -> String {
             RegionKind::Stack => "[stack]".to_string(),
             RegionKind::Heap => "[heap]".to_string(),
             RegionKind::File { path, offset, .. } => format!("{path} @{offset:#x}"),
+            RegionKind::SysvShm { key, shmid, size, .. } => format!("SysV shm key {key:#x} id {shmid} ({size} bytes)"),
             RegionKind::SharedObject { object, offset } => match m.objects.get(*object as usize) {
                 Some(o) => format!("shared object {} @{offset:#x} ({} bytes)", o.name, o.size),
                 None => "(damaged object reference)".to_string(),

@@ -361,6 +361,9 @@ pub enum RegionKind {
     File { path: String, offset: u64, ident: FileIdent },
     /// A shared mapping of `Manifest::objects[object]`; its resident pages are in the image.
     SharedObject { object: u32, offset: u64 },
+    /// A SysV shared memory segment attached here (`shmat`); its resident pages are in the
+    /// image, used when the segment has to be made again.
+    SysvShm { key: i32, shmid: i32, size: u64, mode: u32 },
 }
 
 /// A run of populated pages saved in the image.

@@ -117,7 +117,13 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<L
             "/dev/zero (deleted)" => RegionKind::Anon,
             p if p.starts_with('[') => return Err(format!("the mapping {p} at {:#x} is not supported yet", m.start)),
             p if p.starts_with("/SYSV") => {
-                return Err(format!("the SysV shared memory mapping at {:#x} ({p}) is not supported yet", m.start))
+                let Some((key, size, mode)) = sysv_segment(m.inode as i32) else {
+                    return Err(format!("the SysV shared memory segment {} at {:#x} is not in /proc/sysvipc/shm", m.inode, m.start));
+                };
+                let runs = resident_runs(m.start, m.end, &mut data_off).map_err(|e| format!("mincore: errno {e}"))?;
+                let kind = RegionKind::SysvShm { key, shmid: m.inode as i32, size, mode };
+                regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: true, kind, runs });
+                continue;
             }
             p if p.ends_with(" (deleted)") && !m.shared => {
                 // Its file is gone: every page comes from the image, as anonymous memory.
@@ -159,6 +165,20 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<L
         regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: m.shared, kind, runs });
     }
     Ok(Layout { regions, objects, vdso, pages_len: data_off })
+}
+
+/// `(key, size, mode)` of SysV shared memory segment `shmid`, from `/proc/sysvipc/shm` (the
+/// inode of a segment's mapping is its id).
+fn sysv_segment(shmid: i32) -> Option<(i32, u64, u32)> {
+    let text = sys::read_file_vec(b"/proc/sysvipc/shm\0").ok()?;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 4 || f[1].parse::<i32>().ok()? != shmid {
+            return None;
+        }
+        Some((f[0].parse().ok()?, f[3].parse().ok()?, u32::from_str_radix(f[2], 8).ok()? & 0o1777))
+    })
 }
 
 /// Every page of `[start, end)` as one run.

@@ -3,7 +3,10 @@
 //! mapped file open (without close-on-exec) for it.
 
 use anyhow::{bail, Context, Result};
-use pmig_abi::{region_kind, MmMap, PlanHeader, PlanObject, PlanRegion, PlanRun, PlanVdso, AUXV_WORDS, PLAN_MAGIC, PLAN_MAX, PLAN_VERSION, REGION_FILL};
+use pmig_abi::{
+    region_kind, MmMap, PlanHeader, PlanObject, PlanRegion, PlanRun, PlanVdso, AUXV_WORDS, PLAN_MAGIC, PLAN_MAX, PLAN_VERSION,
+    REGION_FILL, REGION_SYSV_RMID,
+};
 use pmig_image::{FileKind, Manifest, ObjectState, RegionKind, VerifiedImage};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -31,6 +34,38 @@ fn bytes_of<T: Copy>(v: &T) -> &[u8] {
     // SAFETY: every type passed here is a pmig_abi plan struct: repr(C), only integer fields,
     // padding spelled out as fields, so every byte is initialised.
     unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+}
+
+/// The SysV segment to attach for a saved one: the same segment if it still exists here (same
+/// id, key and size: it holds the live data), else one with the same key, else a new one
+/// (with the saved id when this process may choose it). `true` when it is new and must be
+/// filled from the image.
+fn sysv_segment(key: i32, shmid: i32, size: u64, mode: u32) -> Result<(i32, bool)> {
+    // SAFETY: an all-zero shmid_ds is valid; shmctl(IPC_STAT) writes it.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: shmctl with a valid out pointer.
+    if unsafe { libc::shmctl(shmid, libc::IPC_STAT, &mut ds) } == 0 && ds.shm_perm.__key == key && ds.shm_segsz as u64 == size {
+        return Ok((shmid, false));
+    }
+    if key != libc::IPC_PRIVATE {
+        // SAFETY: plain system call.
+        let id = unsafe { libc::shmget(key, 0, 0) };
+        if id >= 0 {
+            return Ok((id, false));
+        }
+    }
+    // As root, ask for the saved id (Linux's checkpoint/restore knob); harmless otherwise.
+    let _ = std::fs::write("/proc/sys/kernel/shm_next_id", shmid.to_string());
+    // SAFETY: plain system call.
+    let id = unsafe { libc::shmget(key, size as usize, libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as i32) };
+    let _ = std::fs::write("/proc/sys/kernel/shm_next_id", "-1");
+    if id < 0 {
+        bail!("cannot make SysV shared memory segment (key {key:#x}, {size} bytes) again: {}", std::io::Error::last_os_error());
+    }
+    if id != shmid {
+        eprintln!("pmig-resume: warning: SysV shared memory segment {shmid} is now {id}; shmctl on the old id will fail");
+    }
+    Ok((id, true))
 }
 
 /// Makes a shared memory object again: a memfd of its size holding the content an fd of the
@@ -65,6 +100,7 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Prepare
     }
 
     let mut files: HashMap<(String, bool), i32> = HashMap::new();
+    let mut segments: HashMap<i32, (i32, bool)> = HashMap::new();
     let mut regions = Vec::with_capacity(m.regions.len());
     let mut runs = Vec::new();
     for r in &m.regions {
@@ -92,6 +128,27 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Prepare
             RegionKind::SharedObject { object, offset } => {
                 let o = objects.get(*object as usize).context("a region maps a missing shared object")?;
                 (region_kind::FILE_SHARED, o.fd, *offset)
+            }
+            RegionKind::SysvShm { key, shmid, size, mode } => {
+                let (id, new) = match segments.get(shmid) {
+                    Some(&s) => s,
+                    None => {
+                        let s = sysv_segment(*key, *shmid, *size, *mode)?;
+                        segments.insert(*shmid, s);
+                        s
+                    }
+                };
+                let mut flags = if new && !r.runs.is_empty() { REGION_FILL } else { 0 };
+                if mode & 0o1000 != 0 {
+                    flags |= REGION_SYSV_RMID;
+                }
+                regions.push(PlanRegion { start: r.start, end: r.end, prot: r.prot, kind: region_kind::SYSV, fd: id, flags, offset: 0 });
+                if new {
+                    for run in &r.runs {
+                        runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.header.pages_off + run.data_off });
+                    }
+                }
+                continue;
             }
         };
         let flags = if r.runs.is_empty() { 0 } else { REGION_FILL };

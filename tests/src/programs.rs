@@ -36,6 +36,8 @@ pub const INOTIFY: &str = env!("PMIG_TEST_PROG_INOTIFY");
 pub const SHM: &str = env!("PMIG_TEST_PROG_SHM");
 /// `posix_timers.c`: SIGEV_SIGNAL, SIGEV_THREAD and SIGEV_NONE timers.
 pub const POSIX_TIMERS: &str = env!("PMIG_TEST_PROG_POSIX_TIMERS");
+/// `sysv_shm.c`: a keyed SysV segment and one marked for removal.
+pub const SYSV_SHM: &str = env!("PMIG_TEST_PROG_SYSV_SHM");
 /// `ids.c`: getpid/gettid/getppid, kill, tgkill and /proc/<pid> across restores.
 pub const IDS: &str = env!("PMIG_TEST_PROG_IDS");
 

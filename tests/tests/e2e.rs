@@ -71,6 +71,11 @@ fn inotify_chain() {
 }
 
 #[test]
+fn sysv_shm_chain() {
+    run_chain(&Program::new("sysv-shm", programs::SYSV_SHM, STEPS, &[]));
+}
+
+#[test]
 fn ids_chain() {
     run_chain(&Program::new("ids", programs::IDS, STEPS, &[]));
 }

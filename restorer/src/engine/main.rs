@@ -23,7 +23,7 @@
 use core::cell::UnsafeCell;
 use pmig_abi::arch::syscall6;
 use pmig_abi::{exit_code as ec, Mailbox, PlanHeader, PlanRegion, PlanRun, MAILBOX_MAGIC, PLAN_ADDR, PLAN_MAGIC, PLAN_MAX, PLAN_VERSION, VDSO_PARK};
-use pmig_abi::{region_kind as rk, ENGINE_BASE, REGION_FILL, RESERVE_LEN};
+use pmig_abi::{region_kind as rk, ENGINE_BASE, REGION_FILL, REGION_SYSV_RMID, RESERVE_LEN};
 
 const STACK_SIZE: usize = 256 * 1024;
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
@@ -73,6 +73,8 @@ mod nr {
     pub const RT_SIGPROCMASK: u64 = 14;
     pub const PREAD64: u64 = 17;
     pub const MREMAP: u64 = 25;
+    pub const SHMAT: u64 = 30;
+    pub const SHMCTL: u64 = 31;
     pub const PRCTL: u64 = 157;
     pub const ARCH_PRCTL: u64 = 158;
     pub const EXIT_GROUP: u64 = 231;
@@ -278,6 +280,18 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
             ),
             rk::SHARED_ANON => (fill_prot, (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64, u64::MAX, 0),
             rk::FILE_PRIVATE => (fill_prot, libc::MAP_PRIVATE as u64, r.fd as u64, r.offset),
+            rk::SYSV => {
+                let ro = r.prot & libc::PROT_WRITE as u32 == 0 && r.flags & REGION_FILL == 0;
+                let shmflg = if ro { libc::SHM_RDONLY as u64 } else { 0 };
+                let got = check(ec::MAP, sys(nr::SHMAT, r.fd as u64, r.start, shmflg, 0, 0, 0), r.start);
+                if got != r.start {
+                    fail(ec::MAP, 0, r.start);
+                }
+                if r.flags & REGION_SYSV_RMID != 0 {
+                    sys(nr::SHMCTL, r.fd as u64, libc::IPC_RMID as u64, 0, 0, 0, 0);
+                }
+                continue;
+            }
             rk::FILE_SHARED if r.flags & REGION_FILL != 0 => (fill_prot, libc::MAP_SHARED as u64, r.fd as u64, r.offset),
             rk::FILE_SHARED => (r.prot as u64, libc::MAP_SHARED as u64, r.fd as u64, r.offset),
             _ => fail(ec::MAP, 0, r.start),
@@ -315,7 +329,8 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
     log(b"pages read; runs:", Some(h.n_runs));
 
     // Phase 7: final protections.
-    for r in regions.iter().filter(|r| r.kind != rk::FILE_SHARED || r.flags & REGION_FILL != 0) {
+    let keeps_prot = |r: &&PlanRegion| (r.kind == rk::FILE_SHARED || r.kind == rk::SYSV) && r.flags & REGION_FILL == 0;
+    for r in regions.iter().filter(|r| !keeps_prot(r)) {
         check(ec::PROTECT, sys(nr::MPROTECT, r.start, r.end - r.start, r.prot as u64, 0, 0, 0), r.start);
     }
 
@@ -350,7 +365,7 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
         core::slice::from_raw_parts((PLAN_ADDR + h.objects_off) as *const pmig_abi::PlanObject, h.n_objects as usize)
     };
     for (i, r) in regions.iter().enumerate() {
-        if r.fd >= 0 && !regions[..i].iter().any(|o| o.fd == r.fd) && !objects.iter().any(|o| o.fd == r.fd) {
+        if r.kind != rk::SYSV && r.fd >= 0 && !regions[..i].iter().any(|o| o.fd == r.fd) && !objects.iter().any(|o| o.fd == r.fd) {
             sys(nr::CLOSE, r.fd as u64, 0, 0, 0, 0, 0);
         }
     }
