@@ -23,6 +23,17 @@ pub struct Manifest {
     /// regions map shared; fds of the same inode refer to the same object after restore.
     pub objects: Vec<ObjectState>,
     pub vdso: VdsoState,
+    /// Files the target lacked or had different, carried to it (network transfers).
+    pub carried: Vec<CarriedFile>,
+}
+
+/// A file carried in the image, with what it takes to put it back as it was.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedFile {
+    pub path: String,
+    pub mode: u32,
+    pub mtime_ns: i128,
+    pub content: Vec<u8>,
 }
 
 /// A shared memory object (see `Manifest::objects`).
@@ -182,6 +193,9 @@ pub struct FileIdent {
     pub ino: u64,
     pub size: u64,
     pub mtime_ns: i128,
+    /// SHA-256 of the content when it was computed (network transfers), else zeros: a file
+    /// with other times but this content is the same file.
+    pub sha256: [u8; 32],
 }
 
 /// One fd number and the open file description it refers to.

@@ -7,6 +7,10 @@
 //!                             | flags u32 | uid u32 | challenge2 [32]
 //! receiver -> sender  ACCEPT  status u8 (0 ok) | HMAC-SHA256(token, "pmig-receiver" | challenge2)
 //!                             [32] (only when ok) | message len u16 | message
+//! sender -> receiver  FILES   count u32 | (path len u16 | path | size u64 | sha256 [32])*
+//!                             the files the program uses (executable, libraries, open files)
+//! receiver -> sender  NEEDS   status u8 (0 ok) | message len u16 | message
+//!                             | (when ok) one byte per file: 1 = carry it, 0 = the target has it
 //! sender -> receiver  FRAME*  kind u8 | len u32 | payload     (RAW bytes, LZ4 block, END)
 //! receiver -> sender  RESULT  status u8 (0: the whole image arrived and checks out)
 //!                             | message len u16 | message
@@ -120,6 +124,73 @@ pub fn status(ok: bool, msg: &str) -> Vec<u8> {
     v.extend_from_slice(&(msg.len() as u16).to_le_bytes());
     v.extend_from_slice(msg);
     v
+}
+
+/// The most files a FILES message may list.
+pub const MAX_FILES: usize = 100_000;
+
+/// One file the program uses, as FILES lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileOffer {
+    pub path: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+/// Encodes a FILES message.
+pub fn files_message(files: &[FileOffer]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&(files.len() as u32).to_le_bytes());
+    for f in files {
+        let p = &f.path.as_bytes()[..f.path.len().min(u16::MAX as usize)];
+        v.extend_from_slice(&(p.len() as u16).to_le_bytes());
+        v.extend_from_slice(p);
+        v.extend_from_slice(&f.size.to_le_bytes());
+        v.extend_from_slice(&f.sha256);
+    }
+    v
+}
+
+/// Reads a FILES message from `read` (which fills a buffer exactly or fails).
+pub fn read_files_message<E>(mut read: impl FnMut(&mut [u8]) -> Result<(), E>) -> Result<Result<Vec<FileOffer>, String>, E> {
+    let mut n = [0u8; 4];
+    read(&mut n)?;
+    let n = u32::from_le_bytes(n) as usize;
+    if n > MAX_FILES {
+        return Ok(Err(format!("the sender lists {n} files, more than {MAX_FILES}")));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut l = [0u8; 2];
+        read(&mut l)?;
+        let mut p = vec![0u8; u16::from_le_bytes(l) as usize];
+        read(&mut p)?;
+        let mut size = [0u8; 8];
+        read(&mut size)?;
+        let mut sha256 = [0u8; 32];
+        read(&mut sha256)?;
+        let Ok(path) = String::from_utf8(p) else { return Ok(Err("a file name is not UTF-8".into())) };
+        if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return Ok(Err(format!("the sender offers a file with a bad path {path:?}")));
+        }
+        out.push(FileOffer { path, size: u64::from_le_bytes(size), sha256 });
+    }
+    Ok(Ok(out))
+}
+
+/// SHA-256 of a byte stream.
+pub fn sha256_of(mut read: impl FnMut(&mut [u8]) -> std::io::Result<usize>) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
 }
 
 /// A frame header.

@@ -59,8 +59,10 @@ fn run() {
 }
 
 /// What the dump reports back (kept on this stack: no heap).
-struct Job {
+struct Job<'a> {
     cfg: &'static config::Config,
+    /// What was agreed with the receiver (`--to`).
+    connection: Option<&'a crate::transfer::Connection>,
     /// Connected receiver (`--to`), or -1 to write the image file.
     conn: i32,
     bytes: u64,
@@ -71,13 +73,14 @@ fn checkpoint_once(cfg: &'static config::Config) {
     let t0 = sys::monotonic_ms();
     debug!("checkpoint requested");
     // A receiver is reached and authenticated before the program is stopped.
-    let conn = match &cfg.to {
+    let connection = match &cfg.to {
         Some(addr) => match crate::transfer::connect(addr, &cfg.token, cfg.compress) {
-            Ok(fd) => fd,
+            Ok(c) => Some(c),
             Err(e) => return failed(cfg, format_args!("{e}")),
         },
-        None => -1,
+        None => None,
     };
+    let conn = connection.as_ref().map_or(-1, |c| c.fd);
     let n = match thread::suspend_all(cfg.suspend_signal) {
         Ok(n) => n,
         Err(e) => {
@@ -91,7 +94,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
     let (h, l) = sys::get_robust_list();
     CKPT_ROBUST[0].store(h, Relaxed);
     CKPT_ROBUST[1].store(l, Relaxed);
-    let mut job = Job { cfg, conn, bytes: 0, msg: StackBuf::new() };
+    let mut job = Job { cfg, conn, connection: connection.as_ref(), bytes: 0, msg: StackBuf::new() };
     // SAFETY: CKPT_CTX is this thread's; `job` outlives the call.
     let r = unsafe { arch::save_and_call(CKPT_CTX.0.get(), dump_entry, &mut job as *mut Job as u64) };
     if r >= ENGINE_BASE {
@@ -137,8 +140,8 @@ fn failed(cfg: &config::Config, why: core::fmt::Arguments<'_>) {
 
 extern "C" fn dump_entry(job: u64) -> u64 {
     // SAFETY: `job` is the address of the Job on the caller's stack, alive for this call.
-    let job = unsafe { &mut *(job as *mut Job) };
-    match dump(job.cfg, job.conn) {
+    let job = unsafe { &mut *(job as *mut Job<'_>) };
+    match dump(job.cfg, job.conn, job.connection) {
         Ok(bytes) => {
             job.bytes = bytes;
             0
@@ -151,7 +154,7 @@ extern "C" fn dump_entry(job: u64) -> u64 {
 }
 
 /// Collects everything and writes the image; returns its size.
-fn dump(cfg: &config::Config, conn: i32) -> Result<u64, String> {
+fn dump(cfg: &config::Config, conn: i32, connection: Option<&crate::transfer::Connection>) -> Result<u64, String> {
     let arena = alloc::ARENA_BASE.load(Relaxed);
     let skip = [(ENGINE_BASE, ENGINE_BASE + RESERVE_LEN), (arena, arena + alloc::ARENA_LEN)];
     let layout = memory::collect(&skip)?;
@@ -233,10 +236,15 @@ fn dump(cfg: &config::Config, conn: i32) -> Result<u64, String> {
         fds,
         regions: layout.regions,
         objects,
+        carried: Vec::new(),
         vdso: layout.vdso,
         process,
     };
     if conn >= 0 {
+        let mut manifest = manifest;
+        if let Some(c) = connection {
+            crate::transfer::carry(&mut manifest, c)?;
+        }
         let (bytes, header) = self::layout(&manifest, layout.pages_len)?;
         let total = header.trailer_off() + 4096;
         let mut sink = crate::transfer::WireSink::new(conn, cfg.compress, total);

@@ -66,6 +66,7 @@ pub fn file_ident(path: &str) -> Result<FileIdent, i32> {
         ino: st.st_ino,
         size: st.st_size as u64,
         mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+        sha256: [0; 32],
     })
 }
 

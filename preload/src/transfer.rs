@@ -68,8 +68,56 @@ fn read_status(fd: i32, mac: Option<(&[u8], &[u8; 32])>) -> Result<String, Strin
     Ok(msg)
 }
 
-/// Connects to `addr` (`ip:port`) and authenticates. Returns the connected socket.
-pub fn connect(addr: &str, token: &[u8], lz4: bool) -> Result<i32, String> {
+/// A connection to a receiver that agreed to take the program.
+pub struct Connection {
+    pub fd: i32,
+    /// The files the program uses, with their content hashes.
+    pub offers: Vec<wire::FileOffer>,
+    /// For each offer: carry it (the target lacks it or has another).
+    pub carry: Vec<bool>,
+}
+
+/// The files the program uses: its executable, every mapped file, every regular file open on
+/// an fd (normal context: the program runs, std may be used).
+fn file_offers() -> Vec<wire::FileOffer> {
+    let mut paths: Vec<String> = Vec::new();
+    if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+        paths.push(exe.to_string_lossy().into_owned());
+    }
+    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
+        for m in crate::memory::parse_maps(&maps) {
+            if m.path.starts_with('/') && !m.path.ends_with(" (deleted)") && m.inode != 0 {
+                paths.push(m.path);
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        for e in dir.flatten() {
+            if let Ok(t) = std::fs::read_link(e.path()) {
+                let t = t.to_string_lossy().into_owned();
+                if t.starts_with('/') && !t.ends_with(" (deleted)") && std::fs::metadata(&t).is_ok_and(|m| m.is_file()) {
+                    paths.push(t);
+                }
+            }
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    paths
+        .into_iter()
+        .filter(|p| !p.starts_with("/proc/") && !p.starts_with("/dev/") && !p.starts_with("/sys/"))
+        .filter_map(|path| {
+            use std::io::Read;
+            let mut f = std::fs::File::open(&path).ok()?;
+            let size = f.metadata().ok()?.len();
+            let sha256 = wire::sha256_of(|b| f.read(b)).ok()?;
+            Some(wire::FileOffer { path, size, sha256 })
+        })
+        .collect()
+}
+
+/// Connects to `addr` (`ip:port`), authenticates, and agrees on the files to carry.
+pub fn connect(addr: &str, token: &[u8], lz4: bool) -> Result<Connection, String> {
     let sa: std::net::SocketAddr = addr.parse().map_err(|_| format!("bad receiver address {addr}"))?;
     let s = socket2::Socket::new(socket2::Domain::for_address(sa), socket2::Type::STREAM, None)
         .map_err(|e| format!("socket: {e}"))?;
@@ -93,10 +141,16 @@ pub fn connect(addr: &str, token: &[u8], lz4: bool) -> Result<i32, String> {
         };
         let b: [u8; AUTH_LEN] = auth.to_bytes();
         send_all(fd, &b)?;
-        read_status(fd, Some((token, &mine)))
+        read_status(fd, Some((token, &mine)))?;
+        let offers = file_offers();
+        send_all(fd, &wire::files_message(&offers))?;
+        read_status(fd, None)?;
+        let mut carry = vec![0u8; offers.len()];
+        recv_exact(fd, &mut carry)?;
+        Ok((offers, carry.into_iter().map(|c| c != 0).collect()))
     })();
     match r {
-        Ok(_) => Ok(fd),
+        Ok((offers, carry)) => Ok(Connection { fd, offers, carry }),
         Err(e) => {
             let _ = sys::close(fd);
             Err(e)
@@ -199,4 +253,58 @@ impl Sink for WireSink {
         }
         Ok(())
     }
+}
+
+/// Reads a whole file with raw system calls (the program is stopped).
+fn read_whole(path: &str) -> Result<(Vec<u8>, libc::stat), String> {
+    let fd = sys::openat(libc::AT_FDCWD, &sys::cstr(path), libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .map_err(|e| format!("cannot read {path} to carry it: errno {e}"))? as i32;
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    let r = sys::fstat(fd, &mut st).map_err(|e| format!("fstat {path}: errno {e}")).and_then(|_| {
+        let mut v = vec![0u8; st.st_size as usize];
+        let mut got = 0;
+        while got < v.len() {
+            match sys::pread(fd, &mut v[got..], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n as usize,
+                Err(libc::EINTR) => {}
+                Err(e) => return Err(format!("reading {path}: errno {e}")),
+            }
+        }
+        v.truncate(got);
+        Ok(v)
+    });
+    let _ = sys::close(fd);
+    r.map(|v| (v, st))
+}
+
+/// Puts the content hashes into the manifest's file identities, and the files the receiver
+/// asked for into `carried`.
+pub fn carry(m: &mut pmig_image::Manifest, c: &Connection) -> Result<(), String> {
+    let hash = |path: &str| c.offers.iter().find(|o| o.path == path).map(|o| o.sha256);
+    for r in m.regions.iter_mut() {
+        if let pmig_image::RegionKind::File { path, ident, .. } = &mut r.kind {
+            if let Some(h) = hash(path) {
+                ident.sha256 = h;
+            }
+        }
+    }
+    for f in m.files.iter_mut() {
+        if let pmig_image::FileKind::Regular { path, ident } = &mut f.kind {
+            if let Some(h) = hash(path) {
+                ident.sha256 = h;
+            }
+        }
+    }
+    for (o, _) in c.offers.iter().zip(&c.carry).filter(|(_, &carry)| carry) {
+        let (content, st) = read_whole(&o.path)?;
+        m.carried.push(pmig_image::CarriedFile {
+            path: o.path.clone(),
+            mode: st.st_mode & 0o7777,
+            mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+            content,
+        });
+    }
+    Ok(())
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
 const USAGE: &str = "usage: pmig-resume [--inspect] IMAGE|-
-       pmig-resume --listen ADDR:PORT --token-file FILE [--keep-listening] [--as-owner]
+       pmig-resume --listen ADDR:PORT --token-file FILE [--keep-listening] [--as-owner] [--root DIR]
 
 Turns this process into the program saved in IMAGE (written by a checkpoint of a program run
 under pmig-run), which then goes on where it stopped, with this process's pid, and with this
@@ -29,6 +29,9 @@ process's stdin, stdout and stderr in place of the saved terminal, pipe or socke
   --token-file FILE the secret a sender must prove it knows (required with --listen)
   --keep-listening  stay, and fork one restorer per arriving program
   --as-owner        as root, also take programs of other users (restored as their owner)
+  --root DIR        put the files a sender carries (those missing or different here) under
+                    DIR instead of at their own paths; without it a sender whose files
+                    differ here is refused (pmig never replaces a file)
   PMIG_DEBUG=1      log each restore phase to stderr";
 
 fn main() {
@@ -39,6 +42,7 @@ fn main() {
     let mut token_file: Option<PathBuf> = None;
     let mut keep = false;
     let mut as_owner = false;
+    let mut root: Option<PathBuf> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "-h" | "--help" => {
@@ -48,9 +52,11 @@ fn main() {
             "--inspect" => inspect = true,
             "--keep-listening" => keep = true,
             "--as-owner" => as_owner = true,
-            "--listen" | "--token-file" => {
+            "--listen" | "--token-file" | "--root" => {
                 let v = args.next().unwrap_or_else(|| fail(&format!("{a} needs a value\n{USAGE}")));
-                if a == "--listen" {
+                if a == "--root" {
+                    root = Some(PathBuf::from(v));
+                } else if a == "--listen" {
                     listen = Some(v);
                 } else {
                     token_file = Some(PathBuf::from(v));
@@ -68,8 +74,13 @@ fn main() {
             if token.is_empty() {
                 fail(&format!("the token file {} is empty", tf.display()));
             }
-            let r = receive::Receiver { token, as_owner };
-            r.listen(&addr, keep).and_then(|(s, img)| restore(&s.path, &img, as_owner).map(|_| drop(s.file)))
+            let r = receive::Receiver { token, as_owner, root: root.clone() };
+            r.listen(&addr, keep).and_then(|(s, mut img)| {
+                for what in receive::materialize(&mut img, root.as_deref())? {
+                    eprintln!("pmig-resume: {what}");
+                }
+                restore(&s.path, &img, as_owner).map(|_| drop(s.file))
+            })
         }
         (Some(_), Some(_)) => fail("give either an image or --listen, not both"),
         (None, None) => fail(&format!("no image given\n{USAGE}")),
@@ -203,7 +214,8 @@ fn check_host(img: &VerifiedImage) -> Result<()> {
             let md = std::fs::metadata(path).with_context(|| format!("the mapped file {path} is missing here"))?;
             use std::os::unix::fs::MetadataExt;
             let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
-            if md.size() != ident.size || mtime != ident.mtime_ns {
+            let same_content = || ident.sha256 != [0; 32] && receive::sha256_file(Path::new(path)).is_ok_and(|h| h == ident.sha256);
+            if (md.size() != ident.size || mtime != ident.mtime_ns) && !same_content() {
                 bail!("the mapped file {path} changed since the checkpoint (size or modification time differ); the saved process cannot use it");
             }
         }

@@ -49,6 +49,14 @@ pub struct Receiver {
     pub token: Vec<u8>,
     /// As root, take images of other users' processes (restored as their owner).
     pub as_owner: bool,
+    /// Put carried files under this directory instead of at their own paths.
+    pub root: Option<PathBuf>,
+}
+
+/// SHA-256 of the file at `path`.
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    let mut f = File::open(path)?;
+    wire::sha256_of(|b| f.read(b))
 }
 
 fn random32() -> Result<[u8; 32]> {
@@ -90,6 +98,41 @@ impl Receiver {
             bail!("{why} (as root, --as-owner takes it)");
         }
         send_status(conn, true, Some(wire::mac(&self.token, b"pmig-receiver", &auth.challenge)), "ok");
+
+        // Which of the program's files this host lacks (carry them) or has otherwise (carry
+        // them only if they can go under --root: a file here is never replaced).
+        let offers = match wire::read_files_message(|b| conn.read_exact(b)).context("the sender did not list its files")? {
+            Ok(o) => o,
+            Err(e) => {
+                send_status(conn, false, None, &e);
+                bail!("{e}");
+            }
+        };
+        let mut carry = Vec::with_capacity(offers.len());
+        let mut differ = Vec::new();
+        for o in &offers {
+            let p = std::path::Path::new(&o.path);
+            let same = std::fs::metadata(p).is_ok_and(|m| m.len() == o.size) && sha256_file(p).is_ok_and(|h| h == o.sha256);
+            let missing = std::fs::symlink_metadata(p).is_err();
+            carry.push(u8::from(!same));
+            if !same && !missing && self.root.is_none() {
+                differ.push(o.path.clone());
+            }
+        }
+        if !differ.is_empty() {
+            let why = format!(
+                "{} file(s) the program uses differ on this host ({}{}); pmig never replaces them: restart the receiver with --root DIR to put the program's copies there",
+                differ.len(),
+                differ.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                if differ.len() > 3 { ", ..." } else { "" }
+            );
+            send_status(conn, false, None, &why);
+            bail!("{why}");
+        }
+        let n_carry = carry.iter().filter(|&&c| c != 0).count();
+        let mut reply = wire::status(true, &format!("{n_carry} file(s) to carry"));
+        reply.extend_from_slice(&carry);
+        conn.write_all(&reply).context("cannot answer the sender's file list")?;
 
         let mut s = memfd()?;
         let lz4 = auth.flags & FLAG_LZ4 != 0;
@@ -189,4 +232,80 @@ impl Receiver {
             }
         }
     }
+}
+
+/// Writes the files the image carries (never over an existing file) and creates a missing
+/// working directory; with `root`, under it, rewriting the image's paths to match. Returns
+/// what it did, for the log.
+pub fn materialize(img: &mut VerifiedImage, root: Option<&std::path::Path>) -> Result<Vec<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut done = Vec::new();
+    let place = |p: &str| match root {
+        Some(r) => r.join(p.trim_start_matches('/')),
+        None => PathBuf::from(p),
+    };
+    let m = &mut img.manifest;
+    let mut moved: Vec<(String, String)> = Vec::new();
+    for c in &m.carried {
+        let to = place(&c.path);
+        if std::fs::symlink_metadata(&to).is_ok() {
+            let same = sha256_file(&to).ok() == Some(wire_hash(&c.content));
+            if !same {
+                bail!("{} exists here and differs from the program's copy; it is left alone (use another --root)", to.display());
+            }
+        } else {
+            if let Some(dir) = to.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            std::fs::write(&to, &c.content).with_context(|| format!("cannot write {}", to.display()))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(c.mode)).ok();
+            let ts = libc::timespec { tv_sec: (c.mtime_ns / 1_000_000_000) as i64, tv_nsec: (c.mtime_ns % 1_000_000_000) as i64 };
+            let times = [ts, ts];
+            let cpath = std::ffi::CString::new(to.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            // SAFETY: utimensat with a NUL-terminated path and two timespecs we own.
+            unsafe { libc::utimensat(libc::AT_FDCWD, cpath.as_ptr(), times.as_ptr(), 0) };
+            done.push(format!("carried {} ({} bytes)", to.display(), c.content.len()));
+        }
+        if root.is_some() {
+            moved.push((c.path.clone(), to.to_string_lossy().into_owned()));
+        }
+    }
+    let cwd = place(&m.process.cwd);
+    if !cwd.is_dir() {
+        std::fs::create_dir_all(&cwd).with_context(|| format!("cannot create the working directory {}", cwd.display()))?;
+        done.push(format!("created the working directory {}", cwd.display()));
+    }
+    if root.is_some() {
+        m.process.cwd = cwd.to_string_lossy().into_owned();
+    }
+    let renamed = |p: &mut String| {
+        if let Some((_, to)) = moved.iter().find(|(from, _)| from == p) {
+            *p = to.clone();
+        }
+    };
+    for r in m.regions.iter_mut() {
+        if let pmig_image::RegionKind::File { path, .. } = &mut r.kind {
+            renamed(path);
+        }
+    }
+    for f in m.files.iter_mut() {
+        if let pmig_image::FileKind::Regular { path, .. } = &mut f.kind {
+            renamed(path);
+        }
+    }
+    if root.is_some() || !moved.is_empty() {
+        img.manifest_bytes = pmig_image::encode(m).context("cannot encode the manifest")?;
+    }
+    Ok(done)
+}
+
+fn wire_hash(b: &[u8]) -> [u8; 32] {
+    let mut at = 0;
+    wire::sha256_of(|buf| {
+        let n = (b.len() - at).min(buf.len());
+        buf[..n].copy_from_slice(&b[at..at + n]);
+        at += n;
+        Ok(n)
+    })
+    .unwrap_or([0; 32])
 }

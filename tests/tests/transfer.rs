@@ -145,7 +145,8 @@ fn connect(port: u16) -> (TcpStream, [u8; 32]) {
     (c, challenge)
 }
 
-/// Authenticates as a sender that knows `token`; returns the receiver's status byte.
+/// Authenticates as a sender that knows `token`, then offers no files; returns the receiver's
+/// status byte for the authentication.
 fn authenticate(c: &mut TcpStream, challenge: &[u8; 32], token: &[u8]) -> u8 {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
@@ -153,6 +154,19 @@ fn authenticate(c: &mut TcpStream, challenge: &[u8; 32], token: &[u8]) -> u8 {
     c.write_all(&auth.to_bytes()).expect("send AUTH");
     let mut st = [0u8; 1];
     c.read_exact(&mut st).expect("read ACCEPT");
+    if st[0] == 0 {
+        // The receiver's proof and message, then the (empty) file negotiation.
+        let mut rest = [0u8; 34];
+        c.read_exact(&mut rest).expect("read ACCEPT");
+        let mut msg = vec![0u8; u16::from_le_bytes([rest[32], rest[33]]) as usize];
+        c.read_exact(&mut msg).expect("read ACCEPT");
+        c.write_all(&wire::files_message(&[])).expect("send FILES");
+        let mut needs = [0u8; 3];
+        c.read_exact(&mut needs).expect("read NEEDS");
+        let mut msg = vec![0u8; u16::from_le_bytes([needs[1], needs[2]]) as usize];
+        c.read_exact(&mut msg).expect("read NEEDS");
+        assert_eq!(needs[0], 0, "an empty file list must be accepted");
+    }
     st[0]
 }
 
@@ -209,8 +223,6 @@ fn receiver_refuses_bad_senders_and_stays_up() {
     // A truncated stream: authenticated, then half a frame.
     let (mut c, ch) = connect(port);
     assert_eq!(authenticate(&mut c, &ch, b"the right secret"), 0);
-    let mut rest = [0u8; 34];
-    c.read_exact(&mut rest).unwrap();
     c.write_all(&wire::frame_header(wire::frame::RAW, 100)).unwrap();
     c.write_all(&[1u8; 10]).unwrap();
     drop(c);
@@ -219,7 +231,6 @@ fn receiver_refuses_bad_senders_and_stays_up() {
     // An oversized frame.
     let (mut c, ch) = connect(port);
     assert_eq!(authenticate(&mut c, &ch, b"the right secret"), 0);
-    c.read_exact(&mut rest).unwrap();
     c.write_all(&wire::frame_header(wire::frame::RAW, u32::MAX)).unwrap();
     drop(c);
     expect_refusal(&mut r, 5, "refusal of an oversized frame");
