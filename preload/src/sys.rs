@@ -491,3 +491,46 @@ pub fn sockname(fd: i32, peer: bool) -> Result<Vec<u8>, i32> {
 pub fn recv(fd: i32, buf: &mut [u8], flags: i32) -> Res {
     sc!(libc::SYS_recvfrom, fd, buf.as_mut_ptr(), buf.len(), flags, 0, 0)
 }
+
+/// Reads up to `size` bytes of `fd` from offset 0 (allocates).
+pub fn pread_all(fd: i32, size: u64) -> Result<Vec<u8>, i32> {
+    let mut v = vec![0u8; size as usize];
+    let mut got = 0;
+    while got < v.len() {
+        match pread(fd, &mut v[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n as usize,
+            Err(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    v.truncate(got);
+    Ok(v)
+}
+
+/// Calls `f` with each entry of directory `path` whose name is a number (e.g. the fds in
+/// `/proc/self/fd`, the tids in `/proc/self/task`), and with the directory's own fd, which
+/// is open meanwhile. Allocates nothing. `path` must end with a NUL byte.
+pub fn for_each_numbered_entry(path: &[u8], mut f: impl FnMut(i32, i32)) -> Result<(), i32> {
+    let dir = openat(libc::AT_FDCWD, path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)? as i32;
+    let mut buf = [0u8; 4096];
+    let r = loop {
+        let got = match getdents64(dir, &mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(g) => g as usize,
+            Err(e) => break Err(e),
+        };
+        let mut at = 0;
+        while at < got {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
+            if !name.is_empty() && name.len() < 10 && name.iter().all(u8::is_ascii_digit) {
+                f(name.iter().fold(0i32, |n, &c| n * 10 + (c - b'0') as i32), dir);
+            }
+            at += reclen;
+        }
+    };
+    let _ = close(dir);
+    r
+}

@@ -198,40 +198,14 @@ fn wait_release(gen: u32) {
 
 /// Lists the thread ids of this process into `out`; returns how many.
 fn list_tasks(out: &mut [i32; MAX_THREADS + 1]) -> Result<usize, i32> {
-    let fd = sys::openat(libc::AT_FDCWD, b"/proc/self/task\0", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)?
-        as i32;
-    let mut buf = [0u8; 4096];
     let mut n = 0;
-    let r = loop {
-        let got = match sys::getdents64(fd, &mut buf) {
-            Ok(0) => break Ok(n),
-            Ok(g) => g as usize,
-            Err(e) => break Err(e),
-        };
-        let mut at = 0;
-        while at < got {
-            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
-            let name = &buf[at + 19..at + reclen];
-            let mut tid = 0i32;
-            let mut digits = 0;
-            for &c in name.iter().take_while(|&&c| c != 0) {
-                if c.is_ascii_digit() {
-                    tid = tid * 10 + (c - b'0') as i32;
-                    digits += 1;
-                } else {
-                    digits = 0;
-                    break;
-                }
-            }
-            if digits > 0 && n < out.len() {
-                out[n] = tid;
-                n += 1;
-            }
-            at += reclen;
+    sys::for_each_numbered_entry(b"/proc/self/task\0", |tid, _| {
+        if n < out.len() {
+            out[n] = tid;
+            n += 1;
         }
-    };
-    let _ = sys::close(fd);
-    r
+    })?;
+    Ok(n)
 }
 
 /// Stops every thread but the caller. On error, the threads already stopped are released.

@@ -189,9 +189,15 @@ fn timer_thread() -> Option<i32> {
                 if r != TIMER_SIGNAL as i64 {
                     continue;
                 }
-                // SAFETY: timer signals carry the sigval the timer was created with: the address
-                // of a ThreadNotify that is never freed.
-                let n = unsafe { &*(si.si_value().sival_ptr as *const ThreadNotify) };
+                // SAFETY: reading the sigval union member of a siginfo the kernel filled.
+                let ptr = unsafe { si.si_value().sival_ptr } as *const ThreadNotify;
+                // A timer signal carries the address of its ThreadNotify (never freed); one
+                // sent again after a restore (it was pending) carries nothing: skip it.
+                if si.si_code != libc::SI_TIMER || ptr.is_null() {
+                    continue;
+                }
+                // SAFETY: see above: a live ThreadNotify.
+                let n = unsafe { &*ptr };
                 (n.func)(n.value);
             }
         });

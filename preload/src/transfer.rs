@@ -261,20 +261,9 @@ fn read_whole(path: &str) -> Result<(Vec<u8>, libc::stat), String> {
         .map_err(|e| format!("cannot read {path} to carry it: errno {e}"))? as i32;
     // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    let r = sys::fstat(fd, &mut st).map_err(|e| format!("fstat {path}: errno {e}")).and_then(|_| {
-        let mut v = vec![0u8; st.st_size as usize];
-        let mut got = 0;
-        while got < v.len() {
-            match sys::pread(fd, &mut v[got..], got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n as usize,
-                Err(libc::EINTR) => {}
-                Err(e) => return Err(format!("reading {path}: errno {e}")),
-            }
-        }
-        v.truncate(got);
-        Ok(v)
-    });
+    let r = sys::fstat(fd, &mut st)
+        .map_err(|e| format!("fstat {path}: errno {e}"))
+        .and_then(|_| sys::pread_all(fd, st.st_size as u64).map_err(|e| format!("reading {path}: errno {e}")));
     let _ = sys::close(fd);
     r.map(|v| (v, st))
 }

@@ -26,18 +26,7 @@ fn read_all(fd: i32, size: u64) -> Result<Vec<u8>, String> {
         let _ = sys::close(rd);
         return r;
     }
-    let mut v = vec![0u8; size as usize];
-    let mut got = 0;
-    while got < v.len() {
-        match sys::pread(fd, &mut v[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n as usize,
-            Err(libc::EINTR) => {}
-            Err(e) => return Err(format!("cannot read its content: errno {e}")),
-        }
-    }
-    v.truncate(got);
-    Ok(v)
+    sys::pread_all(fd, size).map_err(|e| format!("cannot read its content: errno {e}"))
 }
 
 fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {

@@ -86,36 +86,16 @@ pub struct Ops {
 /// Every family, most specific first.
 const OPS: &[&Ops] = &[&pipe::OPS, &socket::OPS, &event::OPS, &inotify::OPS, &file::OPS];
 
-/// Lists the open fds, skipping `skip`.
+/// Lists the open fds, skipping `skip` (and the listing's own fd).
 fn list_fds(skip: &[i32]) -> Result<Vec<i32>, i32> {
-    let dir = sys::openat(libc::AT_FDCWD, b"/proc/self/fd\0", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)?
-        as i32;
     let mut fds = Vec::new();
-    let mut buf = [0u8; 4096];
-    let r = loop {
-        let got = match sys::getdents64(dir, &mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(g) => g as usize,
-            Err(e) => break Err(e),
-        };
-        let mut at = 0;
-        while at < got {
-            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
-            let name = &buf[at + 19..at + reclen];
-            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
-            if let Some(fd) = core::str::from_utf8(name).ok().and_then(|s| s.parse::<i32>().ok()) {
-                if fd != dir && !skip.contains(&fd) {
-                    fds.push(fd);
-                }
-            }
-            at += reclen;
+    sys::for_each_numbered_entry(b"/proc/self/fd\0", |fd, dir| {
+        if fd != dir && !skip.contains(&fd) {
+            fds.push(fd);
         }
-    };
-    let _ = sys::close(dir);
-    r.map(|_| {
-        fds.sort_unstable();
-        fds
-    })
+    })?;
+    fds.sort_unstable();
+    Ok(fds)
 }
 
 fn fd_info(fd: i32) -> Option<FdInfo> {
