@@ -125,11 +125,13 @@ pub fn restore(saved: &[PosixTimerState], gap_ns: u64) {
             log::say!("warning: cannot make POSIX timer {} again (errno {}, got id {id})", t.id, -r);
             continue;
         }
-        if t.value_ns == 0 {
+        // A periodic timer whose expiry is being delivered may show 0 left: one interval on.
+        let left = if t.value_ns == 0 { t.interval_ns } else { t.value_ns };
+        if left == 0 {
             continue;
         }
         // Time spent as an image counts; an expiry missed meanwhile fires at once.
-        let value = if gap_ns >= t.value_ns { 1 } else { t.value_ns - gap_ns };
+        let value = if gap_ns >= left { 1 } else { left - gap_ns };
         let v = libc::itimerspec { it_interval: ts(t.interval_ns), it_value: ts(value) };
         // SAFETY: timer_settime reads one itimerspec we own.
         let r = unsafe { syscall6(libc::SYS_timer_settime as u64, id as u64, 0, &v as *const _ as u64, 0, 0, 0) };

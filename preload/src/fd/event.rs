@@ -86,6 +86,11 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
             // The timer ran on while the process was an image: expirations in the gap become
             // unread ticks, as they would have for a stopped process.
             let (mut value_ns, mut ticks) = (*value_ns, *ticks);
+            // A periodic timer that expired and was not read yet shows 0 left (the kernel
+            // re-arms it on read): its next expiry is about one interval on.
+            if value_ns == 0 && *interval_ns != 0 {
+                value_ns = *interval_ns;
+            }
             if value_ns != 0 && ctx.gap_ns >= value_ns {
                 let over = ctx.gap_ns - value_ns;
                 ticks += 1 + if *interval_ns > 0 { over / interval_ns } else { 0 };
