@@ -98,8 +98,9 @@ fn checkpoint_once(cfg: &'static config::Config) {
     // SAFETY: CKPT_CTX is this thread's; `job` outlives the call.
     let r = unsafe { arch::save_and_call(CKPT_CTX.0.get(), dump_entry, &mut job as *mut Job as u64) };
     if r >= ENGINE_BASE {
-        // We are the restored process: `r` is the engine's mailbox.
-        crate::restore::restored(r as *const Mailbox);
+        // SAFETY: only the engine resumes this context, handing over its mailbox's address
+        // (always at or above ENGINE_BASE; a dump returns 0 or 1).
+        unsafe { crate::restore::restored(r as *const Mailbox) };
         return;
     }
     if conn >= 0 {

@@ -20,7 +20,10 @@ use pmig_abi::{Mailbox, ENGINE_BASE, MAILBOX_MAGIC, RESERVE_LEN};
 use pmig_image::Manifest;
 
 /// Takes over from the engine. Returns with the program running again.
-pub fn restored(mb: *const Mailbox) {
+///
+/// # Safety
+/// `mb` must be the engine's mailbox, as `save_and_call` returns it after a restore.
+pub unsafe fn restored(mb: *const Mailbox) {
     if !alloc::map_arena(alloc::ARENA_BASE.load(Relaxed)) {
         say!("restore failed: cannot map pmig's arena again");
         sys::exit_group(120);

@@ -82,10 +82,9 @@ impl Proc {
             }
         }
         cmd.stderr(Stdio::piped());
-        // SAFETY: the closure runs in the forked child before exec and calls
-        // only close_range(2), a raw system call that is async-signal-safe
-        // and touches no memory; its result is deliberately ignored (an old
-        // kernel without it just leaves the fds as they were).
+        // Its result is deliberately ignored: an old kernel without it leaves the fds as they were.
+        // SAFETY: the closure runs in the forked child before exec and calls only close_range(2),
+        // an async-signal-safe raw system call that touches no memory.
         unsafe {
             cmd.pre_exec(|| {
                 libc::close_range(

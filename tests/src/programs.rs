@@ -38,6 +38,8 @@ pub const SHM: &str = env!("PMIG_TEST_PROG_SHM");
 pub const POSIX_TIMERS: &str = env!("PMIG_TEST_PROG_POSIX_TIMERS");
 /// `sysv_shm.c`: a keyed SysV segment and one marked for removal.
 pub const SYSV_SHM: &str = env!("PMIG_TEST_PROG_SYSV_SHM");
+/// `sockets.c`: listeners, datagram sockets, UNIX sockets, socketpairs, TCP connections.
+pub const SOCKETS: &str = env!("PMIG_TEST_PROG_SOCKETS");
 /// `ids.c`: getpid/gettid/getppid, kill, tgkill and /proc/<pid> across restores.
 pub const IDS: &str = env!("PMIG_TEST_PROG_IDS");
 

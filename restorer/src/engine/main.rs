@@ -137,7 +137,9 @@ fn fail(code: i32, errno: i64, at: u64) -> ! {
     write_err(fmt_u64(code as u64, false, &mut b));
     write_err(b"\n");
     sys(nr::EXIT_GROUP, code as u64, 0, 0, 0, 0, 0);
-    loop {}
+    loop {
+        core::hint::spin_loop();
+    }
 }
 
 fn check(code: i32, r: i64, at: u64) -> u64 {
@@ -393,7 +395,9 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     write_err(b"pmig-restore-engine: internal error (panic)\n");
     sys(nr::EXIT_GROUP, 100, 0, 0, 0, 0, 0);
-    loop {}
+    loop {
+        core::hint::spin_loop();
+    }
 }
 
 /// `memcpy` for the compiler (no libc here).
