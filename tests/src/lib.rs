@@ -20,6 +20,7 @@
 
 mod bins;
 mod chain;
+pub mod hosts;
 mod process;
 pub mod programs;
 mod pty;

@@ -1,0 +1,562 @@
+//! Moving a live process to *another host*: `pmig-run --to` on a source network namespace,
+//! `pmig-resume --listen` on a target one joined to it by a veth pair, the target also in a
+//! mount namespace where the source's working directory and the program's executable do not
+//! exist (see `pmig_tests::hosts`).  So the sender must carry the files the target lacks (the
+//! executable under `SRC`), the receiver must write them and create the working directory,
+//! and the program must go on from the next step to its end.
+//!
+//! Cases: a C counter, pthreads, python3; the carried executable and the working directory
+//! as the moved process sees them; a TCP server that answers on the target's address after
+//! the move; a sender with a wrong token refused across the link while the receiver stays up.
+//!
+//! Every test needs root (network and mount namespaces), `ip` and `unshare`; without them
+//! it prints why it is skipped and passes.  `PMIG_TEST_HOSTS_SHARED_FS=1` leaves the
+//! source's files visible on the target, to check the harness without file carrying.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pmig_tests::hosts::Hosts;
+use pmig_tests::{
+    fail_with, pmig_env, programs, wait_until, Input, Proc, Program, Sandbox, StepCheck, Terminal,
+};
+
+const STEPS: u32 = 60;
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn token_file(sb: &Sandbox, name: &str, secret: &str) -> PathBuf {
+    let p = sb.file(name);
+    std::fs::write(&p, secret).expect("write token");
+    p
+}
+
+/// Starts `pmig-resume --listen DST:0 --token-file TOKEN` on the target and returns it with
+/// its port, having checked that the source's directory is not visible to it.
+fn start_receiver(hosts: &Hosts, sb: &Sandbox, token: &Path) -> (Proc, u16) {
+    let mut cmd = hosts.on_target(&sb.bins().resume, &sb.workdir("receiver"));
+    cmd.arg("--listen")
+        .arg(format!("{}:0", hosts.dst_addr))
+        .arg("--token-file")
+        .arg(token);
+    pmig_env(&mut cmd);
+    let mut r = Proc::spawn("pmig-resume --listen (target)", cmd, Terminal::Pipe);
+    let ready = format!("pmig-resume: listening on {}:", hosts.dst_addr);
+    let port = wait_until(TIMEOUT, "the receiver's ready line", || {
+        r.stderr_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(ready.as_str())?.trim().parse().ok())
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    // The harness's own check: the target must not see SRC, and must see the pmig binaries.
+    if hosts.hides_source_files() && Hosts::seen_by(r.pid(), &hosts.src_dir()).exists() {
+        fail_with(
+            &format!(
+                "harness: {} is visible to the receiver",
+                hosts.src_dir().display()
+            ),
+            &mut [&mut r],
+        );
+    }
+    if !Hosts::seen_by(r.pid(), &sb.bins().preload).is_file() {
+        fail_with(
+            "harness: libpmig.so is not visible to the receiver",
+            &mut [&mut r],
+        );
+    }
+    (r, port)
+}
+
+/// Starts `pmig-run --to DST:PORT --token-file TOKEN FLAGS -- PROGRAM...` on the source, in
+/// `SRC`.
+fn start_sender(
+    hosts: &Hosts,
+    sb: &Sandbox,
+    port: u16,
+    token: &Path,
+    flags: &[&str],
+    prog: &Program,
+) -> Proc {
+    let mut cmd = hosts.on_source(&sb.bins().run, &hosts.src_dir());
+    cmd.arg("--to")
+        .arg(format!("{}:{port}", hosts.dst_addr))
+        .arg("--token-file")
+        .arg(token)
+        .args(flags)
+        .arg("--");
+    cmd.args(&prog.argv);
+    pmig_env(&mut cmd);
+    Proc::spawn(
+        &format!("pmig-run --to ({}, source)", prog.name),
+        cmd,
+        Terminal::Pipe,
+    )
+}
+
+fn read_steps(p: &mut Proc, steps: &mut StepCheck, until: u32, others: &mut [&mut Proc]) {
+    while steps.last() < until {
+        let err = match p.next_line(TIMEOUT) {
+            Ok(Some(l)) => match steps.accept(&l) {
+                Ok(_) => continue,
+                Err(e) => e,
+            },
+            Ok(None) => format!("output ended before step {until}"),
+            Err(e) => e,
+        };
+        let mut all: Vec<&mut Proc> = vec![p];
+        all.extend(others.iter_mut().map(|o| &mut **o));
+        fail_with(&err, &mut all);
+    }
+}
+
+/// Waits until the sender exits, or says its move failed (it then goes on running: fail at
+/// once with its message rather than time out).
+fn wait_moved(s: &mut Proc, r: &mut Proc) {
+    let outcome = wait_until(TIMEOUT, "the sender to exit after the move", || {
+        if let Some(st) = s.poll_status() {
+            return Some(Ok(st));
+        }
+        let log = s.stderr_text();
+        log.lines()
+            .find(|l| l.contains("failed") && l.contains("the program goes on"))
+            .map(|l| Err(l.to_string()))
+    });
+    match outcome {
+        Ok(Ok(st)) if st.success() => {}
+        Ok(Ok(_)) => fail_with(
+            "the sender must exit 0 once the receiver confirmed",
+            &mut [s, r],
+        ),
+        Ok(Err(line)) => fail_with(
+            &format!("the move failed on the source: {line}"),
+            &mut [s, r],
+        ),
+        Err(e) => fail_with(&e, &mut [s, r]),
+    }
+}
+
+/// What a test does with the moved program once it printed its first line on the target.
+type AfterMove<'a> = &'a mut dyn FnMut(&Hosts, &mut Proc, &mut Proc);
+
+/// Runs `prog` (its paths already under `SRC`) under `pmig-run --to` on the source, moves it
+/// after step `stop`, and checks that the target's process goes on from the next step to
+/// the end and exits 0. `after` runs once the moved program printed its first line.
+fn migrate(hosts: &Hosts, prog: &Program, flags: &[&str], stop: u32, after: AfterMove<'_>) {
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "a shared secret");
+    let (mut r, port) = start_receiver(hosts, &sb, &token);
+    let mut s = start_sender(hosts, &sb, port, &token, flags, prog);
+    let mut steps = StepCheck::new(1, prog.steps, Input::Idle);
+    read_steps(&mut s, &mut steps, stop, &mut [&mut r]);
+    move_now(&mut s, &mut r, &mut steps);
+    check_moved_to_end(hosts, &mut s, &mut r, steps.last(), prog.steps, after);
+}
+
+/// Sends the checkpoint signal, waits for the sender to exit 0 and takes its last lines.
+fn move_now(s: &mut Proc, r: &mut Proc, steps: &mut StepCheck) {
+    s.signal(libc::SIGUSR2)
+        .unwrap_or_else(|e| fail_with(&e, &mut [s, r]));
+    wait_moved(s, r);
+    for l in s.drain_now().unwrap_or_default() {
+        if let Err(e) = steps.accept(&l) {
+            fail_with(&e, &mut [s, r]);
+        }
+    }
+}
+
+/// Reads the moved program's output on the target: step `last + 1` first, then every step
+/// to `total`, exit 0; runs `after` after the first line.  Checks that the source left no
+/// image behind.
+fn check_moved_to_end(
+    hosts: &Hosts,
+    s: &mut Proc,
+    r: &mut Proc,
+    last: u32,
+    total: u32,
+    after: AfterMove<'_>,
+) {
+    let mut moved = StepCheck::new(last + 1, total, Input::Idle);
+    match r.next_line(TIMEOUT + TIMEOUT) {
+        Ok(Some(l)) => {
+            if let Err(e) = moved.accept(&l) {
+                fail_with(&e, &mut [s, r]);
+            }
+        }
+        Ok(None) => fail_with(
+            "the receiver exited before the moved program printed a line",
+            &mut [s, r],
+        ),
+        Err(e) => fail_with(&e, &mut [s, r]),
+    }
+    after(hosts, s, r);
+    let (lines, status) = r
+        .finish(Duration::from_secs(u64::from(total)) + TIMEOUT)
+        .unwrap_or_else(|e| fail_with(&e, &mut [s, r]));
+    for l in lines {
+        if let Err(e) = moved.accept(&l) {
+            fail_with(&e, &mut [s, r]);
+        }
+    }
+    if !status.success() || !moved.complete() {
+        fail_with(
+            "the moved program must run to its end and exit 0",
+            &mut [s, r],
+        );
+    }
+    let images: Vec<_> = std::fs::read_dir(hosts.src_dir())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .filter(|n| n.to_string_lossy().ends_with(".pmig"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        images.is_empty(),
+        "--to must leave no image file on the source: {images:?}"
+    );
+}
+
+fn nothing_more(_: &Hosts, _: &mut Proc, _: &mut Proc) {}
+
+#[test]
+fn move_counter_to_another_host() {
+    let Some(hosts) = Hosts::new("move_counter_to_another_host") else {
+        return;
+    };
+    let prog = Program::new("counter", hosts.stage(programs::COUNTER), STEPS, &[]);
+    migrate(&hosts, &prog, &[], 5, &mut nothing_more);
+}
+
+#[test]
+fn move_threads_to_another_host_compressed() {
+    let Some(hosts) = Hosts::new("move_threads_to_another_host_compressed") else {
+        return;
+    };
+    let prog = Program::new("pthreads", hosts.stage(programs::PTHREADS), STEPS, &[]);
+    migrate(&hosts, &prog, &["--compress"], 5, &mut nothing_more);
+}
+
+/// python3 itself is on both hosts (only `SRC`, its working directory, is not).
+#[test]
+fn move_python_to_another_host() {
+    let Some(hosts) = Hosts::new("move_python_to_another_host") else {
+        return;
+    };
+    migrate(
+        &hosts,
+        &Program::python_threads(STEPS),
+        &["--compress"],
+        5,
+        &mut nothing_more,
+    );
+}
+
+/// The executable the sender carried is at its own path on the target, with the source
+/// copy's bytes and permissions, and the moved process works in `SRC`, which the receiver
+/// created.  Checked with the moved process stopped, so it cannot end meanwhile.
+#[test]
+fn carried_executable_and_working_directory() {
+    let Some(hosts) = Hosts::new("carried_executable_and_working_directory") else {
+        return;
+    };
+    let exe = hosts.stage(programs::COUNTER);
+    let prog = Program::new("counter", &exe, 2 * STEPS, &[]);
+    let mut check = |hosts: &Hosts, s: &mut Proc, r: &mut Proc| {
+        let pid = r.pid();
+        r.signal(libc::SIGSTOP)
+            .unwrap_or_else(|e| fail_with(&e, &mut [s, r]));
+        let stopped = wait_until(TIMEOUT, "the moved process to stop", || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            (state == 'T').then_some(())
+        });
+        if let Err(e) = stopped {
+            fail_with(&e, &mut [s, r]);
+        }
+        let there = Hosts::seen_by(pid, &exe);
+        let problem = match (std::fs::read(&there), std::fs::metadata(&there)) {
+            (Ok(bytes), Ok(md)) => {
+                let want = std::fs::read(&exe).expect("read the source copy");
+                let want_mode = std::fs::metadata(&exe)
+                    .expect("stat the source copy")
+                    .permissions()
+                    .mode()
+                    & 0o7777;
+                if bytes != want {
+                    Some(format!(
+                        "{} on the target differs from the source copy ({} bytes, not {})",
+                        exe.display(),
+                        bytes.len(),
+                        want.len()
+                    ))
+                } else if md.permissions().mode() & 0o7777 != want_mode {
+                    Some(format!(
+                        "{} on the target has mode {:o}, not {want_mode:o}",
+                        exe.display(),
+                        md.permissions().mode() & 0o7777
+                    ))
+                } else {
+                    None
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => Some(format!(
+                "{} is not on the target ({}): {e}",
+                exe.display(),
+                there.display()
+            )),
+        };
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"));
+        let problem = problem.or_else(|| match &cwd {
+            Ok(c) if *c == hosts.src_dir() => None,
+            Ok(c) => Some(format!(
+                "the moved process works in {}, not in {}",
+                c.display(),
+                hosts.src_dir().display()
+            )),
+            Err(e) => Some(format!("readlink /proc/{pid}/cwd: {e}")),
+        });
+        if let Some(p) = problem {
+            fail_with(&p, &mut [s, r]);
+        }
+        r.signal(libc::SIGCONT)
+            .unwrap_or_else(|e| fail_with(&e, &mut [s, r]));
+    };
+    migrate(&hosts, &prog, &[], 5, &mut check);
+}
+
+/// The moved TCP server: `python3 -u -c TCP_SERVER STEPS PORT CLIENTS` listens on
+/// 0.0.0.0:PORT; a thread answers each line a client sends with its upper-case, one client
+/// at a time, and says `served ...` on stderr when a client hung up; the main thread prints
+/// `step N` every 30 ms, and before the last step waits (at most 30 s) until CLIENTS
+/// clients were served, else reports CORRUPT.
+const TCP_SERVER: &str = r#"
+import os, socket, sys, threading, time
+
+def corrupt(msg):
+    print("CORRUPT " + msg, flush=True)
+    sys.stderr.write("CORRUPT " + msg + "\n")
+    sys.stderr.flush()
+    os._exit(3)
+
+steps, port, clients = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", port))
+srv.listen(8)
+served = 0
+cond = threading.Condition()
+
+def serve():
+    global served
+    while True:
+        conn, peer = srv.accept()
+        lines = 0
+        with conn:
+            conn.settimeout(10)
+            f = conn.makefile("rwb")
+            for line in f:
+                f.write(line.upper())
+                f.flush()
+                lines += 1
+            f.close()
+        sys.stderr.write("served %s, %d lines\n" % (peer[0], lines))
+        sys.stderr.flush()
+        with cond:
+            served += 1
+            cond.notify_all()
+
+threading.Thread(target=serve, name="server", daemon=True).start()
+for step in range(1, steps + 1):
+    if step == steps:
+        with cond:
+            if not cond.wait_for(lambda: served >= clients, timeout=30):
+                corrupt("only %d of %d clients served by the last step" % (served, clients))
+    print("step %d" % step, flush=True)
+    if step < steps:
+        time.sleep(0.03)
+"#;
+
+/// The client: `python3 -c TCP_CLIENT HOST PORT TAG` sends three lines and checks each
+/// answer is the line in upper case; prints `answer ...` per answer, exits 1 on a wrong one.
+const TCP_CLIENT: &str = r#"
+import socket, sys
+host, port, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+c = socket.create_connection((host, port), timeout=10)
+f = c.makefile("rwb")
+for i in range(3):
+    msg = "%s line %d\n" % (tag, i)
+    f.write(msg.encode())
+    f.flush()
+    got = f.readline().decode()
+    if got != msg.upper():
+        sys.stderr.write("wrong answer %r to %r\n" % (got, msg))
+        sys.exit(1)
+    print("answer " + got.strip(), flush=True)
+f.close()
+c.close()
+"#;
+
+const SERVER_PORT: u16 = 7171;
+
+/// Runs the client in `cmd` (a network namespace) against `addr`; fails unless it got all
+/// three answers.
+fn run_client(mut cmd: std::process::Command, addr: &str, tag: &str, others: &mut [&mut Proc]) {
+    cmd.args(["-c", TCP_CLIENT, addr, &SERVER_PORT.to_string(), tag]);
+    let mut c = Proc::spawn(&format!("client ({tag})"), cmd, Terminal::Pipe);
+    let result = c.finish(TIMEOUT);
+    let ok = matches!(&result, Ok((lines, st)) if st.success() && lines.len() == 3
+        && lines.iter().all(|l| l.starts_with(&format!("answer {}", tag.to_uppercase()))));
+    if !ok {
+        let mut all: Vec<&mut Proc> = vec![&mut c];
+        all.extend(others.iter_mut().map(|o| &mut **o));
+        let why = result.err().unwrap_or_else(|| {
+            "the client must get an upper-case answer to each of its 3 lines".into()
+        });
+        fail_with(
+            &format!("client {tag} on {addr}:{SERVER_PORT}: {why}"),
+            &mut all,
+        );
+    }
+}
+
+/// Whether process `pid`'s network namespace has a TCP listener on `port`
+/// (`/proc/<pid>/net/tcp`, state 0A).
+fn listening(pid: libc::pid_t, port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+        })
+    })
+}
+
+/// A TCP server answers a client on the source, moves, and answers a client in the target's
+/// namespace on the target's address: its listening socket listens again over there.
+#[test]
+fn tcp_server_answers_on_the_target_after_the_move() {
+    let Some(hosts) = Hosts::new("tcp_server_answers_on_the_target_after_the_move") else {
+        return;
+    };
+    let prog = Program {
+        name: "tcp-server".into(),
+        argv: vec![
+            programs::PYTHON3.into(),
+            "-u".into(),
+            "-c".into(),
+            TCP_SERVER.into(),
+            STEPS.to_string().into(),
+            SERVER_PORT.to_string().into(),
+            "2".into(),
+        ],
+        steps: STEPS,
+        input: Input::Idle,
+    };
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "a shared secret");
+    let (mut r, port) = start_receiver(&hosts, &sb, &token);
+    let mut s = start_sender(&hosts, &sb, port, &token, &[], &prog);
+    let mut steps = StepCheck::new(1, prog.steps, Input::Idle);
+    read_steps(&mut s, &mut steps, 2, &mut [&mut r]);
+
+    // On the source: a client is answered, and has hung up before the checkpoint.
+    run_client(
+        hosts.in_source_net(programs::PYTHON3),
+        &hosts.src_addr.to_string(),
+        "before",
+        &mut [&mut s, &mut r],
+    );
+    let served = wait_until(
+        TIMEOUT,
+        "the server to finish with the first client",
+        || s.stderr_text().contains("served ").then_some(()),
+    );
+    if let Err(e) = served {
+        fail_with(&e, &mut [&mut s, &mut r]);
+    }
+    let now = steps.last();
+    read_steps(&mut s, &mut steps, now + 2, &mut [&mut r]);
+    move_now(&mut s, &mut r, &mut steps);
+
+    // On the target: listening on its port again, and answering on the target's address.
+    let mut after = |hosts: &Hosts, s: &mut Proc, r: &mut Proc| {
+        let pid = r.pid();
+        let l = wait_until(
+            TIMEOUT,
+            "a listener on the server's port on the target",
+            || listening(pid, SERVER_PORT).then_some(()),
+        );
+        if let Err(e) = l {
+            fail_with(&e, &mut [s, r]);
+        }
+        run_client(
+            hosts.in_target_net(programs::PYTHON3),
+            &hosts.dst_addr.to_string(),
+            "after",
+            &mut [s, r],
+        );
+    };
+    check_moved_to_end(&hosts, &mut s, &mut r, steps.last(), prog.steps, &mut after);
+    let log = r.stderr_text();
+    assert!(
+        log.contains(&format!("served {}", hosts.dst_addr)),
+        "the moved server must have served the target's client:\n{log}"
+    );
+}
+
+/// A sender with the wrong token is refused across the link: its program goes on and says
+/// why, the receiver logs the refusal with the source's address, and then takes the right
+/// sender's program.
+#[test]
+fn wrong_token_refused_across_hosts() {
+    let Some(hosts) = Hosts::new("wrong_token_refused_across_hosts") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "the right secret");
+    let wrong = token_file(&sb, "wrong", "a wrong secret");
+    let (mut r, port) = start_receiver(&hosts, &sb, &token);
+    let prog = Program::new("counter", hosts.stage(programs::COUNTER), STEPS, &[]);
+
+    let mut s = start_sender(&hosts, &sb, port, &wrong, &[], &prog);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut s, &mut steps, 3, &mut [&mut r]);
+    s.signal(libc::SIGUSR2)
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    let said = wait_until(TIMEOUT, "the sender's failure message", || {
+        s.stderr_text()
+            .lines()
+            .find(|l| l.contains("failed") && l.contains("refused"))
+            .map(String::from)
+    });
+    if let Err(e) = said {
+        fail_with(&e, &mut [&mut s, &mut r]);
+    }
+    let now = steps.last();
+    read_steps(&mut s, &mut steps, now + 3, &mut [&mut r]);
+    let refused = format!("pmig-resume: refused {}:", hosts.src_addr);
+    let logged = wait_until(TIMEOUT, "the receiver's refusal naming the source", || {
+        r.stderr_text()
+            .lines()
+            .any(|l| l.starts_with(&refused))
+            .then_some(())
+    });
+    if let Err(e) = logged {
+        fail_with(&e, &mut [&mut s, &mut r]);
+    }
+    drop(s);
+
+    let mut s = start_sender(&hosts, &sb, port, &token, &[], &prog);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut s, &mut steps, 3, &mut [&mut r]);
+    move_now(&mut s, &mut r, &mut steps);
+    check_moved_to_end(
+        &hosts,
+        &mut s,
+        &mut r,
+        steps.last(),
+        STEPS,
+        &mut nothing_more,
+    );
+}
