@@ -1,0 +1,197 @@
+//! Unmodified, widely used programs from Debian's packages, checkpointed and resumed with
+//! what they hold: `redis-server` with data and clients (one kept connected across the
+//! checkpoint), and `python3` running an asyncio event loop, a thread and an sqlite3 database.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use pmig_tests::{fail_with, pmig_env, programs, wait_until, Chain, ChainOpts, Input, Program, Proc, Sandbox, Terminal};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// python3: an asyncio server and client (its loop has a self-pipe socketpair and an epoll
+/// selector), a worker thread, and an sqlite3 database written every step.
+const PY_ASYNC: &str = r#"
+import asyncio, os, sqlite3, sys, threading, queue
+
+def corrupt(msg):
+    print("CORRUPT " + msg, flush=True)
+    os._exit(3)
+
+steps, path = int(sys.argv[1]), sys.argv[2]
+db = sqlite3.connect(path)
+db.execute("create table t(x integer)")
+db.commit()
+jobs, answers = queue.Queue(), queue.Queue()
+
+def worker():
+    while True:
+        n = jobs.get()
+        answers.put(n * n)
+
+threading.Thread(target=worker, daemon=True).start()
+
+async def handle(reader, writer):
+    while line := await reader.readline():
+        writer.write(line.upper())
+        await writer.drain()
+    writer.close()
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for s in range(1, steps + 1):
+        writer.write(b"step %d\n" % s)
+        await writer.drain()
+        got = await asyncio.wait_for(reader.readline(), 5)
+        if got != b"STEP %d\n" % s:
+            corrupt("the asyncio echo gave %r" % got)
+        db.execute("insert into t values (?)", (s,))
+        db.commit()
+        n, total = db.execute("select count(*), sum(x) from t").fetchone()
+        if n != s or total != s * (s + 1) // 2:
+            corrupt("the database holds %d rows summing to %s" % (n, total))
+        jobs.put(s)
+        if answers.get(timeout=5) != s * s:
+            corrupt("the worker thread answered wrong")
+        print("step %d" % s, flush=True)
+        await asyncio.sleep(0.03)
+
+asyncio.run(main())
+"#;
+
+#[test]
+fn python_asyncio_thread_sqlite_chain() {
+    let sb = Sandbox::new();
+    let db = sb.file("py.db");
+    let prog = Program {
+        name: "python-asyncio".to_string(),
+        argv: vec![programs::PYTHON3.into(), "-u".into(), "-c".into(), PY_ASYNC.into(), "60".into(), db.into()],
+        steps: 60,
+        input: Input::Idle,
+    };
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
+}
+
+/// A redis client speaking RESP over one connection.
+struct Client {
+    s: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(port: u16) -> std::io::Result<Client> {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        let r = BufReader::new(s.try_clone()?);
+        Ok(Client { s, r })
+    }
+
+    /// Sends a command; returns the reply line (bulk strings: their content).
+    fn cmd(&mut self, args: &[&str]) -> std::io::Result<String> {
+        let mut m = format!("*{}\r\n", args.len());
+        for a in args {
+            m += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        self.s.write_all(m.as_bytes())?;
+        let mut line = String::new();
+        if self.r.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "redis closed the connection"));
+        }
+        let line = line.trim_end().to_string();
+        if let Some(n) = line.strip_prefix('$') {
+            let n: i64 = n.parse().unwrap_or(-1);
+            if n < 0 {
+                return Ok("(nil)".into());
+            }
+            let mut b = vec![0u8; n as usize + 2];
+            self.r.read_exact(&mut b)?;
+            return Ok(String::from_utf8_lossy(&b[..n as usize]).into_owned());
+        }
+        Ok(line)
+    }
+}
+
+fn redis_up(port: u16) -> Option<Client> {
+    let mut c = Client::connect(port).ok()?;
+    (c.cmd(&["PING"]).ok()? == "+PONG").then_some(c)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn spawn(sb: &Sandbox, cmd_of: impl FnOnce(&Sandbox) -> Command, label: &str) -> Proc {
+    let mut cmd = cmd_of(sb);
+    pmig_env(&mut cmd);
+    Proc::spawn(label, cmd, Terminal::Pipe)
+}
+
+/// redis-server with data: checkpointed, resumed, checkpointed again, resumed again. A client
+/// outside pmig reads every key back after each restore and keeps writing; the listening
+/// socket keeps accepting; as root, a client connected before the first checkpoint stays
+/// connected through both restores (TCP repair), otherwise it sees the connection reset.
+#[test]
+fn redis_server_keeps_its_data_and_clients() {
+    if !Path::new("/usr/bin/redis-server").exists() {
+        panic!("redis-server is not installed (.ci/run installs it: apt-get install redis-server)");
+    }
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let sb = Sandbox::new();
+    let image = sb.image("redis.pmig");
+    let port = free_port();
+    let mut r = spawn(
+        &sb,
+        |sb| {
+            let mut c = sb.command(&sb.bins().run, &sb.workdir("run"));
+            c.arg("--exit").arg("--image").arg(&image).arg("--").arg("/usr/bin/redis-server");
+            c.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+            c
+        },
+        "pmig-run (redis-server)",
+    );
+    let mut kept = wait_until(TIMEOUT, "redis-server answering PING", || redis_up(port)).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    let mut written = 0;
+    let mut write_keys = |c: &mut Client, n: usize| {
+        for _ in 0..n {
+            written += 1;
+            assert_eq!(c.cmd(&["SET", &format!("key{written}"), &format!("value{written}")]).unwrap(), "+OK");
+        }
+        written
+    };
+    let mut all = write_keys(&mut kept, 200);
+    for round in 1..=2 {
+        r.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+        let st = r.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+        assert!(st.success(), "redis under pmig must exit 0 after the checkpoint: {}", r.describe());
+        r = spawn(
+            &sb,
+            |sb| {
+                let mut c = sb.command(&sb.bins().resume, &sb.workdir(&format!("resume-{round}")));
+                c.arg(&image);
+                c
+            },
+            &format!("pmig-resume #{round} (redis-server)"),
+        );
+        let mut c = wait_until(TIMEOUT, "the resumed redis answering", || redis_up(port)).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+        assert_eq!(c.cmd(&["DBSIZE"]).unwrap(), format!(":{all}"), "{}", r.describe());
+        for k in [1, all / 2, all] {
+            assert_eq!(c.cmd(&["GET", &format!("key{k}")]).unwrap(), format!("value{k}"));
+        }
+        all = write_keys(&mut c, 100);
+        match kept.cmd(&["GET", "key1"]) {
+            Ok(v) if root => assert_eq!(v, "value1", "the kept connection must still work"),
+            Ok(v) => panic!("without root the old connection cannot survive, yet it answered {v:?}"),
+            Err(e) if root => fail_with(&format!("as root the client's connection must survive the restore: {e}"), &mut [&mut r]),
+            Err(_) => kept = c,
+        }
+    }
+    assert_eq!(kept.cmd(&["DBSIZE"]).unwrap(), format!(":{all}"));
+    let _ = kept.cmd(&["SHUTDOWN", "NOSAVE"]);
+    let _ = r.wait_exit(TIMEOUT);
+}
