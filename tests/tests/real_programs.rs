@@ -99,7 +99,22 @@ impl Client {
         }
         self.s.write_all(m.as_bytes())?;
         let mut line = String::new();
-        if self.r.read_line(&mut line)? == 0 {
+        let got = self.r.read_line(&mut line)?;
+        // Acknowledge at once rather than with a delayed ACK: pmig does not hold back packets
+        // in the gap between checkpoint and restore, and one arriving then is answered by a
+        // reset (a documented limitation).
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on our own socket with a pointer to a c_int and its size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.s),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if got == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "redis closed the connection"));
         }
         let line = line.trim_end().to_string();
