@@ -64,8 +64,13 @@ fn socket_plan(s: &SocketState) -> String {
         (SocketRole::Unbound, _) => "recreated".to_string(),
         (SocketRole::Pair, _) => format!("socketpair recreated ({} bytes queued)", s.recv_queue.len()),
         (SocketRole::Connected, Some(_)) => "connection restored with TCP repair".to_string(),
-        (SocketRole::Connected, None) if s.family == 1 => "connection lost: the program sees it reset".to_string(),
-        (SocketRole::Connected, None) => "connection reset (TCP repair needs root): the program sees ECONNRESET".to_string(),
+        (SocketRole::Connected, None) if s.sotype == 2 => "connected again to its peer".to_string(),
+        (SocketRole::Connected, None) if s.family == 1 => {
+            "peer outside the program: the program reads what was queued, then EOF".to_string()
+        }
+        (SocketRole::Connected, None) => {
+            "connection reset (TCP repair needs root and --exit): the program sees ECONNRESET".to_string()
+        }
     };
     format!("{fam} {ty} socket:[{}] {how}", s.ino)
 }

@@ -4,7 +4,8 @@
  * its read end (shared open file description), a dup of its write end above
  * fd 1000, an eventfd in semaphore mode, a timerfd watched by an epoll set
  * (registration data checked), a signalfd, a file deleted while open, a memfd,
- * /dev/null, and an O_APPEND log opened once and dup'd (shared offset).
+ * /dev/null, /dev/zero and /dev/urandom, an O_APPEND log opened once and dup'd
+ * (shared offset), an O_NONBLOCK pipe end, and a FIFO with bytes in it.
  *
  * Usage: kernel_fds STEPS
  */
@@ -17,6 +18,7 @@
 #include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define QUEUED "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -54,6 +56,20 @@ int main(int argc, char **argv)
     sigaddset(&m, SIGUSR1);
     sigprocmask(SIG_BLOCK, &m, NULL);
     int sfd = signalfd(-1, &m, 0);
+    int zero = open("/dev/zero", O_RDONLY), urandom = open("/dev/urandom", O_RDONLY);
+    int nb[2];
+    if (pipe2(nb, O_NONBLOCK) != 0 || zero < 0 || urandom < 0)
+        return 4;
+    char fifo[] = "/tmp/pmig-fifo-XXXXXX";
+    if (!mkdtemp(fifo))
+        return 4;
+    char fifo_path[64];
+    snprintf(fifo_path, sizeof fifo_path, "%s/f", fifo);
+    if (mkfifo(fifo_path, 0600) != 0)
+        return 4;
+    int ff = open(fifo_path, O_RDWR);
+    if (ff < 0 || write(ff, "fifo-bytes", 10) != 10)
+        return 4;
     int mfd = memfd_create("pmig-test-memfd", 0);
     if (mfd < 0 || write(mfd, "memfd!", 6) != 6)
         return 4;
@@ -103,9 +119,19 @@ int main(int argc, char **argv)
             corrupt("step %ld: signalfd did not deliver SIGUSR1", step);
         if (pread(mfd, buf, 6, 0) != 6 || memcmp(buf, "memfd!", 6) != 0)
             corrupt("step %ld: memfd content lost", step);
+        char z[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+        if (read(zero, z, 8) != 8 || memcmp(z, "\0\0\0\0\0\0\0\0", 8) != 0 || read(urandom, z, 8) != 8)
+            corrupt("step %ld: /dev/zero or /dev/urandom no longer reads", step);
+        if (!(fcntl(nb[0], F_GETFL) & O_NONBLOCK) || read(nb[0], z, 1) != -1 || errno != EAGAIN)
+            corrupt("step %ld: the O_NONBLOCK pipe end blocks or lost its flag", step);
+        /* The FIFO always holds "fifo-bytes" between steps: read it, check it, put it back. */
+        if (read(ff, buf, 10) != 10 || memcmp(buf, "fifo-bytes", 10) != 0 || write(ff, "fifo-bytes", 10) != 10)
+            corrupt("step %ld: the FIFO lost its queued bytes", step);
         step_line(step);
         if (step < steps)
             sleep_ms(STEP_MS);
     }
+    unlink(fifo_path);
+    rmdir(fifo);
     return 0;
 }

@@ -251,3 +251,110 @@ fn receiver_refuses_bad_senders_and_stays_up() {
     let line = r.next_line(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
     assert_eq!(line, Some(format!("step {}", steps.last() + 1)), "{}", r.describe());
 }
+
+/// Images are written readable by their owner only.
+#[test]
+fn images_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let image = sb.image("private.pmig");
+    let mut cmd = sb.command(&sb.bins().run, &sb.workdir("run"));
+    cmd.arg("--image").arg(&image).arg("--").arg(programs::COUNTER).arg(STEPS.to_string());
+    pmig_env(&mut cmd);
+    let mut p = Proc::spawn("pmig-run (counter)", cmd, Terminal::Pipe);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut p, &mut steps, 2);
+    p.signal(libc::SIGUSR2).unwrap();
+    let mode = wait_until(TIMEOUT, "the image", || std::fs::metadata(&image).ok().map(|m| m.permissions().mode() & 0o777))
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    assert_eq!(mode, 0o600, "an image holds the program's memory: it must be 0600");
+}
+
+/// `--keep-listening`: the receiver stays and forks one restorer per arriving program.
+#[test]
+fn keep_listening_takes_several_programs() {
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "a shared secret");
+    let (mut r, port) = start_receiver(&sb, &token, &["--keep-listening"]);
+    let mut moved = Vec::new();
+    for n in 1..=2 {
+        let prog = Program::new("counter", programs::COUNTER, 400, &[]);
+        let mut s = start_sender(&sb, port, &token, &[], &prog);
+        let mut steps = StepCheck::new(1, 400, Input::Idle);
+        read_steps(&mut s, &mut steps, 2);
+        s.signal(libc::SIGUSR2).unwrap();
+        let st = s.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+        assert!(st.success(), "{}", s.describe());
+        let pid: i32 = wait_until(TIMEOUT, "the receiver's restorer pid", || {
+            r.stderr_text()
+                .lines()
+                .filter_map(|l| l.strip_prefix("pmig-resume: restoring it as pid "))
+                .nth(n - 1)
+                .and_then(|p| p.trim().parse().ok())
+        })
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+        moved.push(pid);
+    }
+    assert!(r.poll_status().is_none(), "the receiver must stay up: {}", r.describe());
+    for pid in moved {
+        let running = wait_until(TIMEOUT, "the moved program running", || {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            String::from_utf8_lossy(&cmd).contains("counter").then_some(())
+        });
+        // SAFETY: kill(2) of a child of the receiver this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        running.unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    }
+}
+
+/// A root receiver refuses a process of another user unless told `--as-owner`, and then
+/// restores it as that user.
+#[test]
+fn other_users_process_needs_as_owner() {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED other_users_process_needs_as_owner: needs root (a receiver of another user)");
+        return;
+    }
+    let sb = Sandbox::with_user(pmig_tests::RunAs::nobody_if_root());
+    let token = token_file(&sb, "token", "a shared secret");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let prog = Program::new("counter", sb.stage(programs::COUNTER), STEPS, &[]);
+    // The receiver runs as root, outside the sandbox's user.
+    let start_root_receiver = |extra: &[&str]| {
+        let mut cmd = Command::new(&sb.bins().resume);
+        cmd.current_dir(sb.workdir("receiver"));
+        cmd.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg(&token).args(extra);
+        pmig_env(&mut cmd);
+        let mut r = Proc::spawn("pmig-resume --listen (root)", cmd, Terminal::Pipe);
+        let port: u16 = wait_until(TIMEOUT, "the receiver's ready line", || {
+            r.stderr_text().lines().find_map(|l| l.strip_prefix("pmig-resume: listening on 127.0.0.1:")?.trim().parse().ok())
+        })
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+        (r, port)
+    };
+    let (mut r, port) = start_root_receiver(&[]);
+    let mut s = start_sender(&sb, port, &token, &[], &prog);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut s, &mut steps, 2);
+    s.signal(libc::SIGUSR2).unwrap();
+    expect_refusal(&mut r, 1, "refusal of another user's process");
+    assert!(r.stderr_text().contains("uid 65534"), "{}", r.describe());
+    let now = steps.last();
+    read_steps(&mut s, &mut steps, now + 2);
+    drop(s);
+    drop(r);
+
+    let (mut r, port) = start_root_receiver(&["--as-owner"]);
+    let mut s = start_sender(&sb, port, &token, &[], &prog);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut s, &mut steps, 2);
+    s.signal(libc::SIGUSR2).unwrap();
+    assert!(s.wait_exit(TIMEOUT).map(|st| st.success()).unwrap_or(false), "{}", s.describe());
+    let line = r.next_line(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    assert!(line.is_some_and(|l| l.starts_with("step ")), "{}", r.describe());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", r.pid())).unwrap_or_default();
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or("").split_whitespace().next().unwrap_or("");
+    assert_eq!(uid, "65534", "--as-owner restores the process as its owner");
+}
