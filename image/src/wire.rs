@@ -7,8 +7,10 @@
 //!                             | flags u32 | uid u32 | challenge2 [32]
 //! receiver -> sender  ACCEPT  status u8 (0 ok) | HMAC-SHA256(token, "pmig-receiver" | challenge2)
 //!                             [32] (only when ok) | message len u16 | message
-//! sender -> receiver  FILES   count u32 | (path len u16 | path | size u64 | sha256 [32])*
-//!                             the files the program uses (executable, libraries, open files)
+//! sender -> receiver  FILES   count u32 | (path len u16 | path | size u64 | sha256 [32]
+//!                             | writable u8)*: the files the program uses (executable,
+//!                             libraries, open files; writable: open for writing — the
+//!                             program's output, used as the target has it, carried if missing)
 //! receiver -> sender  NEEDS   status u8 (0 ok) | message len u16 | message
 //!                             | (when ok) one byte per file: 1 = carry it, 0 = the target has it
 //! sender -> receiver  FRAME*  kind u8 | len u32 | payload     (RAW bytes, LZ4 block, END)
@@ -135,6 +137,8 @@ pub struct FileOffer {
     pub path: String,
     pub size: u64,
     pub sha256: [u8; 32],
+    /// Open for writing: the target's copy (if any) is used as it is.
+    pub writable: bool,
 }
 
 /// Encodes a FILES message.
@@ -147,6 +151,7 @@ pub fn files_message(files: &[FileOffer]) -> Vec<u8> {
         v.extend_from_slice(p);
         v.extend_from_slice(&f.size.to_le_bytes());
         v.extend_from_slice(&f.sha256);
+        v.push(f.writable as u8);
     }
     v
 }
@@ -169,11 +174,13 @@ pub fn read_files_message<E>(mut read: impl FnMut(&mut [u8]) -> Result<(), E>) -
         read(&mut size)?;
         let mut sha256 = [0u8; 32];
         read(&mut sha256)?;
+        let mut w = [0u8; 1];
+        read(&mut w)?;
         let Ok(path) = String::from_utf8(p) else { return Ok(Err("a file name is not UTF-8".into())) };
         if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
             return Ok(Err(format!("the sender offers a file with a bad path {path:?}")));
         }
-        out.push(FileOffer { path, size: u64::from_le_bytes(size), sha256 });
+        out.push(FileOffer { path, size: u64::from_le_bytes(size), sha256, writable: w[0] != 0 });
     }
     Ok(Ok(out))
 }

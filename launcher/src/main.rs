@@ -21,6 +21,10 @@ that `pmig-resume IMAGE` turns back into the running program, here or on another
   --to HOST:PORT send the checkpoint straight to `pmig-resume --listen` there (no image
                  file here); the program exits once the receiver has the whole image and
                  checked it, and goes on here if the transfer fails
+  --to ssh://[USER@]HOST[:PORT]
+                 the same through the system's ssh (no token: ssh authenticates); the
+                 program then runs there in the background, its output in a log file
+                 ($PMIG_SSH replaces the ssh command, $PMIG_REMOTE_RESUME pmig-resume's path)
   --token-file FILE
                  the secret shared with the receiver (needed with --to)
   --compress     LZ4-compress the transfer (for slow links)
@@ -74,8 +78,11 @@ fn signal_name(sig: i32) -> String {
 /// Resolves `HOST:PORT` (or `[v6]:PORT`) to one `ip:port` the preload can connect to.
 fn resolve_receiver(spec: &str) -> String {
     use std::net::ToSocketAddrs;
-    if spec.starts_with("ssh://") {
-        die("--to ssh://HOST is not supported yet; use `pmig-resume --listen` on the target and --to HOST:PORT, or copy the image and run `pmig-resume -` there");
+    if let Some(dest) = spec.strip_prefix("ssh://") {
+        if dest.is_empty() {
+            die("--to ssh://[USER@]HOST[:PORT]: no host given");
+        }
+        return spec.to_string();
     }
     match spec.to_socket_addrs().map(|mut a| a.next()) {
         Ok(Some(a)) => a.to_string(),
@@ -166,7 +173,7 @@ fn main() {
         find_program(&prog_s).unwrap_or_else(|| die(&format!("{prog_s}: no such program (or not executable)")));
     let lib = find_library();
     let to = to.map(|t| resolve_receiver(&t));
-    if to.is_some() {
+    if to.as_ref().is_some_and(|t| !t.starts_with("ssh://")) {
         match &token_file {
             None => die("--to needs --token-file FILE: the receiver only takes programs from senders that know its secret"),
             Some(f) => {

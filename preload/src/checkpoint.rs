@@ -73,7 +73,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
     let t0 = sys::monotonic_ms();
     debug!("checkpoint requested");
     // A receiver is reached and authenticated before the program is stopped.
-    let connection = match &cfg.to {
+    let mut connection = match &cfg.to {
         Some(addr) => match crate::transfer::connect(addr, &cfg.token, cfg.compress) {
             Ok(c) => Some(c),
             Err(e) => return failed(cfg, format_args!("{e}")),
@@ -84,7 +84,9 @@ fn checkpoint_once(cfg: &'static config::Config) {
     let n = match thread::suspend_all(cfg.suspend_signal) {
         Ok(n) => n,
         Err(e) => {
-            let _ = sys::close(conn);
+            if let Some(c) = connection.as_mut() {
+                c.close();
+            }
             return failed(cfg, format_args!("{e}"));
         }
     };
@@ -103,28 +105,29 @@ fn checkpoint_once(cfg: &'static config::Config) {
         unsafe { crate::restore::restored(r as *const Mailbox) };
         return;
     }
-    if conn >= 0 {
-        let _ = sys::close(conn);
+    let Job { bytes, msg, .. } = job;
+    if let Some(c) = connection.as_mut() {
+        c.close();
     }
     if r != 0 {
         alloc::arena_off();
         thread::release_all();
-        let msg = core::str::from_utf8(job.msg.as_bytes()).unwrap_or("?");
+        let msg = core::str::from_utf8(msg.as_bytes()).unwrap_or("?");
         return failed(cfg, format_args!("{msg}"));
     }
     let ms = (sys::monotonic_ms() - t0).max(1);
     if let Some(to) = cfg.to.as_ref() {
-        say!("moved to {to} ({} MiB in {ms} ms); the receiver has it and checked it; exiting", job.bytes >> 20);
+        say!("moved to {to} ({} MiB in {ms} ms); the receiver has it and checked it; exiting", bytes >> 20);
         sys::exit_group(0);
     }
     if cfg.exit_after {
-        say!("checkpoint written to {} ({} MiB in {ms} ms); exiting", cfg.image_path, job.bytes >> 20);
+        say!("checkpoint written to {} ({} MiB in {ms} ms); exiting", cfg.image_path, bytes >> 20);
         // The other threads stay parked: the program does nothing more here.
         sys::exit_group(0);
     }
     alloc::arena_off();
     thread::release_all();
-    debug!("checkpoint written to {} ({} bytes in {ms} ms); going on", cfg.image_path, job.bytes);
+    debug!("checkpoint written to {} ({} bytes in {ms} ms); going on", cfg.image_path, bytes);
 }
 
 fn failed(cfg: &config::Config, why: core::fmt::Arguments<'_>) {
@@ -162,7 +165,8 @@ fn dump(cfg: &config::Config, conn: i32, connection: Option<&crate::transfer::Co
     debug!("{} regions, {} KiB of populated pages", layout.regions.len(), layout.pages_len >> 10);
     let process = process::dump()?;
     // The connection to a receiver is pmig's own, not the program's.
-    let (files, fds) = fd::dump(&[conn], cfg.drop_unsupported)?;
+    let rfd = connection.map_or(-1, |c| c.rfd);
+    let (files, fds) = fd::dump(&[conn, rfd], cfg.drop_unsupported)?;
     if let Some(why) = fd::unsupported(&files, &fds) {
         if !cfg.drop_unsupported {
             return Err(format!("{why} (pmig-run --drop-unsupported checkpoints without it)"));
@@ -248,7 +252,7 @@ fn dump(cfg: &config::Config, conn: i32, connection: Option<&crate::transfer::Co
         }
         let (bytes, header) = self::layout(&manifest, layout.pages_len)?;
         let total = header.trailer_off() + 4096;
-        let mut sink = crate::transfer::WireSink::new(conn, cfg.compress, total);
+        let mut sink = crate::transfer::WireSink::new(conn, rfd, cfg.compress, total);
         let len = stream_image(&mut sink, &manifest, &bytes, &header)?;
         let verdict = sink.finish()?;
         debug!("receiver: {verdict}");

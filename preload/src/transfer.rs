@@ -70,7 +70,12 @@ fn read_status(fd: i32, mac: Option<(&[u8], &[u8; 32])>) -> Result<String, Strin
 
 /// A connection to a receiver that agreed to take the program.
 pub struct Connection {
+    /// Where the stream goes.
     pub fd: i32,
+    /// Where the receiver's answers come from (`fd` itself for TCP; ssh's stdout).
+    pub rfd: i32,
+    /// The ssh client, for `ssh://` receivers.
+    pub ssh: Option<std::process::Child>,
     /// The files the program uses, with their content hashes.
     pub offers: Vec<wire::FileOffer>,
     /// For each offer: carry it (the target lacks it or has another).
@@ -81,6 +86,7 @@ pub struct Connection {
 /// an fd (normal context: the program runs, std may be used).
 fn file_offers() -> Vec<wire::FileOffer> {
     let mut paths: Vec<String> = Vec::new();
+    let mut written: Vec<String> = Vec::new();
     if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
         paths.push(exe.to_string_lossy().into_owned());
     }
@@ -96,6 +102,13 @@ fn file_offers() -> Vec<wire::FileOffer> {
             if let Ok(t) = std::fs::read_link(e.path()) {
                 let t = t.to_string_lossy().into_owned();
                 if t.starts_with('/') && !t.ends_with(" (deleted)") && std::fs::metadata(&t).is_ok_and(|m| m.is_file()) {
+                    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", e.file_name().to_string_lossy()));
+                    let flags = info.ok().and_then(|i| {
+                        i.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| i32::from_str_radix(f.trim(), 8).ok())
+                    });
+                    if flags.is_some_and(|f| f & libc::O_ACCMODE != libc::O_RDONLY) {
+                        written.push(t.clone());
+                    }
                     paths.push(t);
                 }
             }
@@ -110,14 +123,55 @@ fn file_offers() -> Vec<wire::FileOffer> {
             use std::io::Read;
             let mut f = std::fs::File::open(&path).ok()?;
             let size = f.metadata().ok()?.len();
-            let sha256 = wire::sha256_of(|b| f.read(b)).ok()?;
-            Some(wire::FileOffer { path, size, sha256 })
+            let writable = written.contains(&path);
+            let sha256 = if writable { [0; 32] } else { wire::sha256_of(|b| f.read(b)).ok()? };
+            Some(wire::FileOffer { path, size, sha256, writable })
         })
         .collect()
 }
 
-/// Connects to `addr` (`ip:port`), authenticates, and agrees on the files to carry.
+/// Starts `ssh [user@]host pmig-resume --ssh-receiver` for `ssh://[user@]host[:port]`: the
+/// transfer protocol then runs over its standard input and output (ssh authenticates both
+/// ends; the token is empty). `$PMIG_SSH` replaces the `ssh` command (with options), and
+/// `$PMIG_REMOTE_RESUME` the path of pmig-resume on the target.
+fn spawn_ssh(spec: &str) -> Result<(i32, i32, std::process::Child), String> {
+    use std::os::fd::IntoRawFd;
+    let (dest, port) = match spec.rsplit_once(':') {
+        Some((d, p)) if p.parse::<u16>().is_ok() => (d, Some(p)),
+        _ => (spec, None),
+    };
+    let ssh = std::env::var("PMIG_SSH").unwrap_or_else(|_| "ssh".into());
+    let mut words = ssh.split_whitespace();
+    let mut cmd = std::process::Command::new(words.next().unwrap_or("ssh"));
+    cmd.args(words).args(["-T", "-o", "BatchMode=yes"]);
+    if let Some(p) = port {
+        cmd.args(["-p", p]);
+    }
+    let remote = std::env::var("PMIG_REMOTE_RESUME").unwrap_or_else(|_| "pmig-resume".into());
+    cmd.arg(dest).arg(format!("{remote} --ssh-receiver"));
+    cmd.env_remove("LD_PRELOAD").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run ssh: {e}"))?;
+    let w = child.stdin.take().map(|s| s.into_raw_fd()).unwrap_or(-1);
+    let r = child.stdout.take().map(|s| s.into_raw_fd()).unwrap_or(-1);
+    Ok((w, r, child))
+}
+
+/// Connects to `addr` (`ip:port` or `ssh://[user@]host[:port]`), authenticates, and agrees on
+/// the files to carry.
 pub fn connect(addr: &str, token: &[u8], lz4: bool) -> Result<Connection, String> {
+    if let Some(spec) = addr.strip_prefix("ssh://") {
+        let (w, r, mut child) = spawn_ssh(spec)?;
+        return match handshake(w, r, b"", lz4) {
+            Ok((offers, carry)) => Ok(Connection { fd: w, rfd: r, ssh: Some(child), offers, carry }),
+            Err(e) => {
+                let _ = sys::close(w);
+                let _ = sys::close(r);
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("through ssh to {spec}: {e}"))
+            }
+        };
+    }
     let sa: std::net::SocketAddr = addr.parse().map_err(|_| format!("bad receiver address {addr}"))?;
     let s = socket2::Socket::new(socket2::Domain::for_address(sa), socket2::Type::STREAM, None)
         .map_err(|e| format!("socket: {e}"))?;
@@ -128,9 +182,21 @@ pub fn connect(addr: &str, token: &[u8], lz4: bool) -> Result<Connection, String
     let _ = s.set_write_timeout(Some(Duration::from_secs(60)));
     s.connect_timeout(&sa.into(), Duration::from_secs(10)).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let fd = s.into_raw_fd();
-    let r = (|| {
+    match handshake(fd, fd, token, lz4) {
+        Ok((offers, carry)) => Ok(Connection { fd, rfd: fd, ssh: None, offers, carry }),
+        Err(e) => {
+            let _ = sys::close(fd);
+            Err(e)
+        }
+    }
+}
+
+/// The protocol up to the image: greeting, proofs, file negotiation.
+#[allow(clippy::type_complexity)]
+fn handshake(fd: i32, rfd: i32, token: &[u8], lz4: bool) -> Result<(Vec<wire::FileOffer>, Vec<bool>), String> {
+    {
         let mut hello = [0u8; HELLO_LEN];
-        recv_exact(fd, &mut hello)?;
+        recv_exact(rfd, &mut hello)?;
         let c = wire::parse_hello(&hello)?;
         let mine = challenge();
         let auth = Auth {
@@ -141,19 +207,34 @@ pub fn connect(addr: &str, token: &[u8], lz4: bool) -> Result<Connection, String
         };
         let b: [u8; AUTH_LEN] = auth.to_bytes();
         send_all(fd, &b)?;
-        read_status(fd, Some((token, &mine)))?;
+        read_status(rfd, Some((token, &mine)))?;
         let offers = file_offers();
         send_all(fd, &wire::files_message(&offers))?;
-        read_status(fd, None)?;
+        read_status(rfd, None)?;
         let mut carry = vec![0u8; offers.len()];
-        recv_exact(fd, &mut carry)?;
+        recv_exact(rfd, &mut carry)?;
         Ok((offers, carry.into_iter().map(|c| c != 0).collect()))
-    })();
-    match r {
-        Ok((offers, carry)) => Ok(Connection { fd, offers, carry }),
-        Err(e) => {
-            let _ = sys::close(fd);
-            Err(e)
+    }
+}
+
+impl Connection {
+    /// Closes the connection; an ssh client is given a moment to end its session (the remote
+    /// side ends it once the process runs there), then stopped.
+    pub fn close(&mut self) {
+        let _ = sys::close(self.fd);
+        if self.rfd != self.fd {
+            let _ = sys::close(self.rfd);
+        }
+        if let Some(child) = self.ssh.as_mut() {
+            let started = sys::monotonic_ms();
+            while sys::monotonic_ms() - started < 10_000 {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return;
+                }
+                sys::sleep_ms(20);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -161,6 +242,7 @@ pub fn connect(addr: &str, token: &[u8], lz4: bool) -> Result<Connection, String
 /// The image stream to a receiver, in frames.
 pub struct WireSink {
     fd: i32,
+    rfd: i32,
     lz4: bool,
     buf: Vec<u8>,
     cbuf: Vec<u8>,
@@ -173,9 +255,10 @@ pub struct WireSink {
 
 impl WireSink {
     /// A sink on the connected `fd` for an image of `total` bytes.
-    pub fn new(fd: i32, lz4: bool, total: u64) -> WireSink {
+    pub fn new(fd: i32, rfd: i32, lz4: bool, total: u64) -> WireSink {
         WireSink {
             fd,
+            rfd,
             lz4,
             buf: Vec::with_capacity(MAX_FRAME),
             cbuf: if lz4 { vec![0u8; lz4_flex::block::get_maximum_output_size(MAX_FRAME)] } else { Vec::new() },
@@ -237,7 +320,7 @@ impl WireSink {
         self.flush()?;
         send_all(self.fd, &wire::frame_header(frame::END, 0))?;
         self.progress(true);
-        read_status(self.fd, None)
+        read_status(self.rfd, None)
     }
 }
 

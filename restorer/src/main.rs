@@ -10,6 +10,7 @@ mod receive;
 
 use anyhow::{bail, Context, Result};
 use pmig_image::{verify_file, FileKind, RegionKind, VerifiedImage};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
@@ -29,6 +30,9 @@ process's stdin, stdout and stderr in place of the saved terminal, pipe or socke
   --token-file FILE the secret a sender must prove it knows (required with --listen)
   --keep-listening  stay, and fork one restorer per arriving program
   --as-owner        as root, also take programs of other users (restored as their owner)
+  --ssh-receiver    (run by `pmig-run --to ssh://HOST` through ssh) take one program on
+                    standard input/output, then run it in the background, its output in
+                    --log FILE (default ./pmig-PROGRAM.log)
   --root DIR        put the files a sender carries (those missing or different here) under
                     DIR instead of at their own paths; without it a sender whose files
                     differ here is refused (pmig never replaces a file)
@@ -43,6 +47,8 @@ fn main() {
     let mut keep = false;
     let mut as_owner = false;
     let mut root: Option<PathBuf> = None;
+    let mut ssh_receiver = false;
+    let mut log: Option<PathBuf> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "-h" | "--help" => {
@@ -52,9 +58,12 @@ fn main() {
             "--inspect" => inspect = true,
             "--keep-listening" => keep = true,
             "--as-owner" => as_owner = true,
-            "--listen" | "--token-file" | "--root" => {
+            "--ssh-receiver" => ssh_receiver = true,
+            "--listen" | "--token-file" | "--root" | "--log" => {
                 let v = args.next().unwrap_or_else(|| fail(&format!("{a} needs a value\n{USAGE}")));
-                if a == "--root" {
+                if a == "--log" {
+                    log = Some(PathBuf::from(v));
+                } else if a == "--root" {
                     root = Some(PathBuf::from(v));
                 } else if a == "--listen" {
                     listen = Some(v);
@@ -67,6 +76,20 @@ fn main() {
             _ => fail(&format!("more than one image given\n{USAGE}")),
         }
     }
+    if ssh_receiver {
+        let r = receive::Receiver { token: Vec::new(), as_owner: false, root: root.clone(), check_uid: false };
+        let result = r.receive(&mut receive::Stdio).and_then(|(s, mut img)| {
+            detach(&img, log.as_deref())?;
+            for what in receive::materialize(&mut img, root.as_deref())? {
+                eprintln!("pmig-resume: {what}");
+            }
+            restore(&s.path, &img, false).map(|_| drop(s.file))
+        });
+        if let Err(e) = result {
+            fail(&format!("{e:#}"));
+        }
+        return;
+    }
     let result = match (listen, image) {
         (Some(addr), None) => {
             let Some(tf) = token_file else { fail("--listen needs --token-file FILE: a receiver runs whatever arrives, so it only takes programs from senders that know its secret") };
@@ -74,7 +97,7 @@ fn main() {
             if token.is_empty() {
                 fail(&format!("the token file {} is empty", tf.display()));
             }
-            let r = receive::Receiver { token, as_owner, root: root.clone() };
+            let r = receive::Receiver { token, as_owner, root: root.clone(), check_uid: true };
             r.listen(&addr, keep).and_then(|(s, mut img)| {
                 for what in receive::materialize(&mut img, root.as_deref())? {
                     eprintln!("pmig-resume: {what}");
@@ -106,6 +129,43 @@ fn main() {
     if let Err(e) = result {
         fail(&format!("{e:#}"));
     }
+}
+
+/// For a program that arrived through ssh: the session must be able to end while the
+/// program goes on. Forks; the parent says where the program runs and exits (ending the ssh
+/// session); the child leaves the session, takes /dev/null as stdin and the log file as
+/// stdout and stderr, and goes on to restore.
+fn detach(img: &VerifiedImage, log: Option<&Path>) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let name = Path::new(&img.manifest.process.exe).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or("program".into());
+    let log = log.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(format!("pmig-{name}.log")));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log)
+        .with_context(|| format!("cannot open the log {}", log.display()))?;
+    let null = std::fs::File::open("/dev/null").context("cannot open /dev/null")?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let shown = std::fs::canonicalize(&log).unwrap_or(log);
+    // SAFETY: pmig-resume is single-threaded; the child only restores.
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {}
+        child => {
+            eprintln!("pmig-resume: {name} runs on {} as pid {child}; its output goes to {}", host.trim(), shown.display());
+            exit(0)
+        }
+    }
+    // SAFETY: setsid and dup2 on fds we own; failures leave the process attached, which only
+    // means the program may get SIGHUP when the ssh session ends.
+    unsafe {
+        libc::setsid();
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(out.as_raw_fd(), 1);
+        libc::dup2(out.as_raw_fd(), 2);
+    }
+    Ok(())
 }
 
 fn fail(msg: &str) -> ! {

@@ -51,6 +51,8 @@ pub struct Receiver {
     pub as_owner: bool,
     /// Put carried files under this directory instead of at their own paths.
     pub root: Option<PathBuf>,
+    /// Refuse processes of other users (off through ssh, where the login decides the user).
+    pub check_uid: bool,
 }
 
 /// SHA-256 of the file at `path`.
@@ -65,7 +67,32 @@ fn random32() -> Result<[u8; 32]> {
     Ok(c)
 }
 
-fn send_status(conn: &mut socket2::Socket, ok: bool, mac: Option<[u8; 32]>, msg: &str) {
+/// The two directions of a transfer: a TCP connection, or ssh's standard input and output.
+pub trait Conn: Read + Write {}
+impl Conn for socket2::Socket {}
+
+/// `pmig-resume --ssh-receiver`: the wire protocol on standard input and output.
+pub struct Stdio;
+
+impl Read for Stdio {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        std::io::stdin().lock().read(b)
+    }
+}
+
+impl Write for Stdio {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        std::io::stdout().lock().write(b)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().lock().flush()
+    }
+}
+
+impl Conn for Stdio {}
+
+fn send_status(conn: &mut dyn Conn, ok: bool, mac: Option<[u8; 32]>, msg: &str) {
     let st = wire::status(ok, msg);
     let mut out = Vec::with_capacity(st.len() + 32);
     out.push(st[0]);
@@ -74,15 +101,14 @@ fn send_status(conn: &mut socket2::Socket, ok: bool, mac: Option<[u8; 32]>, msg:
     }
     out.extend_from_slice(&st[1..]);
     let _ = conn.write_all(&out);
+    let _ = conn.flush();
 }
 
 impl Receiver {
     /// Receives one image on `conn`: handshake, frames, verification, verdict.
-    fn receive(&self, conn: &mut socket2::Socket) -> Result<(Spooled, VerifiedImage)> {
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-        let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
+    pub fn receive(&self, conn: &mut dyn Conn) -> Result<(Spooled, VerifiedImage)> {
         let challenge = random32()?;
-        conn.write_all(&wire::hello(&challenge)).context("cannot greet the sender")?;
+        conn.write_all(&wire::hello(&challenge)).and_then(|_| conn.flush()).context("cannot greet the sender")?;
         let mut auth = [0u8; AUTH_LEN];
         conn.read_exact(&mut auth).context("the sender did not authenticate (no or short answer)")?;
         let auth = Auth::from_bytes(&auth);
@@ -92,7 +118,7 @@ impl Receiver {
         }
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
-        if auth.uid != me && !(me == 0 && self.as_owner) {
+        if self.check_uid && auth.uid != me && !(me == 0 && self.as_owner) {
             let why = format!("the process belongs to uid {}, this receiver runs as uid {me}", auth.uid);
             send_status(conn, false, None, &why);
             bail!("{why} (as root, --as-owner takes it)");
@@ -112,8 +138,10 @@ impl Receiver {
         let mut differ = Vec::new();
         for o in &offers {
             let p = std::path::Path::new(&o.path);
-            let same = std::fs::metadata(p).is_ok_and(|m| m.len() == o.size) && sha256_file(p).is_ok_and(|h| h == o.sha256);
             let missing = std::fs::symlink_metadata(p).is_err();
+            // The program's output files: the target's copy is used as it is.
+            let same = (o.writable && !missing)
+                || (std::fs::metadata(p).is_ok_and(|m| m.len() == o.size) && sha256_file(p).is_ok_and(|h| h == o.sha256));
             carry.push(u8::from(!same));
             if !same && !missing && self.root.is_none() {
                 differ.push(o.path.clone());
@@ -132,7 +160,7 @@ impl Receiver {
         let n_carry = carry.iter().filter(|&&c| c != 0).count();
         let mut reply = wire::status(true, &format!("{n_carry} file(s) to carry"));
         reply.extend_from_slice(&carry);
-        conn.write_all(&reply).context("cannot answer the sender's file list")?;
+        conn.write_all(&reply).and_then(|_| conn.flush()).context("cannot answer the sender's file list")?;
 
         let mut s = memfd()?;
         let lz4 = auth.flags & FLAG_LZ4 != 0;
@@ -214,6 +242,8 @@ impl Receiver {
                 }
             };
             let peer = peer.as_socket().map_or("?".to_string(), |a| a.to_string());
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
             match self.receive(&mut conn) {
                 Ok(got) => {
                     eprintln!("pmig-resume: image from {peer} received and verified");
