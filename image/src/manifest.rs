@@ -88,8 +88,8 @@ pub struct ProcessState {
     pub mm: MmState,
     /// `/proc/self/auxv` as words.
     pub auxv: Vec<u64>,
-    /// Signals pending for the whole process (bit n-1 for signal n).
-    pub pending_signals: u64,
+    /// Signals pending for the whole process, each as its raw 128-byte `siginfo_t`.
+    pub pending_signals: Vec<Vec<u8>>,
 }
 
 /// One resource limit.

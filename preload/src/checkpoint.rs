@@ -163,7 +163,17 @@ fn dump(cfg: &config::Config, conn: i32, connection: Option<&crate::transfer::Co
     let skip = [(ENGINE_BASE, ENGINE_BASE + RESERVE_LEN), (arena, arena + alloc::ARENA_LEN)];
     let layout = memory::collect(&skip)?;
     debug!("{} regions, {} KiB of populated pages", layout.regions.len(), layout.pages_len >> 10);
-    let process = process::dump()?;
+    let mut process = process::dump()?;
+    // Signals queued for the whole process, with their siginfo (this thread blocks them all).
+    let status = sys::read_file_vec(b"/proc/self/status\0").unwrap_or_default();
+    let status = String::from_utf8_lossy(&status).into_owned();
+    let shared = process::status_field(&status, "ShdPnd:").and_then(|p| u64::from_str_radix(p, 16).ok()).unwrap_or(0)
+        & !signal::bit(cfg.suspend_signal);
+    let mut infos: Vec<sys::SigInfo> = Vec::new();
+    if shared != 0 {
+        signal::take_pending(shared, 0, &mut infos);
+    }
+    process.pending_signals = infos.iter().map(|i| i.to_vec()).collect();
     // The connection to a receiver is pmig's own, not the program's.
     let rfd = connection.map_or(-1, |c| c.rfd);
     let (files, fds) = fd::dump(&[conn, rfd], cfg.drop_unsupported)?;
@@ -196,11 +206,7 @@ fn dump(cfg: &config::Config, conn: i32, connection: Option<&crate::transfer::Co
         }
         // SAFETY: the thread is parked; only this thread touches the slot's name now.
         unsafe { *s.name.get() = name };
-        let status = sys::read_file_vec(&sys::cstr(&format!("/proc/self/task/{tid}/status"))).unwrap_or_default();
-        let status = String::from_utf8_lossy(&status);
-        let pending = process::status_field(&status, "SigPnd:").and_then(|p| u64::from_str_radix(p, 16).ok()).unwrap_or(0);
-        // Our own suspend signal is not the program's.
-        s.pending.store(pending & !crate::signal::bit(cfg.suspend_signal), Relaxed);
+
         let len = name.iter().position(|&c| c == 0).unwrap_or(16);
         let vtid = crate::pid::virt_tid(tid);
         threads.push(ThreadState {

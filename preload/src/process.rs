@@ -85,7 +85,7 @@ pub fn dump() -> Result<ProcessState, String> {
         rlimits,
         mm,
         auxv,
-        pending_signals: status_field(&status, "ShdPnd:").and_then(|p| u64::from_str_radix(p, 16).ok()).unwrap_or(0),
+        pending_signals: Vec::new(),
     })
 }
 

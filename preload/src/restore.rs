@@ -89,7 +89,9 @@ pub unsafe fn restored(mb: *const Mailbox) {
     let new_tids = thread::live_slots().map(|s| s.tid.load(Relaxed));
     crate::pid::after_restore(m.process.pid, m.process.ppid, old_tids.iter().copied().zip(new_tids));
     crate::timer::restore(&m.timers, gap_ns);
-    signal::restore_pending(m.process.pending_signals);
+    let pending: Vec<sys::SigInfo> =
+        m.process.pending_signals.iter().filter_map(|i| <sys::SigInfo>::try_from(i.as_slice()).ok()).collect();
+    signal::requeue(&pending, 0);
     for k in keep {
         let _ = sys::close(k);
     }

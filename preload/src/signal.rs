@@ -118,13 +118,32 @@ pub fn restore_itimers(saved: &[ItimerState], gap_us: u64) {
     }
 }
 
-/// Sends the process the signals that were pending for it at checkpoint time (standard
-/// signals; queued real-time values are not kept).
-pub fn restore_pending(mask: u64) {
-    let pid = sys::getpid();
-    for sig in 1..=64 {
-        if mask & bit(sig) != 0 {
-            let _ = sys::kill(pid, sig);
+/// Signals waiting in a queue: dequeues every one of `set` (with its full siginfo, so real-time
+/// values survive) and queues them again at once, so the continuing process keeps them.
+/// `tid` 0: the process's shared queue (the caller blocks every signal); else the calling
+/// thread's own queue. Returns the siginfos in order.
+pub fn take_pending(set: u64, tid: i32, out: &mut impl Extend<sys::SigInfo>) -> usize {
+    let mut got: [sys::SigInfo; 32] = [[0; 128]; 32];
+    let mut n = 0;
+    while n < got.len() {
+        match sys::sigtimedwait_now(set, &mut got[n]) {
+            Ok(_) => n += 1,
+            Err(_) => break,
         }
+    }
+    for info in &got[..n] {
+        let sig = i32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+        let _ = sys::sigqueueinfo(tid, sig, info);
+    }
+    out.extend(got[..n].iter().copied());
+    n
+}
+
+/// Queues saved signals again (after a restore), with their siginfo; `tid` as for
+/// [`take_pending`].
+pub fn requeue(saved: &[sys::SigInfo], tid: i32) {
+    for info in saved {
+        let sig = i32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+        let _ = sys::sigqueueinfo(tid, sig, info);
     }
 }

@@ -534,3 +534,23 @@ pub fn for_each_numbered_entry(path: &[u8], mut f: impl FnMut(i32, i32)) -> Resu
     let _ = close(dir);
     r
 }
+
+/// A raw `siginfo_t` (128 bytes).
+pub type SigInfo = [u8; 128];
+
+/// `rt_sigtimedwait(2)` with a zero timeout: dequeues one pending signal of `set` into
+/// `info`; returns its number, or `Err(EAGAIN)` when none is pending.
+pub fn sigtimedwait_now(set: u64, info: &mut SigInfo) -> Result<i32, i32> {
+    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    sc!(libc::SYS_rt_sigtimedwait, &set as *const u64, info.as_mut_ptr(), &zero as *const libc::timespec, 8).map(|s| s as i32)
+}
+
+/// `rt_tgsigqueueinfo(2)` to a thread of this process (`tid` 0: the process, via
+/// `rt_sigqueueinfo`), with a full siginfo.
+pub fn sigqueueinfo(tid: i32, sig: i32, info: &SigInfo) -> Res {
+    if tid == 0 {
+        sc!(libc::SYS_rt_sigqueueinfo, getpid(), sig, info.as_ptr())
+    } else {
+        sc!(libc::SYS_rt_tgsigqueueinfo, getpid(), tid, sig, info.as_ptr())
+    }
+}

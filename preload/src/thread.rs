@@ -38,9 +38,13 @@ pub struct Slot {
     robust_len: AtomicU64,
     /// `comm`, NUL padded (filled by the checkpoint thread while the thread is parked).
     pub name: UnsafeCell<[u8; 16]>,
-    /// Signals pending for this thread alone (filled by the checkpoint thread).
-    pub pending: AtomicU64,
+    /// Signals pending for this thread alone, with their siginfo (the thread takes them).
+    pending: UnsafeCell<[sys::SigInfo; PENDING_MAX]>,
+    n_pending: AtomicU32,
 }
+
+/// The most signals kept per thread queue.
+const PENDING_MAX: usize = 8;
 
 /// All slots.
 pub struct Slots(pub [Slot; MAX_THREADS]);
@@ -60,7 +64,8 @@ const EMPTY: Slot = Slot {
     robust_head: AtomicU64::new(0),
     robust_len: AtomicU64::new(0),
     name: UnsafeCell::new([0; 16]),
-    pending: AtomicU64::new(0),
+    pending: UnsafeCell::new([[0; 128]; PENDING_MAX]),
+    n_pending: AtomicU32::new(0),
 };
 
 pub static SLOTS: Slots = Slots([EMPTY; MAX_THREADS]);
@@ -157,6 +162,7 @@ pub extern "C" fn suspend_handler(_sig: i32, _info: *mut libc::siginfo_t, _uc: *
     slot.robust_head.store(head, Relaxed);
     slot.robust_len.store(len, Relaxed);
     slot.gen.store(RELEASE.load(Acquire), Relaxed);
+    save_own_pending(slot);
     // SAFETY: the slot's context is written only by this thread, now, before it publishes
     // PARKED; the slot lives in a static.
     let r = unsafe { arch::save_and_call(slot.ctx.get(), park, slot as *const Slot as u64) };
@@ -165,18 +171,54 @@ pub extern "C" fn suspend_handler(_sig: i32, _info: *mut libc::siginfo_t, _uc: *
         // SAFETY: `name` was filled before the image was written and nobody writes it now.
         let name = unsafe { *slot.name.get() };
         let _ = sys::prctl(libc::PR_SET_NAME, name.as_ptr() as u64, 0, 0, 0);
-        // Signals sent to this thread but not yet delivered: send them again; they stay
-        // pending until rt_sigreturn puts back the thread's own mask.
-        let pending = slot.pending.load(Relaxed);
-        let (pid, tid) = (sys::getpid(), sys::gettid());
-        for sig in 1..=64 {
-            if pending & (1u64 << (sig - 1)) != 0 {
-                let _ = sys::tgkill(pid, tid, sig);
-            }
-        }
+        // Signals queued for this thread but not yet delivered: queue them again, with their
+        // siginfo; they stay pending until rt_sigreturn puts back the thread's own mask.
+        let n = (slot.n_pending.load(Relaxed) as usize).min(PENDING_MAX);
+        // SAFETY: written by this thread before it parked; nobody writes it now.
+        let pending = unsafe { &*slot.pending.get() };
+        crate::signal::requeue(&pending[..n], sys::gettid());
         READY_COUNT.fetch_add(1, AcqRel);
         let _ = sys::futex_wake(&READY_COUNT);
         wait_release(slot.gen.load(Relaxed));
+    }
+}
+
+/// Signal-time: the signals queued for the calling thread alone (its `SigPnd` less the
+/// process's `ShdPnd`, without pmig's suspend signal), taken with their siginfo into the slot
+/// and queued again at once.
+fn save_own_pending(slot: &Slot) {
+    let mut buf = [0u8; 4096];
+    let n = sys::read_file(b"/proc/thread-self/status\0", &mut buf).unwrap_or(0);
+    let field = |key: &[u8]| -> u64 {
+        buf[..n]
+            .split(|&c| c == b'\n')
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.iter().filter(|c| c.is_ascii_hexdigit()).fold(0u64, |a, &c| a * 16 + (c as char).to_digit(16).unwrap_or(0) as u64))
+            .unwrap_or(0)
+    };
+    let own = field(b"SigPnd:") & !field(b"ShdPnd:") & !(1u64 << (crate::config::SUSPEND_SIGNAL - 1));
+    let mut taken = Taken { slot, n: 0 };
+    if own != 0 {
+        crate::signal::take_pending(own, sys::gettid(), &mut taken);
+    }
+    slot.n_pending.store(taken.n as u32, Relaxed);
+}
+
+/// Collects siginfos into a slot (no allocation).
+struct Taken<'a> {
+    slot: &'a Slot,
+    n: usize,
+}
+
+impl Extend<sys::SigInfo> for Taken<'_> {
+    fn extend<I: IntoIterator<Item = sys::SigInfo>>(&mut self, it: I) {
+        for info in it {
+            if self.n < PENDING_MAX {
+                // SAFETY: only the slot's own thread writes its pending array, now.
+                unsafe { (*self.slot.pending.get())[self.n] = info };
+                self.n += 1;
+            }
+        }
     }
 }
 
