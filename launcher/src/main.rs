@@ -28,6 +28,8 @@ that `pmig-resume IMAGE` turns back into the running program, here or on another
   --token-file FILE
                  the secret shared with the receiver (needed with --to)
   --compress     LZ4-compress the transfer (for slow links)
+  --shared-fs    the hosts share a file system: carry no files (the target must see the
+                 program's files at the same paths)
   --signal SIG   checkpoint on SIG instead of SIGUSR2 (a name like USR1 or a number)
   --drop-unsupported
                  checkpoint even if the program holds something pmig cannot restore yet;
@@ -129,6 +131,7 @@ fn main() {
     let mut to: Option<String> = None;
     let mut token_file: Option<PathBuf> = None;
     let mut compress = false;
+    let mut shared_fs = false;
     let mut signal = libc::SIGUSR2;
     while let Some(a) = args.peek() {
         let a = a.to_string_lossy().into_owned();
@@ -144,6 +147,7 @@ fn main() {
             "--exit" => exit_after = true,
             "--drop-unsupported" => drop_unsupported = true,
             "--compress" => compress = true,
+            "--shared-fs" => shared_fs = true,
             "--image" | "--signal" | "--to" | "--token-file" => {
                 args.next();
                 let v = args.peek().unwrap_or_else(|| die(&format!("{a} needs a value\n{USAGE}"))).clone();
@@ -220,6 +224,7 @@ fn main() {
         cmd.env("PMIG_TOKEN_FILE", f.canonicalize().unwrap_or_else(|_| f.clone()));
     }
     cmd.env("PMIG_COMPRESS", if compress { "1" } else { "0" });
+    cmd.env("PMIG_SHARED_FS", if shared_fs { "1" } else { "0" });
     let err = cmd
         .arg0(&prog)
         .args(&rest)

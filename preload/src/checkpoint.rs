@@ -74,7 +74,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
     debug!("checkpoint requested");
     // A receiver is reached and authenticated before the program is stopped.
     let mut connection = match &cfg.to {
-        Some(addr) => match crate::transfer::connect(addr, &cfg.token, cfg.compress) {
+        Some(addr) => match crate::transfer::connect(addr, &cfg.token, cfg.compress, cfg.shared_fs) {
             Ok(c) => Some(c),
             Err(e) => return failed(cfg, format_args!("{e}")),
         },

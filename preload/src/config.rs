@@ -23,6 +23,8 @@ pub struct Config {
     pub token: Vec<u8>,
     /// LZ4-compress the transfer.
     pub compress: bool,
+    /// The hosts share a file system: offer no files to carry.
+    pub shared_fs: bool,
 }
 
 pub static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -66,5 +68,6 @@ pub fn from_env() -> Option<Config> {
         None => Vec::new(),
     };
     let compress = std::env::var("PMIG_COMPRESS").map(|v| v == "1").unwrap_or(false);
-    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported, to, token, compress })
+    let shared_fs = std::env::var("PMIG_SHARED_FS").map(|v| v == "1").unwrap_or(false);
+    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported, to, token, compress, shared_fs })
 }

@@ -158,10 +158,10 @@ fn spawn_ssh(spec: &str) -> Result<(i32, i32, std::process::Child), String> {
 
 /// Connects to `addr` (`ip:port` or `ssh://[user@]host[:port]`), authenticates, and agrees on
 /// the files to carry.
-pub fn connect(addr: &str, token: &[u8], lz4: bool) -> Result<Connection, String> {
+pub fn connect(addr: &str, token: &[u8], lz4: bool, shared_fs: bool) -> Result<Connection, String> {
     if let Some(spec) = addr.strip_prefix("ssh://") {
         let (w, r, mut child) = spawn_ssh(spec)?;
-        return match handshake(w, r, b"", lz4) {
+        return match handshake(w, r, b"", lz4, shared_fs) {
             Ok((offers, carry)) => Ok(Connection { fd: w, rfd: r, ssh: Some(child), offers, carry }),
             Err(e) => {
                 let _ = sys::close(w);
@@ -182,7 +182,7 @@ pub fn connect(addr: &str, token: &[u8], lz4: bool) -> Result<Connection, String
     let _ = s.set_write_timeout(Some(Duration::from_secs(60)));
     s.connect_timeout(&sa.into(), Duration::from_secs(10)).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let fd = s.into_raw_fd();
-    match handshake(fd, fd, token, lz4) {
+    match handshake(fd, fd, token, lz4, shared_fs) {
         Ok((offers, carry)) => Ok(Connection { fd, rfd: fd, ssh: None, offers, carry }),
         Err(e) => {
             let _ = sys::close(fd);
@@ -193,7 +193,7 @@ pub fn connect(addr: &str, token: &[u8], lz4: bool) -> Result<Connection, String
 
 /// The protocol up to the image: greeting, proofs, file negotiation.
 #[allow(clippy::type_complexity)]
-fn handshake(fd: i32, rfd: i32, token: &[u8], lz4: bool) -> Result<(Vec<wire::FileOffer>, Vec<bool>), String> {
+fn handshake(fd: i32, rfd: i32, token: &[u8], lz4: bool, shared_fs: bool) -> Result<(Vec<wire::FileOffer>, Vec<bool>), String> {
     {
         let mut hello = [0u8; HELLO_LEN];
         recv_exact(rfd, &mut hello)?;
@@ -208,7 +208,7 @@ fn handshake(fd: i32, rfd: i32, token: &[u8], lz4: bool) -> Result<(Vec<wire::Fi
         let b: [u8; AUTH_LEN] = auth.to_bytes();
         send_all(fd, &b)?;
         read_status(rfd, Some((token, &mine)))?;
-        let offers = file_offers();
+        let offers = if shared_fs { Vec::new() } else { file_offers() };
         send_all(fd, &wire::files_message(&offers))?;
         read_status(rfd, None)?;
         let mut carry = vec![0u8; offers.len()];

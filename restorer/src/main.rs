@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
 const USAGE: &str = "usage: pmig-resume [--inspect] IMAGE|-
-       pmig-resume --listen ADDR:PORT --token-file FILE [--keep-listening] [--as-owner] [--root DIR]
+       pmig-resume --listen [ADDR:]PORT --token-file FILE [--keep-listening] [--as-owner] [--root DIR]
 
 Turns this process into the program saved in IMAGE (written by a checkpoint of a program run
 under pmig-run), which then goes on where it stopped, with this process's pid, and with this
@@ -24,9 +24,10 @@ process's stdin, stdout and stderr in place of the saved terminal, pipe or socke
 
   -                 read the image from standard input (cat app.pmig | ssh host pmig-resume -)
   --inspect         print what the image holds and exit, restoring nothing
-  --listen ADDR:PORT
+  --listen [ADDR:]PORT
                     wait for one program sent by `pmig-run --to` and become it; prints one
-                    line when ready. Listen on loopback unless the network is trusted.
+                    line when ready. A bare port listens on loopback (127.0.0.1); give an
+                    address only on a network you trust.
   --token-file FILE the secret a sender must prove it knows (required with --listen)
   --keep-listening  stay, and fork one restorer per arriving program
   --as-owner        as root, also take programs of other users (restored as their owner)
@@ -77,12 +78,9 @@ fn main() {
         }
     }
     if ssh_receiver {
-        let r = receive::Receiver { token: Vec::new(), as_owner: false, root: root.clone(), check_uid: false };
-        let result = r.receive(&mut receive::Stdio).and_then(|(s, mut img)| {
+        let r = receive::Receiver { token: Vec::new(), as_owner: false, root: root.clone(), check_uid: false, ready: make_ready };
+        let result = r.receive(&mut receive::Stdio).and_then(|(s, img)| {
             detach(&img, log.as_deref())?;
-            for what in receive::materialize(&mut img, root.as_deref())? {
-                eprintln!("pmig-resume: {what}");
-            }
             restore(&s.path, &img, false).map(|_| drop(s.file))
         });
         if let Err(e) = result {
@@ -97,13 +95,8 @@ fn main() {
             if token.is_empty() {
                 fail(&format!("the token file {} is empty", tf.display()));
             }
-            let r = receive::Receiver { token, as_owner, root: root.clone(), check_uid: true };
-            r.listen(&addr, keep).and_then(|(s, mut img)| {
-                for what in receive::materialize(&mut img, root.as_deref())? {
-                    eprintln!("pmig-resume: {what}");
-                }
-                restore(&s.path, &img, as_owner).map(|_| drop(s.file))
-            })
+            let r = receive::Receiver { token, as_owner, root: root.clone(), check_uid: true, ready: make_ready };
+            r.listen(&addr, keep).and_then(|(s, img)| restore(&s.path, &img, as_owner).map(|_| drop(s.file)))
         }
         (Some(_), Some(_)) => fail("give either an image or --listen, not both"),
         (None, None) => fail(&format!("no image given\n{USAGE}")),
@@ -171,6 +164,14 @@ fn detach(img: &VerifiedImage, log: Option<&Path>) -> Result<()> {
 fn fail(msg: &str) -> ! {
     eprintln!("pmig-resume: {msg}");
     exit(2)
+}
+
+/// A received image: carried files written, then the host checked (see `Receiver::ready`).
+fn make_ready(img: &mut VerifiedImage, root: Option<&Path>) -> Result<()> {
+    for what in receive::materialize(img, root)? {
+        eprintln!("pmig-resume: {what}");
+    }
+    check_host(img)
 }
 
 fn print_inspect(img: &VerifiedImage) -> Result<()> {

@@ -53,6 +53,10 @@ pub struct Receiver {
     pub root: Option<PathBuf>,
     /// Refuse processes of other users (off through ssh, where the login decides the user).
     pub check_uid: bool,
+    /// Makes the host ready for a verified image (writes carried files) and checks it can run
+    /// here, before the sender is told it can go: an image this host cannot run leaves the
+    /// program running on the source.
+    pub ready: fn(&mut VerifiedImage, Option<&std::path::Path>) -> Result<()>,
 }
 
 /// SHA-256 of the file at `path`.
@@ -206,10 +210,16 @@ impl Receiver {
             }
         }
         match verify_file(&s.path) {
-            Ok(img) => {
-                send_status(conn, true, None, "the whole image arrived and checks out");
-                Ok((s, img))
-            }
+            Ok(mut img) => match (self.ready)(&mut img, self.root.as_deref()) {
+                Ok(()) => {
+                    send_status(conn, true, None, "the whole image arrived and checks out");
+                    Ok((s, img))
+                }
+                Err(e) => {
+                    send_status(conn, false, None, &format!("this host cannot run it: {e:#}"));
+                    Err(e.context("this host cannot run it"))
+                }
+            },
             Err(e) => {
                 send_status(conn, false, None, &format!("the image does not check out: {e}"));
                 Err(anyhow::Error::new(e).context("the image does not check out"))
@@ -221,7 +231,10 @@ impl Receiver {
     /// `keep_listening`, forks one child per image (the child returns it, to restore it) and
     /// never returns in the parent.
     pub fn listen(&self, addr: &str, keep_listening: bool) -> Result<(Spooled, VerifiedImage)> {
-        let sa: SocketAddr = addr.parse().with_context(|| format!("--listen {addr}: expected ADDR:PORT, e.g. 127.0.0.1:7070"))?;
+        // A bare port listens on loopback: another address must be asked for.
+        let addr = if addr.parse::<u16>().is_ok() { format!("127.0.0.1:{addr}") } else { addr.to_string() };
+        let addr = addr.as_str();
+        let sa: SocketAddr = addr.parse().with_context(|| format!("--listen {addr}: expected [ADDR:]PORT, e.g. 7070 or 10.0.0.2:7070"))?;
         let l = socket2::Socket::new(socket2::Domain::for_address(sa), socket2::Type::STREAM, None).context("socket")?;
         let _ = l.set_reuse_address(true);
         let _ = l.set_recv_buffer_size(8 << 20);

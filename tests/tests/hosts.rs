@@ -560,3 +560,105 @@ fn wrong_token_refused_across_hosts() {
         &mut nothing_more,
     );
 }
+
+/// Starts a receiver on the target where `SRC/<name>` exists with other content than the
+/// source's copy; `extra` are more pmig-resume options (e.g. `--root DIR`).
+fn start_receiver_with_other_file(hosts: &Hosts, sb: &Sandbox, token: &Path, name: &str, extra: &[&str]) -> (Proc, u16) {
+    let src = hosts.src_dir();
+    let script = format!(
+        "mkdir -p '{s}' && printf 'not the program' > '{s}/{name}' && chmod 755 '{s}/{name}' && exec \"$@\"",
+        s = src.display()
+    );
+    let mut cmd = hosts.on_target("sh", &sb.workdir("receiver"));
+    cmd.arg("-c").arg(script).arg("sh").arg(&sb.bins().resume);
+    cmd.arg("--listen").arg(format!("{}:0", hosts.dst_addr)).arg("--token-file").arg(token).args(extra);
+    pmig_env(&mut cmd);
+    let mut r = Proc::spawn("pmig-resume --listen (target, other file)", cmd, Terminal::Pipe);
+    let ready = format!("pmig-resume: listening on {}:", hosts.dst_addr);
+    let port = wait_until(TIMEOUT, "the receiver's ready line", || {
+        r.stderr_text().lines().find_map(|l| l.strip_prefix(ready.as_str())?.trim().parse().ok())
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    (r, port)
+}
+
+/// A file the program uses that differs on the target is never replaced: the move is refused
+/// and says which file (the program goes on on the source); with `--root DIR` the program's
+/// copy goes under DIR and the move succeeds, the target's file untouched.
+#[test]
+fn differing_file_refused_then_placed_under_root() {
+    let Some(hosts) = Hosts::new("differing_file_refused_then_placed_under_root") else {
+        return;
+    };
+    if !hosts.hides_source_files() {
+        eprintln!("SKIPPED differing_file_refused_then_placed_under_root: the source's files are shared");
+        return;
+    }
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "a shared secret");
+    let exe = hosts.stage(programs::COUNTER);
+    let prog = Program::new("counter", &exe, STEPS, &[]);
+
+    let (mut r, port) = start_receiver_with_other_file(&hosts, &sb, &token, "counter", &[]);
+    let mut s = start_sender(&hosts, &sb, port, &token, &[], &prog);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut s, &mut steps, 3, &mut [&mut r]);
+    s.signal(libc::SIGUSR2).unwrap();
+    let said = wait_until(TIMEOUT, "the sender's refusal message", || {
+        s.stderr_text().lines().find(|l| l.contains("failed") && l.contains("differ") && l.contains("--root")).map(String::from)
+    });
+    if let Err(e) = said {
+        fail_with(&e, &mut [&mut s, &mut r]);
+    }
+    let now = steps.last();
+    read_steps(&mut s, &mut steps, now + 2, &mut [&mut r]);
+    drop(s);
+    drop(r);
+
+    let root = sb.file("carried-root");
+    std::fs::create_dir_all(&root).unwrap();
+    let root_s = root.display().to_string();
+    let (mut r, port) = start_receiver_with_other_file(&hosts, &sb, &token, "counter", &["--root", &root_s]);
+    let mut s = start_sender(&hosts, &sb, port, &token, &[], &prog);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut s, &mut steps, 3, &mut [&mut r]);
+    move_now(&mut s, &mut r, &mut steps);
+    let first = r.next_line(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    assert_eq!(first, Some(format!("step {}", steps.last() + 1)), "{}", r.describe());
+    let placed = root.join(exe.strip_prefix("/").unwrap());
+    let carried = std::fs::read(Hosts::seen_by(r.pid(), &placed)).unwrap_or_else(|e| panic!("{}: {e}", placed.display()));
+    assert_eq!(carried, std::fs::read(&exe).unwrap(), "the program's copy must be under --root");
+    let theirs = std::fs::read(Hosts::seen_by(r.pid(), &exe)).unwrap_or_default();
+    assert_eq!(theirs, b"not the program", "the target's own file must be left alone");
+}
+
+/// `--shared-fs` carries nothing: to a target that cannot see the program's files the move is
+/// refused before the source lets go (the target checks it can run the program first), and the
+/// program goes on on the source.
+#[test]
+fn shared_fs_carries_nothing_and_target_refuses() {
+    let Some(hosts) = Hosts::new("shared_fs_carries_nothing_and_target_refuses") else {
+        return;
+    };
+    if !hosts.hides_source_files() {
+        eprintln!("SKIPPED shared_fs_carries_nothing_and_target_refuses: the source's files are shared");
+        return;
+    }
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "a shared secret");
+    let prog = Program::new("counter", hosts.stage(programs::COUNTER), STEPS, &[]);
+    let (mut r, port) = start_receiver(&hosts, &sb, &token);
+    let mut s = start_sender(&hosts, &sb, port, &token, &["--shared-fs"], &prog);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut s, &mut steps, 3, &mut [&mut r]);
+    s.signal(libc::SIGUSR2).unwrap();
+    let said = wait_until(TIMEOUT, "the sender's failure message", || {
+        s.stderr_text().lines().find(|l| l.contains("failed") && l.contains("missing here")).map(String::from)
+    });
+    if let Err(e) = said {
+        fail_with(&e, &mut [&mut s, &mut r]);
+    }
+    let now = steps.last();
+    read_steps(&mut s, &mut steps, now + 3, &mut [&mut r]);
+    assert!(r.poll_status().is_none(), "the receiver must stay up after refusing: {}", r.describe());
+}
