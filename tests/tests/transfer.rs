@@ -358,3 +358,59 @@ fn other_users_process_needs_as_owner() {
     let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or("").split_whitespace().next().unwrap_or("");
     assert_eq!(uid, "65534", "--as-owner restores the process as its owner");
 }
+
+/// A transfer longer than a second prints its progress (bytes, MiB/s, time left) on the
+/// sender and the receiver. The link is slowed to 40 Mbit/s with tc in a network namespace of
+/// the test's own (root only).
+#[test]
+fn slow_transfer_shows_progress() {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/sbin/tc").exists() {
+        eprintln!("SKIPPED slow_transfer_shows_progress: needs root and tc (iproute2) to slow a link");
+        return;
+    }
+    let ns = format!("pmig-slow-{}", std::process::id());
+    let run = |args: &[&str]| Command::new("ip").args(args).status().map(|s| s.success()).unwrap_or(false);
+    assert!(run(&["netns", "add", &ns]), "ip netns add");
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _guard = Ns(ns.clone());
+    assert!(run(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]));
+    assert!(run(&["netns", "exec", &ns, "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "40mbit", "burst", "512kb", "latency", "2s"]));
+
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "a shared secret");
+    let in_ns = |exe: &Path, cwd: &Path| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns]).arg(exe).current_dir(cwd);
+        c
+    };
+    let mut rc = in_ns(&sb.bins().resume, &sb.workdir("receiver"));
+    rc.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg(&token);
+    pmig_env(&mut rc);
+    let mut r = Proc::spawn("pmig-resume --listen (slow link)", rc, Terminal::Pipe);
+    let port: u16 = wait_until(TIMEOUT, "the receiver's ready line", || {
+        r.stderr_text().lines().find_map(|l| l.strip_prefix("pmig-resume: listening on 127.0.0.1:")?.trim().parse().ok())
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    // 16 MiB of touched memory: about 3 s at 40 Mbit/s.
+    let mut sc = in_ns(&sb.bins().run, &sb.workdir("sender"));
+    sc.arg("--to").arg(format!("127.0.0.1:{port}")).arg("--token-file").arg(&token).arg("--");
+    sc.arg(programs::SPARSE).arg(STEPS.to_string());
+    pmig_env(&mut sc);
+    let mut s = Proc::spawn("pmig-run --to (sparse, slow link)", sc, Terminal::Pipe);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut s, &mut steps, 2);
+    s.signal(libc::SIGUSR2).unwrap();
+    let st = s.wait_exit(Duration::from_secs(60)).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    assert!(st.success(), "{}", s.describe());
+    let sent = s.stderr_text();
+    let line = sent.lines().find(|l| l.contains("sent ") && l.contains(" MiB/s") && l.contains(" s left"));
+    assert!(line.is_some(), "the sender must print progress (bytes, MiB/s, time left):\n{sent}");
+    let got = r.stderr_text();
+    assert!(got.lines().any(|l| l.contains("received ") && l.contains(" MiB/s")), "the receiver must print progress:\n{got}");
+}
