@@ -5,6 +5,16 @@
 //! vdso, the files the process mapped), and a restore *plan* is written to a memfd. Only then
 //! does it exec the restore engine, which replaces the address space with the saved one.
 
+/// One line to stderr in a single write: with `--keep-listening` the forked restorers
+/// write to the same stderr, and lines written piecewise would interleave.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let line = format!("{}\n", format_args!($($t)*));
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }};
+}
+
 mod plan;
 mod receive;
 
@@ -146,7 +156,7 @@ fn detach(img: &VerifiedImage, log: Option<&Path>) -> Result<()> {
         -1 => bail!("fork: {}", std::io::Error::last_os_error()),
         0 => {}
         child => {
-            eprintln!("pmig-resume: {name} runs on {} as pid {child}; its output goes to {}", host.trim(), shown.display());
+            say!("pmig-resume: {name} runs on {} as pid {child}; its output goes to {}", host.trim(), shown.display());
             exit(0)
         }
     }
@@ -162,14 +172,14 @@ fn detach(img: &VerifiedImage, log: Option<&Path>) -> Result<()> {
 }
 
 fn fail(msg: &str) -> ! {
-    eprintln!("pmig-resume: {msg}");
+    say!("pmig-resume: {msg}");
     exit(2)
 }
 
 /// A received image: carried files written, then the host checked (see `Receiver::ready`).
 fn make_ready(img: &mut VerifiedImage, root: Option<&Path>) -> Result<()> {
     for what in receive::materialize(img, root)? {
-        eprintln!("pmig-resume: {what}");
+        say!("pmig-resume: {what}");
     }
     check_host(img)
 }
@@ -198,7 +208,7 @@ fn restore(image: &Path, img: &VerifiedImage, as_owner: bool) -> Result<()> {
         }
     }
     if debug {
-        eprintln!(
+        say!(
             "pmig-resume: image verified ({} regions, {} page runs); starting the restore engine",
             img.manifest.regions.len(),
             img.trailer.run_crcs.len()
@@ -288,7 +298,7 @@ fn check_host(img: &VerifiedImage) -> Result<()> {
                 bail!("fd {} of the saved process was {path}, which is missing here", f.fd);
             }
             FileKind::Other { link } => {
-                eprintln!("pmig-resume: warning: fd {} ({link}) was left out at checkpoint; it will be closed", f.fd)
+                say!("pmig-resume: warning: fd {} ({link}) was left out at checkpoint; it will be closed", f.fd)
             }
             _ => {}
         }

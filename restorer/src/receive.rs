@@ -206,7 +206,7 @@ impl Receiver {
             if started.elapsed() > Duration::from_secs(1) && last.elapsed() >= Duration::from_secs(1) {
                 last = Instant::now();
                 let mib = total as f64 / 1048576.0;
-                eprintln!("pmig-resume: received {mib:.1} MiB, {:.1} MiB/s", mib / started.elapsed().as_secs_f64());
+                say!("pmig-resume: received {mib:.1} MiB, {:.1} MiB/s", mib / started.elapsed().as_secs_f64());
             }
         }
         match verify_file(&s.path) {
@@ -241,7 +241,7 @@ impl Receiver {
         l.bind(&sa.into()).with_context(|| format!("cannot listen on {addr}"))?;
         l.listen(16).with_context(|| format!("cannot listen on {addr}"))?;
         let local = l.local_addr().ok().and_then(|a| a.as_socket()).map_or(addr.to_string(), |a| a.to_string());
-        eprintln!("pmig-resume: listening on {local}");
+        say!("pmig-resume: listening on {local}");
         if keep_listening {
             // SAFETY: setting SIGCHLD to SIG_IGN makes the kernel reap our children.
             unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
@@ -250,7 +250,7 @@ impl Receiver {
             let (mut conn, peer) = match l.accept() {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("pmig-resume: accept: {e}");
+                    say!("pmig-resume: accept: {e}");
                     continue;
                 }
             };
@@ -259,7 +259,7 @@ impl Receiver {
             let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
             match self.receive(&mut conn) {
                 Ok(got) => {
-                    eprintln!("pmig-resume: image from {peer} received and verified");
+                    say!("pmig-resume: image from {peer} received and verified");
                     drop(conn);
                     if !keep_listening {
                         return Ok(got);
@@ -267,11 +267,11 @@ impl Receiver {
                     // SAFETY: pmig-resume is single-threaded here; the child only restores.
                     match unsafe { libc::fork() } {
                         0 => return Ok(got),
-                        -1 => eprintln!("pmig-resume: cannot fork a restorer: {}", std::io::Error::last_os_error()),
-                        child => eprintln!("pmig-resume: restoring it as pid {child}"),
+                        -1 => say!("pmig-resume: cannot fork a restorer: {}", std::io::Error::last_os_error()),
+                        child => say!("pmig-resume: restoring it as pid {child}"),
                     }
                 }
-                Err(e) => eprintln!("pmig-resume: refused {peer}: {e:#}"),
+                Err(e) => say!("pmig-resume: refused {peer}: {e:#}"),
             }
         }
     }
