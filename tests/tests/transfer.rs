@@ -414,3 +414,36 @@ fn slow_transfer_shows_progress() {
     let got = r.stderr_text();
     assert!(got.lines().any(|l| l.contains("received ") && l.contains(" MiB/s")), "the receiver must print progress:\n{got}");
 }
+
+/// A peer that is not a receiver of this protocol version is refused by the sender, which
+/// says why; the program goes on.
+#[test]
+fn sender_refuses_a_receiver_of_another_version() {
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "a shared secret");
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = fake.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        if let Ok((mut c, _)) = fake.accept() {
+            let mut hello = wire::hello(&[1; 32]);
+            hello[8..12].copy_from_slice(&(wire::WIRE_VERSION + 1).to_le_bytes());
+            let _ = c.write_all(&hello);
+            let mut sink = [0u8; 64];
+            let _ = c.read(&mut sink);
+        }
+    });
+    let prog = Program::new("counter", programs::COUNTER, STEPS, &[]);
+    let mut s = start_sender(&sb, port, &token, &[], &prog);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut s, &mut steps, 2);
+    s.signal(libc::SIGUSR2).unwrap();
+    let said = wait_until(TIMEOUT, "the sender's failure message", || {
+        s.stderr_text().lines().find(|l| l.contains("failed") && l.contains("another version")).map(String::from)
+    });
+    if let Err(e) = said {
+        fail_with(&e, &mut [&mut s]);
+    }
+    let now = steps.last();
+    read_steps(&mut s, &mut steps, now + 2);
+    let _ = server.join();
+}
