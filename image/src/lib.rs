@@ -143,7 +143,7 @@ impl Header {
         if h.manifest_off != HEADER_LEN
             || h.manifest_len > MAX_MANIFEST
             || h.pages_off != Header::layout(h.manifest_len, 0, 0).pages_off
-            || h.pages_len % PAGE != 0
+            || !h.pages_len.is_multiple_of(PAGE)
             || h.pages_off.checked_add(h.pages_len).is_none()
         {
             return Err(ImageError::Corrupted("header fields out of range".into()));

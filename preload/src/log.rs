@@ -13,6 +13,12 @@ pub struct StackBuf {
     len: usize,
 }
 
+impl Default for StackBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl StackBuf {
     pub const fn new() -> Self {
         StackBuf { buf: [0; 1024], len: 0 }

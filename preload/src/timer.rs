@@ -144,19 +144,6 @@ pub fn restore(saved: &[PosixTimerState], gap_ns: u64) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_proc_timers() {
-        let t = parse("ID: 43\nsignal: 14/00000000000000ff\nnotify: signal/pid.6840\nClockID: 1\nID: 0\nsignal: 32/0000000000000000\nnotify: signal/tid.77\nClockID: 0\n");
-        assert_eq!(t.len(), 2);
-        assert_eq!((t[0].id, t[0].signo, t[0].sival, t[0].notify, t[0].clockid), (43, 14, 0xff, libc::SIGEV_SIGNAL, 1));
-        assert_eq!((t[1].id, t[1].notify, t[1].tid, t[1].signo), (0, libc::SIGEV_THREAD_ID, 77, 32));
-    }
-}
-
 /// The signal pmig's timer thread waits for (`SIGEV_THREAD` timers).
 pub const TIMER_SIGNAL: i32 = 61;
 
@@ -249,4 +236,17 @@ pub unsafe fn create_thread_timer(clock: libc::clockid_t, sev: *const libc::sige
     // SAFETY: the caller guarantees `id` is writable.
     unsafe { *id = kid as usize as libc::timer_t };
     Some(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_timers() {
+        let t = parse("ID: 43\nsignal: 14/00000000000000ff\nnotify: signal/pid.6840\nClockID: 1\nID: 0\nsignal: 32/0000000000000000\nnotify: signal/tid.77\nClockID: 0\n");
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].id, t[0].signo, t[0].sival, t[0].notify, t[0].clockid), (43, 14, 0xff, libc::SIGEV_SIGNAL, 1));
+        assert_eq!((t[1].id, t[1].notify, t[1].tid, t[1].signo), (0, libc::SIGEV_THREAD_ID, 77, 32));
+    }
 }

@@ -230,8 +230,11 @@ fn engine_path() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// The `(name, start, end)` of this process's vdso block, and the vdso's bytes.
-fn own_vdso() -> Result<(Vec<(String, u64, u64)>, Vec<u8>)> {
+/// `(name, start, end)` of each piece of a vdso block.
+type VdsoParts = Vec<(String, u64, u64)>;
+
+/// The pieces of this process's vdso block, and the vdso's bytes.
+fn own_vdso() -> Result<(VdsoParts, Vec<u8>)> {
     use std::io::{Read, Seek, SeekFrom};
     let maps = std::fs::read_to_string("/proc/self/maps").context("cannot read /proc/self/maps")?;
     let mut parts = Vec::new();

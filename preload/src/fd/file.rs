@@ -71,9 +71,8 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
         sys::openat(libc::AT_FDCWD, &sys::cstr(path), flags, 0).map(|fd| fd as i32).map_err(|e| format!("cannot open {path}: errno {e}"))
     };
     Some(match &f.kind {
-        FileKind::Regular { path, .. } => open(path, reopen_flags(f.flags)).map(|fd| {
+        FileKind::Regular { path, .. } => open(path, reopen_flags(f.flags)).inspect(|&fd| {
             let _ = sys::lseek(fd, f.pos, libc::SEEK_SET);
-            fd
         }),
         FileKind::Tty { path } | FileKind::CharDevice { path } => open(path, reopen_flags(f.flags) | libc::O_NOCTTY),
         FileKind::Deleted { ino, .. } | FileKind::Memfd { ino, .. } if ctx.objects.iter().any(|o| o.0 == *ino) => {
@@ -81,9 +80,8 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
             // mapping; open a new description of that same object.
             let ofd = ctx.objects.iter().find(|o| o.0 == *ino).map(|o| o.1).unwrap_or(-1);
             let acc = if f.flags & libc::O_ACCMODE == libc::O_RDONLY { libc::O_RDONLY } else { libc::O_RDWR };
-            open(&format!("/proc/self/fd/{ofd}"), acc | libc::O_CLOEXEC).map(|fd| {
+            open(&format!("/proc/self/fd/{ofd}"), acc | libc::O_CLOEXEC).inspect(|&fd| {
                 let _ = sys::lseek(fd, f.pos, libc::SEEK_SET);
-                fd
             })
         }
         FileKind::Deleted { path, content, .. } => {
