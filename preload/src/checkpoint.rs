@@ -81,6 +81,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
         None => None,
     };
     let conn = connection.as_ref().map_or(-1, |c| c.fd);
+    fd::socket::forget_repairs();
     let n = match thread::suspend_all(cfg.suspend_signal) {
         Ok(n) => n,
         Err(e) => {
@@ -110,6 +111,10 @@ fn checkpoint_once(cfg: &'static config::Config) {
         c.close();
     }
     if r != 0 {
+        if cfg.to.is_some() {
+            // The move failed and the program goes on: its connections are its own again.
+            fd::socket::undo_repairs();
+        }
         alloc::arena_off();
         thread::release_all();
         let msg = core::str::from_utf8(msg.as_bytes()).unwrap_or("?");

@@ -121,3 +121,87 @@ fn tcp_connection_reset_when_unprivileged() {
     let log = peer.log();
     assert!(log.matches("accept").count() >= 2, "the program must have reconnected after a reset:\n{log}");
 }
+
+/// Starts `pmig-resume --listen 127.0.0.1:0` with `token` and returns it with its port.
+fn receiver(sb: &Sandbox, token: &std::path::Path) -> (pmig_tests::Proc, u16) {
+    let mut cmd = sb.command(&sb.bins().resume, &sb.workdir("receiver"));
+    cmd.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg(token);
+    pmig_tests::pmig_env(&mut cmd);
+    let mut r = pmig_tests::Proc::spawn("pmig-resume --listen", cmd, pmig_tests::Terminal::Pipe);
+    let port = pmig_tests::wait_until(std::time::Duration::from_secs(20), "the receiver's ready line", || {
+        r.stderr_text().lines().find_map(|l| l.strip_prefix("pmig-resume: listening on 127.0.0.1:")?.trim().parse().ok())
+    })
+    .unwrap_or_else(|e| pmig_tests::fail_with(&e, &mut [&mut r]));
+    (r, port)
+}
+
+/// As root, moving a program with `--to` keeps its TCP connection to an outside peer (TCP
+/// repair); a move that fails (the receiver refuses) gives the connection back to the program,
+/// which goes on using it. The program checks its connection every step ("keep" mode).
+#[test]
+fn tcp_connection_survives_a_move_and_a_failed_one() {
+    use pmig_tests::{fail_with, Input, StepCheck};
+    use std::time::Duration;
+    if !is_root() {
+        eprintln!("SKIPPED tcp_connection_survives_a_move_and_a_failed_one: TCP repair needs root");
+        return;
+    }
+    let sb = Sandbox::new();
+    let peer = EchoPeer::start(&sb);
+    let dir = sb.file("sockdir");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let token = sb.file("token");
+    std::fs::write(&token, "right").unwrap();
+    let wrong = sb.file("wrong");
+    std::fs::write(&wrong, "wrong").unwrap();
+    let (mut r, port) = receiver(&sb, &token);
+    let start = |tok: &std::path::Path| {
+        let mut cmd = sb.command(&sb.bins().run, &sb.workdir("sender"));
+        cmd.arg("--to").arg(format!("127.0.0.1:{port}")).arg("--token-file").arg(tok).arg("--");
+        cmd.arg(programs::SOCKETS).arg(STEPS.to_string()).arg(&dir).arg("keep").arg(peer.port.to_string());
+        pmig_tests::pmig_env(&mut cmd);
+        pmig_tests::Proc::spawn("pmig-run --to (sockets keep)", cmd, pmig_tests::Terminal::Pipe)
+    };
+    let read = |p: &mut pmig_tests::Proc, steps: &mut StepCheck, until: u32| {
+        while steps.last() < until {
+            match p.next_line(Duration::from_secs(20)) {
+                Ok(Some(l)) => {
+                    steps.accept(&l).unwrap_or_else(|e| fail_with(&e, &mut [p]));
+                }
+                other => fail_with(&format!("no step line: {other:?}"), &mut [p]),
+            }
+        }
+    };
+    // The wrong token: refused; the program must go on with its connection intact.
+    let mut s = start(&wrong);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read(&mut s, &mut steps, 5);
+    s.signal(libc::SIGUSR2).unwrap();
+    pmig_tests::wait_until(Duration::from_secs(20), "the failed move", || {
+        s.stderr_text().lines().any(|l| l.contains("failed") && l.contains("goes on here")).then_some(())
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    let now = steps.last();
+    read(&mut s, &mut steps, now + 5);
+    drop(s);
+
+    // The right token: moved, connection kept.
+    let peer_accepts = peer.log().matches("accept").count();
+    let mut s = start(&token);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read(&mut s, &mut steps, 5);
+    s.signal(libc::SIGUSR2).unwrap();
+    let st = s.wait_exit(Duration::from_secs(20)).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    assert!(st.success(), "{}", s.describe());
+    for l in s.drain_now().unwrap_or_default() {
+        steps.accept(&l).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    }
+    let mut moved = StepCheck::new(steps.last() + 1, STEPS, Input::Idle);
+    let (lines, status) = r.finish(Duration::from_secs(60)).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    for l in lines {
+        moved.accept(&l).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    }
+    assert!(status.success() && moved.complete(), "{}", r.describe());
+    let log = peer.log();
+    assert_eq!(log.matches("accept").count(), peer_accepts + 1, "the moved program's connection must be the one it had:\n{log}");
+}

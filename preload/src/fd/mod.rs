@@ -14,7 +14,7 @@ mod event;
 mod file;
 pub mod inotify;
 mod pipe;
-mod socket;
+pub mod socket;
 
 use crate::{log, sys};
 use pmig_image::{FdState, FileKind, FileState};

@@ -58,6 +58,7 @@
 //! drops them meanwhile (a firewall rule).
 
 use super::{DumpCtx, FdInfo, Ops, RestoreCtx};
+use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use crate::log::{debug, say};
 use crate::sys;
 use pmig_abi::arch::syscall6;
@@ -79,6 +80,7 @@ const SO_SNDBUF: i32 = 7;
 const SO_RCVBUF: i32 = 8;
 const SO_LINGER: i32 = 13;
 const SO_ATTACH_FILTER: i32 = 26;
+const SO_DETACH_FILTER: i32 = 27;
 const SO_SNDBUFFORCE: i32 = 32;
 const SO_RCVBUFFORCE: i32 = 33;
 const SO_PEEK_OFF: i32 = 42;
@@ -322,7 +324,33 @@ fn is_tcp(s: &SocketState) -> bool {
 }
 
 fn exiting() -> bool {
-    crate::config::get().is_some_and(|c| c.exit_after)
+    crate::config::get().is_some_and(|c| c.exit_after || c.to.is_some())
+}
+
+/// Connections this checkpoint left in repair mode behind a drop filter (an exiting
+/// checkpoint), with their `SO_REUSEADDR`: if a move then fails and the program goes on,
+/// [`undo_repairs`] gives them back to it.
+static REPAIRED: [(AtomicI32, AtomicI32); 64] = [const { (AtomicI32::new(-1), AtomicI32::new(0)) }; 64];
+static N_REPAIRED: AtomicUsize = AtomicUsize::new(0);
+
+/// Forgets the connections of an earlier checkpoint (called as one starts).
+pub fn forget_repairs() {
+    N_REPAIRED.store(0, Ordering::Relaxed);
+}
+
+/// Takes every connection this checkpoint put in repair mode out of it again (no window
+/// probe) and removes its drop filter: the program goes on with them as they were.
+pub fn undo_repairs() {
+    let n = N_REPAIRED.swap(0, Ordering::Relaxed).min(REPAIRED.len());
+    for (fd, reuse) in &REPAIRED[..n] {
+        let (fd, reuse) = (fd.load(Ordering::Relaxed), reuse.load(Ordering::Relaxed));
+        let _ = set_int(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+        let _ = set_int(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+        let _ = sys::setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &0i32.to_ne_bytes());
+        if reuse != 0 {
+            let _ = set_int(fd, SOL_SOCKET, SO_REUSEADDR, reuse);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -802,6 +830,13 @@ fn repair_dump(fd: i32, exit: bool) -> Result<(TcpRepairState, Vec<u8>), String>
         }
     }
     // With `exit`, the socket stays in repair mode: closing it then sends nothing to the peer.
+    if exit && r.is_ok() {
+        let i = N_REPAIRED.fetch_add(1, Ordering::Relaxed);
+        if let Some((f, ru)) = REPAIRED.get(i) {
+            f.store(fd, Ordering::Relaxed);
+            ru.store(reuse, Ordering::Relaxed);
+        }
+    }
     r
 }
 
