@@ -226,7 +226,7 @@ impl<'a> Chain<'a> {
     /// [`Input::Lines`]) until step `stop`, or until the process exits when
     /// `stop` is `None`. `first_timeout` bounds the wait for the first line.
     fn drive(&mut self, p: &mut Proc, stop: Option<u32>, first_timeout: Duration) {
-        let wants_more = |n: u32, total: u32| n < total && stop.map_or(true, |s| n < s);
+        let wants_more = |n: u32, total: u32| n < total && stop.is_none_or(|s| n < s);
         if self.prog.input == Input::Lines && wants_more(self.steps.last(), self.prog.steps) {
             let line = format!("{}\n", input_line(self.steps.expected()));
             if let Err(e) = p.feed(&line) {

@@ -47,3 +47,13 @@ pub fn pmig_debug_value() -> &'static str {
         _ => "1",
     }
 }
+
+/// Waits for a receiver (`pmig-resume --listen HOST:0`) to print its ready line and returns
+/// the port it listens on; fails the test with the receiver's output if it does not.
+pub fn receiver_port(r: &mut Proc, host: &str) -> u16 {
+    let ready = format!("pmig-resume: listening on {host}:");
+    wait_until(std::time::Duration::from_secs(20), "the receiver's ready line", || {
+        r.stderr_text().lines().find_map(|l| l.strip_prefix(ready.as_str())?.trim().parse().ok())
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [r]))
+}

@@ -515,7 +515,7 @@ fn run_reports_missing_program() {
         .finish(CHECKPOINT_TIMEOUT)
         .unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
     let stderr = p.stderr_text();
-    if status.code().map_or(true, |c| c == 0) || !stderr.contains(name) {
+    if status.code().is_none_or(|c| c == 0) || !stderr.contains(name) {
         let msg = format!(
             "pmig-run must fail (non-zero exit, no signal) naming the missing program {name:?}; \
              it ended with {}",
@@ -544,7 +544,7 @@ fn run_without_preload_reports_libpmig() {
         .finish(CHECKPOINT_TIMEOUT)
         .unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
     let stderr = p.stderr_text();
-    if status.code().map_or(true, |c| c == 0) || !stderr.contains("libpmig.so") {
+    if status.code().is_none_or(|c| c == 0) || !stderr.contains("libpmig.so") {
         let msg = format!(
             "pmig-run alone in a directory (PMIG_PRELOAD unset) must fail (non-zero exit, no \
              signal) mentioning libpmig.so; it ended with {}",

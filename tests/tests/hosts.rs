@@ -41,13 +41,7 @@ fn start_receiver(hosts: &Hosts, sb: &Sandbox, token: &Path) -> (Proc, u16) {
         .arg(token);
     pmig_env(&mut cmd);
     let mut r = Proc::spawn("pmig-resume --listen (target)", cmd, Terminal::Pipe);
-    let ready = format!("pmig-resume: listening on {}:", hosts.dst_addr);
-    let port = wait_until(TIMEOUT, "the receiver's ready line", || {
-        r.stderr_text()
-            .lines()
-            .find_map(|l| l.strip_prefix(ready.as_str())?.trim().parse().ok())
-    })
-    .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    let port = pmig_tests::receiver_port(&mut r, &hosts.dst_addr.to_string());
     // The harness's own check: the target must not see SRC, and must see the pmig binaries.
     if hosts.hides_source_files() && Hosts::seen_by(r.pid(), &hosts.src_dir()).exists() {
         fail_with(
@@ -574,11 +568,7 @@ fn start_receiver_with_other_file(hosts: &Hosts, sb: &Sandbox, token: &Path, nam
     cmd.arg("--listen").arg(format!("{}:0", hosts.dst_addr)).arg("--token-file").arg(token).args(extra);
     pmig_env(&mut cmd);
     let mut r = Proc::spawn("pmig-resume --listen (target, other file)", cmd, Terminal::Pipe);
-    let ready = format!("pmig-resume: listening on {}:", hosts.dst_addr);
-    let port = wait_until(TIMEOUT, "the receiver's ready line", || {
-        r.stderr_text().lines().find_map(|l| l.strip_prefix(ready.as_str())?.trim().parse().ok())
-    })
-    .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    let port = pmig_tests::receiver_port(&mut r, &hosts.dst_addr.to_string());
     (r, port)
 }
 

@@ -128,10 +128,7 @@ fn receiver(sb: &Sandbox, token: &std::path::Path) -> (pmig_tests::Proc, u16) {
     cmd.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg(token);
     pmig_tests::pmig_env(&mut cmd);
     let mut r = pmig_tests::Proc::spawn("pmig-resume --listen", cmd, pmig_tests::Terminal::Pipe);
-    let port = pmig_tests::wait_until(std::time::Duration::from_secs(20), "the receiver's ready line", || {
-        r.stderr_text().lines().find_map(|l| l.strip_prefix("pmig-resume: listening on 127.0.0.1:")?.trim().parse().ok())
-    })
-    .unwrap_or_else(|e| pmig_tests::fail_with(&e, &mut [&mut r]));
+    let port = pmig_tests::receiver_port(&mut r, "127.0.0.1");
     (r, port)
 }
 

@@ -27,10 +27,7 @@ fn start_receiver(sb: &Sandbox, token: &Path, extra: &[&str]) -> (Proc, u16) {
     cmd.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg(token).args(extra);
     pmig_env(&mut cmd);
     let mut r = Proc::spawn("pmig-resume --listen", cmd, Terminal::Pipe);
-    let port = wait_until(TIMEOUT, "the receiver's ready line", || {
-        r.stderr_text().lines().find_map(|l| l.strip_prefix("pmig-resume: listening on 127.0.0.1:")?.trim().parse().ok())
-    })
-    .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    let port = pmig_tests::receiver_port(&mut r, "127.0.0.1");
     (r, port)
 }
 
@@ -328,10 +325,7 @@ fn other_users_process_needs_as_owner() {
         cmd.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg(&token).args(extra);
         pmig_env(&mut cmd);
         let mut r = Proc::spawn("pmig-resume --listen (root)", cmd, Terminal::Pipe);
-        let port: u16 = wait_until(TIMEOUT, "the receiver's ready line", || {
-            r.stderr_text().lines().find_map(|l| l.strip_prefix("pmig-resume: listening on 127.0.0.1:")?.trim().parse().ok())
-        })
-        .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+        let port = pmig_tests::receiver_port(&mut r, "127.0.0.1");
         (r, port)
     };
     let (mut r, port) = start_root_receiver(&[]);
@@ -393,10 +387,7 @@ fn slow_transfer_shows_progress() {
     rc.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg(&token);
     pmig_env(&mut rc);
     let mut r = Proc::spawn("pmig-resume --listen (slow link)", rc, Terminal::Pipe);
-    let port: u16 = wait_until(TIMEOUT, "the receiver's ready line", || {
-        r.stderr_text().lines().find_map(|l| l.strip_prefix("pmig-resume: listening on 127.0.0.1:")?.trim().parse().ok())
-    })
-    .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    let port = pmig_tests::receiver_port(&mut r, "127.0.0.1");
     // 16 MiB of touched memory: about 3 s at 40 Mbit/s.
     let mut sc = in_ns(&sb.bins().run, &sb.workdir("sender"));
     sc.arg("--to").arg(format!("127.0.0.1:{port}")).arg("--token-file").arg(&token).arg("--");
