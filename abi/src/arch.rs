@@ -66,6 +66,22 @@ pmig_clone_thread:
     ret
     .size pmig_clone_thread, . - pmig_clone_thread
 
+    .globl pmig_clone3_resume
+    .type pmig_clone3_resume,@function
+pmig_clone3_resume:
+    mov r8, rdx
+    mov r9, rcx
+    mov eax, 435
+    syscall
+    test rax, rax
+    jnz 1f
+    mov rdi, r8
+    mov rsi, r9
+    jmp pmig_restore_context
+1:
+    ret
+    .size pmig_clone3_resume, . - pmig_clone3_resume
+
     .globl pmig_sigreturn
     .type pmig_sigreturn,@function
 pmig_sigreturn:
@@ -80,7 +96,22 @@ extern "C" {
     fn pmig_save_and_call(ctx: *mut Ctx, f: extern "C" fn(u64) -> u64, arg: u64) -> u64;
     fn pmig_restore_context(ctx: *const Ctx, ret: u64) -> !;
     fn pmig_clone_thread(flags: u64, stack: u64, ptid: u64, ctid: u64, tls: u64, ctx: *const Ctx) -> i64;
+    fn pmig_clone3_resume(args: *const crate::CloneArgs, size: u64, ctx: *const Ctx, ret: u64) -> i64;
     fn pmig_sigreturn();
+}
+
+/// `clone3(2)` a thread (or process) whose first act is to resume `*ctx`, where
+/// `save_and_call` then returns `ret`. Returns the new tid (in the caller's pid namespace) or
+/// `-errno`. The child runs on `args.stack` only until it switches to the context's stack.
+///
+/// # Safety
+/// `args` must describe a valid clone (a thread needs `CLONE_VM | CLONE_THREAD |
+/// CLONE_SIGHAND`, a stack, and the TLS the context expects); `*ctx` and the memory it refers
+/// to must stay valid until the child has switched to it.
+pub unsafe fn clone3_resume(args: &crate::CloneArgs, ctx: *const Ctx, ret: u64) -> i64 {
+    // SAFETY: the caller guarantees the arguments as documented; the assembly keeps ctx and
+    // ret in r8/r9, which the syscall instruction preserves.
+    unsafe { pmig_clone3_resume(args, core::mem::size_of::<crate::CloneArgs>() as u64, ctx, ret) }
 }
 
 /// Saves the callee-saved context into `*ctx` and calls `f(arg)`; returns what `f` returns.

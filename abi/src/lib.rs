@@ -76,12 +76,51 @@ pub struct Mailbox {
     /// Where the `PlanObject` table is in the plan, and how many entries.
     pub objects_off: u64,
     pub n_objects: u64,
+    /// The thread-group leader (the process's first thread, whose tid is the pid) waits in
+    /// the engine on this futex word until the restored checkpoint thread sets it:
+    /// [`LEADER_RESUME`] (resume `*leader_ctx` with thread pointer `leader_fs`, as the
+    /// program's main thread) or [`LEADER_EXIT`] (the main thread had exited: end the leader).
+    pub leader_go: u32,
+    /// [`IDS_EXACT`] when the threads are made with their saved tids, else 0.
+    pub ids: u32,
+    pub leader_ctx: u64,
+    pub leader_fs: u64,
 }
+
+/// [`Mailbox::leader_go`]: resume the main thread's context.
+pub const LEADER_RESUME: u32 = 1;
+/// [`Mailbox::leader_go`]: the saved process had no main thread any more; the leader exits.
+pub const LEADER_EXIT: u32 = 2;
+/// [`PlanHeader::ids`] / [`Mailbox::ids`]: ids are exact (a pid namespace where every saved
+/// tid is free, and `CAP_CHECKPOINT_RESTORE` to ask for them with `clone3(set_tid)`).
+pub const IDS_EXACT: u32 = 1;
+
+/// `struct clone_args` of `<linux/sched.h>` (`clone3(2)`), up to `cgroup`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    /// Address of an array of `set_tid_size` pids, innermost namespace first.
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+/// The flags of a thread that shares everything with its process.
+pub const THREAD_FLAGS: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x80000;
+// CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM | CLONE_SETTLS
 
 /// Magic of [`PlanHeader`].
 pub const PLAN_MAGIC: u64 = 0x6e61_6c70_676d_6970; // "pimgplan"
 /// Version of the plan layout.
-pub const PLAN_VERSION: u32 = 2;
+pub const PLAN_VERSION: u32 = 3;
 
 /// `struct prctl_mm_map` of `<linux/prctl.h>` (for `PR_SET_MM_MAP`).
 #[repr(C)]
@@ -145,6 +184,10 @@ pub struct PlanHeader {
     /// The checkpoint thread's context and thread pointer.
     pub ctx: Ctx,
     pub fs_base: u64,
+    /// The checkpoint thread's saved tid (asked for with `clone3(set_tid)` when `ids` is
+    /// [`IDS_EXACT`]).
+    pub ckpt_tid: i32,
+    pub ids: u32,
 }
 
 /// Kinds of [`PlanRegion`].
@@ -220,6 +263,7 @@ pub mod exit_code {
     pub const VDSO_PLACE: i32 = 108;
     pub const MM_MAP: i32 = 109;
     pub const JUMP: i32 = 110;
+    pub const CLONE: i32 = 111;
 
     /// A human name for an engine exit code.
     pub fn name(code: i32) -> Option<&'static str> {
@@ -234,6 +278,7 @@ pub mod exit_code {
             VDSO_PLACE => "moving the vdso to its saved address",
             MM_MAP => "prctl(PR_SET_MM_MAP)",
             JUMP => "jumping to the saved context",
+            CLONE => "creating the checkpoint thread (clone3 with its saved tid)",
             _ => return None,
         })
     }

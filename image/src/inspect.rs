@@ -82,7 +82,22 @@ pub fn describe(m: &Manifest, file_len: u64) -> String {
     let _ = writeln!(o, "program:   {} (pid {} on {}, kernel {})", p.exe, p.pid, m.host.hostname, m.host.kernel_release);
     let _ = writeln!(o, "argv:      {:?}", p.argv);
     let _ = writeln!(o, "cwd:       {}", p.cwd);
-    let _ = writeln!(o, "user:      uid {} gid {}, umask {:03o}", p.uid, p.gid, p.umask);
+    let c = &p.creds;
+    let _ = writeln!(
+        o,
+        "user:      uids {:?} gids {:?} (real, effective, saved, fs), groups {:?}, capabilities {:#x}, umask {:03o}",
+        c.uids, c.gids, c.groups, c.cap_effective, p.umask
+    );
+    let _ = writeln!(
+        o,
+        "ids:       {} (parent pid {}); pmig-resume gives it this pid and these tids again where it can make a pid namespace",
+        match p.ids {
+            crate::IdsMode::Original => "the kernel's own: never restored",
+            crate::IdsMode::Exact => "exact: restored with its saved pid and tids",
+            crate::IdsMode::Virtual => "virtual: restored with new ids, libc answering the saved ones",
+        },
+        p.ppid
+    );
     let mm = &p.mm;
     let _ = writeln!(
         o,

@@ -68,6 +68,10 @@ pub struct HostState {
     pub xcr0: u64,
     /// Nanoseconds since the epoch (CLOCK_REALTIME) when the image was taken.
     pub time_ns: u64,
+    /// `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME` (ns) as the program saw them then: a restore
+    /// in a time namespace makes them go on from these values.
+    pub monotonic_ns: u64,
+    pub boottime_ns: u64,
 }
 
 /// Process-wide state.
@@ -90,6 +94,38 @@ pub struct ProcessState {
     pub auxv: Vec<u64>,
     /// Signals pending for the whole process, each as its raw 128-byte `siginfo_t`.
     pub pending_signals: Vec<Vec<u8>>,
+    /// Credentials (those of the main thread; glibc keeps every thread's the same).
+    pub creds: CredsState,
+    /// How the ids of the process that wrote the image were made (see [`IdsMode`]).
+    pub ids: IdsMode,
+}
+
+/// How a process's pid and tids relate to the ones it saw before its restores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdsMode {
+    /// Never restored: the ids are the kernel's.
+    #[default]
+    Original,
+    /// Restored with its saved pid and tids, for real (a pid namespace, `clone3(set_tid)`).
+    Exact,
+    /// Restored with new ids, libc's `getpid`/`gettid`/... answering the saved ones.
+    Virtual,
+}
+
+/// User and group ids, supplementary groups and capabilities.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredsState {
+    /// Real, effective, saved and file-system uid.
+    pub uids: [u32; 4],
+    /// Real, effective, saved and file-system gid.
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    /// Capability sets as 64-bit masks.
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_ambient: u64,
+    pub securebits: u32,
 }
 
 /// One resource limit.

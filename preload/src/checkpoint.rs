@@ -103,7 +103,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
     if r >= ENGINE_BASE {
         // SAFETY: only the engine resumes this context, handing over its mailbox's address
         // (always at or above ENGINE_BASE; a dump returns 0 or 1).
-        unsafe { crate::restore::restored(r as *const Mailbox) };
+        unsafe { crate::restore::restored(r as *mut Mailbox) };
         return;
     }
     let Job { bytes, msg, .. } = job;

@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod api;
 pub mod checkpoint;
 pub mod config;
+pub mod creds;
 pub mod fd;
 pub mod log;
 pub mod memory;
@@ -69,6 +70,8 @@ extern "C" fn init() {
         return;
     }
     thread::TID_OFFSET.store(thread::find_tid_offset(), Relaxed);
+    // SAFETY: registering a handler that only stores atomics; no other thread exists yet.
+    unsafe { libc::pthread_atfork(None, None, Some(pid::after_fork_in_child)) };
     find_rseq();
     let (sig, sus) = (cfg.signal, cfg.suspend_signal);
     if config::CONFIG.set(cfg).is_err() {

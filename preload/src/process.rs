@@ -34,6 +34,8 @@ pub fn host() -> HostState {
         hostname: utsfield(&u.nodename),
         xcr0: pmig_abi::arch::xcr0(),
         time_ns: sys::realtime_ns(),
+        monotonic_ns: sys::clock_ns(libc::CLOCK_MONOTONIC),
+        boottime_ns: sys::clock_ns(libc::CLOCK_BOOTTIME),
     }
 }
 
@@ -86,6 +88,8 @@ pub fn dump() -> Result<ProcessState, String> {
         mm,
         auxv,
         pending_signals: Vec::new(),
+        creds: crate::creds::dump(&status),
+        ids: crate::pid::mode(),
     })
 }
 

@@ -9,8 +9,11 @@
 //! 2. read the engine's mailbox, fix this thread's own kernel state (tid, robust list, rseq);
 //! 3. read the manifest from the plan fd; reopen fds, put back cwd, umask, rlimits, signal
 //!    dispositions, interval timers;
-//! 4. clone every saved thread into its context and wait until each has fixed its own state;
-//! 5. re-send pending signals, drop the engine and re-reserve its range, release the threads.
+//! 4. hand the main thread's context to the engine's leader thread (whose tid is the pid) and
+//!    clone every other saved thread into its context — with its saved tid when ids are
+//!    exact — and wait until each has fixed its own state and taken the saved credentials;
+//! 5. take the saved credentials here too (dropping any capability the restore raised),
+//!    re-send pending signals, drop the engine and re-reserve its range, release the threads.
 
 use crate::checkpoint::{CKPT_ROBUST, CKPT_TID};
 use crate::log::{debug, say};
@@ -23,14 +26,16 @@ use pmig_image::Manifest;
 ///
 /// # Safety
 /// `mb` must be the engine's mailbox, as `save_and_call` returns it after a restore.
-pub unsafe fn restored(mb: *const Mailbox) {
+pub unsafe fn restored(mb_ptr: *mut Mailbox) {
+    // The engine made this thread with every signal blocked; glibc's own must get through.
+    signal::block_all();
     if !alloc::map_arena(alloc::ARENA_BASE.load(Relaxed)) {
         say!("restore failed: cannot map pmig's arena again");
         sys::exit_group(120);
     }
     // SAFETY: the engine passes the address of its mailbox, which stays mapped (in the
     // reserved range) until step 5.
-    let mb = unsafe { *mb };
+    let mb = unsafe { *mb_ptr };
     if mb.magic != MAILBOX_MAGIC {
         say!("restore failed: the engine's mailbox is damaged");
         sys::exit_group(121);
@@ -78,16 +83,27 @@ pub unsafe fn restored(mb: *const Mailbox) {
     let _ = sys::prctl(libc::PR_SET_NAME, comm.as_ptr() as u64, 0, 0, 0);
     debug!("restore: process state back; recreating {} thread(s)", m.threads.len());
 
+    let exact = mb.ids == pmig_abi::IDS_EXACT;
     let old_tids: Vec<i32> = thread::live_slots().map(|s| s.tid.load(Relaxed)).collect();
-    match thread::recreate_all() {
-        Ok(n) => debug!("restore: {n} thread(s) ready"),
+    crate::creds::prepare(&m.process.creds);
+    // SAFETY: the mailbox is the engine's, whose leader waits on it.
+    match unsafe { thread::recreate_all(mb_ptr, m.process.pid, exact) } {
+        Ok(n) => debug!("restore: {n} thread(s) ready, ids {}", if exact { "exact" } else { "virtual" }),
         Err(e) => {
             say!("restore failed: cannot recreate the program's threads: errno {e}");
             sys::exit_group(123);
         }
     }
+    crate::creds::apply();
+    if let Some(what) = crate::creds::failures() {
+        if what.contains("supplementary") {
+            debug!("restore: could not put back {what}");
+        } else {
+            say!("warning: the restored program could not be given {what}");
+        }
+    }
     let new_tids = thread::live_slots().map(|s| s.tid.load(Relaxed));
-    crate::pid::after_restore(m.process.pid, m.process.ppid, old_tids.iter().copied().zip(new_tids));
+    crate::pid::after_restore(m.process.pid, m.process.ppid, old_tids.iter().copied().zip(new_tids), exact);
     crate::timer::restore(&m.timers, gap_ns);
     let pending: Vec<sys::SigInfo> =
         m.process.pending_signals.iter().filter_map(|i| <sys::SigInfo>::try_from(i.as_slice()).ok()).collect();

@@ -42,9 +42,17 @@ pub fn bit(sig: i32) -> u64 {
     1u64 << (sig - 1)
 }
 
-/// Blocks every signal in the calling thread (the checkpoint thread never runs handlers).
+/// glibc's own signals: `SIGCANCEL` (32, thread cancellation) and `SIGSETXID` (33: `setuid`,
+/// `setgid`, `setgroups`, … run the call in every thread glibc knows, by sending it this
+/// signal and waiting for each). pmig's threads are glibc threads (`std::thread`), so they
+/// must take them: a thread that blocks `SIGSETXID` makes every set*id call of the program
+/// hang, and would otherwise keep the old credentials.
+pub const GLIBC_INTERNAL: u64 = (1 << (32 - 1)) | (1 << (33 - 1));
+
+/// Blocks every signal in the calling thread but glibc's internal ones (pmig's threads run
+/// no handler of the program's).
 pub fn block_all() {
-    let all = !0u64;
+    let all = !GLIBC_INTERNAL;
     let _ = sys::rt_sigprocmask(libc::SIG_SETMASK, Some(&all), None);
 }
 

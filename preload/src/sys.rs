@@ -554,3 +554,63 @@ pub fn sigqueueinfo(tid: i32, sig: i32, info: &SigInfo) -> Res {
         sc!(libc::SYS_rt_tgsigqueueinfo, getpid(), tid, sig, info.as_ptr())
     }
 }
+
+/// `setgroups(2)` — the raw call, for the calling thread only (glibc's runs in every thread).
+pub fn setgroups(groups: &[u32]) -> Res {
+    sc!(libc::SYS_setgroups, groups.len(), groups.as_ptr())
+}
+
+/// `getgroups(2)` of the calling thread.
+pub fn getgroups(out: &mut [u32]) -> Res {
+    sc!(libc::SYS_getgroups, out.len(), out.as_mut_ptr())
+}
+
+/// `setresuid(2)` — the raw call, for the calling thread only.
+pub fn setresuid(r: u32, e: u32, s: u32) -> Res {
+    sc!(libc::SYS_setresuid, r, e, s)
+}
+
+/// `setresgid(2)` — the raw call, for the calling thread only.
+pub fn setresgid(r: u32, e: u32, s: u32) -> Res {
+    sc!(libc::SYS_setresgid, r, e, s)
+}
+
+/// `setfsuid(2)`: returns the previous fsuid (never fails visibly).
+pub fn setfsuid(u: u32) -> Res {
+    sc!(libc::SYS_setfsuid, u)
+}
+
+/// `setfsgid(2)`: returns the previous fsgid.
+pub fn setfsgid(g: u32) -> Res {
+    sc!(libc::SYS_setfsgid, g)
+}
+
+/// `capget(2)`/`capset(2)` data, version 3: `[effective, permitted, inheritable]` as masks.
+pub fn capget() -> Result<[u64; 3], i32> {
+    let hdr = [0x2008_0522u32, 0];
+    let mut data = [0u32; 6];
+    sc!(libc::SYS_capget, hdr.as_ptr(), data.as_mut_ptr())?;
+    let m = |i: usize| data[i] as u64 | (data[i + 3] as u64) << 32;
+    Ok([m(0), m(1), m(2)])
+}
+
+/// `capset(2)` of the calling thread: `[effective, permitted, inheritable]`.
+pub fn capset(caps: [u64; 3]) -> Res {
+    let hdr = [0x2008_0522u32, 0];
+    let data = [
+        caps[0] as u32,
+        caps[1] as u32,
+        caps[2] as u32,
+        (caps[0] >> 32) as u32,
+        (caps[1] >> 32) as u32,
+        (caps[2] >> 32) as u32,
+    ];
+    sc!(libc::SYS_capset, hdr.as_ptr(), data.as_ptr())
+}
+
+/// `clock_gettime(2)` in nanoseconds.
+pub fn clock_ns(clock: i32) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let _ = sc!(libc::SYS_clock_gettime, clock, &mut ts as *mut libc::timespec);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -168,6 +168,7 @@ pub extern "C" fn suspend_handler(_sig: i32, _info: *mut libc::siginfo_t, _uc: *
     let r = unsafe { arch::save_and_call(slot.ctx.get(), park, slot as *const Slot as u64) };
     if r == RESTORED_THREAD {
         fix_own_thread_state(slot.robust_head.load(Relaxed), slot.robust_len.load(Relaxed));
+        crate::creds::apply();
         // SAFETY: `name` was filled before the image was written and nobody writes it now.
         let name = unsafe { *slot.name.get() };
         let _ = sys::prctl(libc::PR_SET_NAME, name.as_ptr() as u64, 0, 0, 0);
@@ -322,39 +323,78 @@ pub fn live_slots() -> impl Iterator<Item = &'static Slot> {
 }
 
 /// Recreates every saved thread (the caller is the restored checkpoint thread, all signals
-/// blocked). Each new thread resumes its context and reports ready. Returns how many.
-pub fn recreate_all() -> Result<u32, i32> {
+/// blocked). Each new thread resumes its context and reports ready. The main thread (the slot
+/// whose tid the program saw as `main_tid`, the pid) is not cloned: the engine's leader thread,
+/// whose tid is the pid, waits in the mailbox and becomes it. With `exact`, each clone asks
+/// for the tid the program saw (`clone3(set_tid)`). Returns how many threads are ready.
+///
+/// # Safety
+/// `mb` must be the engine's mailbox, still mapped, with its leader waiting on `leader_go`.
+pub unsafe fn recreate_all(mb: *mut pmig_abi::Mailbox, main_tid: i32, exact: bool) -> Result<u32, i32> {
     READY_COUNT.store(0, Release);
     let off = TID_OFFSET.load(Relaxed);
     let mut n = 0u32;
+    let mut leader = false;
     for s in live_slots() {
         let ctx = s.ctx.get() as *const Ctx;
         let fs = s.fs_base.load(Relaxed);
+        let want = crate::pid::virt_tid(s.tid.load(Relaxed));
+        if want == main_tid && !leader {
+            leader = true;
+            // SAFETY: the caller guarantees the mailbox; the leader reads these fields only
+            // after it sees `leader_go` change (release/acquire through the atomic below).
+            unsafe {
+                (*mb).leader_ctx = ctx as u64;
+                (*mb).leader_fs = fs;
+            }
+            // SAFETY: `leader_go` is a u32 in the mailbox, aligned, used only atomically now.
+            let go = unsafe { AtomicU32::from_ptr(core::ptr::addr_of_mut!((*mb).leader_go)) };
+            go.store(pmig_abi::LEADER_RESUME, Release);
+            let _ = sys::futex_wake(go);
+            s.tid.store(sys::getpid(), Release);
+            n += 1;
+            continue;
+        }
         // SAFETY: the slot's context was saved by its thread, whose stack is restored; nobody
         // writes the slot now.
         let rsp = unsafe { (*ctx).rsp };
-        let mut flags = (libc::CLONE_VM
-            | libc::CLONE_FS
-            | libc::CLONE_FILES
-            | libc::CLONE_SIGHAND
-            | libc::CLONE_THREAD
-            | libc::CLONE_SYSVSEM
-            | libc::CLONE_SETTLS) as u64;
+        let mut flags = pmig_abi::THREAD_FLAGS;
         let tidp = if off >= 0 {
             flags |= (libc::CLONE_PARENT_SETTID | libc::CLONE_CHILD_CLEARTID) as u64;
             fs + off as u64
         } else {
             0
         };
-        // SAFETY: the child only jumps to the saved context (it needs no stack of its own before
-        // that); the context and the memory it refers to were restored; `tidp` is the tid field
-        // of the thread's struct pthread.
-        let tid = unsafe { arch::clone_thread(flags, (rsp - 4096) & !15, tidp, tidp, fs, ctx) };
+        // The clone starts below the saved stack pointer (below the red zone) and switches to
+        // the saved one at once.
+        let top = (rsp - 4096) & !15;
+        let mut args = pmig_abi::CloneArgs {
+            flags,
+            child_tid: tidp,
+            parent_tid: tidp,
+            stack: top - 1024,
+            stack_size: 1024,
+            tls: fs,
+            ..Default::default()
+        };
+        if exact {
+            args.set_tid = &want as *const i32 as u64;
+            args.set_tid_size = 1;
+        }
+        // SAFETY: the child only jumps to the saved context; the context and the memory it
+        // refers to were restored; `tidp` is the tid field of the thread's struct pthread.
+        let tid = unsafe { arch::clone3_resume(&args, ctx, RESTORED_THREAD) };
         if tid < 0 {
             return Err((-tid) as i32);
         }
         s.tid.store(tid as i32, Release);
         n += 1;
+    }
+    if !leader {
+        // SAFETY: as above.
+        let go = unsafe { AtomicU32::from_ptr(core::ptr::addr_of_mut!((*mb).leader_go)) };
+        go.store(pmig_abi::LEADER_EXIT, Release);
+        let _ = sys::futex_wake(go);
     }
     let started = sys::monotonic_ms();
     loop {

@@ -164,7 +164,7 @@ fn timer_thread() -> Option<i32> {
         let (tx, rx) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new().name("pmig-timers".into()).stack_size(256 << 10).spawn(move || {
             let suspend = crate::config::get().map(|c| c.suspend_signal).unwrap_or(crate::config::SUSPEND_SIGNAL);
-            let mask = !crate::signal::bit(suspend);
+            let mask = !(crate::signal::bit(suspend) | crate::signal::GLIBC_INTERNAL);
             let _ = sys::rt_sigprocmask(libc::SIG_SETMASK, Some(&mask), None);
             let _ = tx.send(pid::gettid());
             let wait = crate::signal::bit(TIMER_SIGNAL);

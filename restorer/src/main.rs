@@ -15,6 +15,7 @@ macro_rules! say {
     }};
 }
 
+mod ns;
 mod plan;
 mod receive;
 
@@ -47,6 +48,13 @@ process's stdin, stdout and stderr in place of the saved terminal, pipe or socke
   --root DIR        put the files a sender carries (those missing or different here) under
                     DIR instead of at their own paths; without it a sender whose files
                     differ here is refused (pmig never replaces a file)
+  --ids auto|exact|virtual
+                    exact: the program keeps its pid and thread ids for real (a new pid
+                    namespace, and a user namespace when not root; this process stays as
+                    the program's handle: signals sent to it reach the program, and it
+                    exits with the program's status); virtual: the program runs with this
+                    process's pid and libc's getpid/gettid answer the saved ids; auto
+                    (default): exact where namespaces can be had, else virtual, saying so
   PMIG_DEBUG=1      log each restore phase to stderr";
 
 fn main() {
@@ -60,6 +68,7 @@ fn main() {
     let mut root: Option<PathBuf> = None;
     let mut ssh_receiver = false;
     let mut log: Option<PathBuf> = None;
+    let mut ids = ns::Ids::Auto;
     while let Some(a) = args.next() {
         match a.as_str() {
             "-h" | "--help" => {
@@ -70,9 +79,11 @@ fn main() {
             "--keep-listening" => keep = true,
             "--as-owner" => as_owner = true,
             "--ssh-receiver" => ssh_receiver = true,
-            "--listen" | "--token-file" | "--root" | "--log" => {
+            "--listen" | "--token-file" | "--root" | "--log" | "--ids" => {
                 let v = args.next().unwrap_or_else(|| fail(&format!("{a} needs a value\n{USAGE}")));
-                if a == "--log" {
+                if a == "--ids" {
+                    ids = ns::Ids::parse(&v).unwrap_or_else(|| fail(&format!("--ids takes auto, exact or virtual, not {v}")));
+                } else if a == "--log" {
                     log = Some(PathBuf::from(v));
                 } else if a == "--root" {
                     root = Some(PathBuf::from(v));
@@ -91,7 +102,7 @@ fn main() {
         let r = receive::Receiver { token: Vec::new(), as_owner: false, root: root.clone(), check_uid: false, ready: make_ready };
         let result = r.receive(&mut receive::Stdio).and_then(|(s, img)| {
             detach(&img, log.as_deref())?;
-            restore(&s.path, &img, false).map(|_| drop(s.file))
+            restore(&s.path, &img, false, ids).map(|_| drop(s.file))
         });
         if let Err(e) = result {
             fail(&format!("{e:#}"));
@@ -106,7 +117,7 @@ fn main() {
                 fail(&format!("the token file {} is empty", tf.display()));
             }
             let r = receive::Receiver { token, as_owner, root: root.clone(), check_uid: true, ready: make_ready };
-            r.listen(&addr, keep).and_then(|(s, img)| restore(&s.path, &img, as_owner).map(|_| drop(s.file)))
+            r.listen(&addr, keep).and_then(|(s, img)| restore(&s.path, &img, as_owner, ids).map(|_| drop(s.file)))
         }
         (Some(_), Some(_)) => fail("give either an image or --listen, not both"),
         (None, None) => fail(&format!("no image given\n{USAGE}")),
@@ -116,7 +127,7 @@ fn main() {
                 if inspect {
                     return print_inspect(&img);
                 }
-                restore(&s.path, &img, false).map(|_| drop(s.file))
+                restore(&s.path, &img, false, ids).map(|_| drop(s.file))
             })
             .with_context(|| "standard input".to_string()),
         (None, Some(i)) => (|| {
@@ -125,7 +136,7 @@ fn main() {
             if inspect {
                 return print_inspect(&img);
             }
-            restore(&path, &img, false)
+            restore(&path, &img, false, ids)
         })()
         .with_context(|| i.clone()),
     };
@@ -191,14 +202,30 @@ fn print_inspect(img: &VerifiedImage) -> Result<()> {
 }
 
 /// Checks the host, writes the plan and execs the engine: returns only on failure.
-fn restore(image: &Path, img: &VerifiedImage, as_owner: bool) -> Result<()> {
+fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids) -> Result<()> {
     check_host(img)?;
     let debug = std::env::var_os("PMIG_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
     let engine = engine_path()?;
-    let prepared = plan::prepare(image, img, debug)?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     let p = &img.manifest.process;
+    let exact = match ids {
+        ns::Ids::Virtual => false,
+        _ => match ns::enter(&img.manifest) {
+            Ok(()) => true,
+            Err(why) if ids == ns::Ids::Exact => bail!("exact ids are not available here: {why}"),
+            Err(why) => {
+                say!("pmig-resume: {why}: restoring with virtual ids (the program's libc calls see its saved pid and thread ids; raw system calls see new ones)");
+                false
+            }
+        },
+    };
+    let prepared = plan::prepare(image, img, debug, exact)?;
+    if exact {
+        let owner = (me == 0 && as_owner && p.uid != 0).then_some((p.uid, p.gid));
+        let never = ns::run(&img.manifest, &engine, prepared.plan_fd, owner, debug)?;
+        match never {}
+    }
     if me == 0 && as_owner && p.uid != 0 {
         // SAFETY: plain credential system calls; each result is checked.
         unsafe {

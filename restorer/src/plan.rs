@@ -91,7 +91,8 @@ fn make_object(m: &Manifest, o: &ObjectState) -> Result<i32> {
     inherit(f)
 }
 
-pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Prepared> {
+/// Writes the plan. `exact`: the engine and libpmig ask for the saved tids.
+pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool) -> Result<Prepared> {
     let m = &img.manifest;
     let image_fd = inherit(File::open(image).context("cannot reopen the image")?)?;
     let mut objects = Vec::with_capacity(m.objects.len());
@@ -229,6 +230,11 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Prepare
             fpucw: c.fpucw,
         },
         fs_base: c.fs_base,
+        // pmig's own thread keeps its tid only where it is sure to be free: an image made in
+        // the virtual mode holds a tid that was real then, which may be another thread's
+        // saved one.
+        ckpt_tid: if m.process.ids == pmig_image::IdsMode::Virtual { 0 } else { c.tid },
+        ids: if exact { pmig_abi::IDS_EXACT } else { 0 },
     };
     let mut out = Vec::with_capacity(total_len as usize);
     out.extend_from_slice(bytes_of(&header));

@@ -52,6 +52,10 @@ pub struct ChainOpts<'a> {
     pub terminal: Terminal,
     /// Called on the image after each checkpoint (e.g. to bound its size).
     pub check_image: Option<ImageCheck<'a>>,
+    /// Extra arguments for every `pmig-resume` (before the image).
+    pub resume_args: Vec<String>,
+    /// How long the image rests before each resume (a gap the program must not notice).
+    pub pause_before_resume: Duration,
 }
 
 impl Default for ChainOpts<'_> {
@@ -61,6 +65,8 @@ impl Default for ChainOpts<'_> {
             resume_steps: 3,
             terminal: Terminal::Pipe,
             check_image: None,
+            resume_args: Vec::new(),
+            pause_before_resume: Duration::ZERO,
         }
     }
 }
@@ -210,12 +216,13 @@ impl<'a> Chain<'a> {
     /// Spawns `pmig-resume <img>` in `cwd`.
     pub fn spawn_resume(&self, cwd: &Path, label: &str) -> Proc {
         let mut cmd = self.sb.command(&self.sb.bins().resume, cwd);
-        cmd.arg(&self.image);
+        cmd.args(&self.opts.resume_args).arg(&self.image);
         pmig_env(&mut cmd);
         Proc::spawn(label, cmd, self.opts.terminal)
     }
 
     fn spawn_next_resume(&mut self) -> Proc {
+        std::thread::sleep(self.opts.pause_before_resume);
         self.resumes += 1;
         let cwd = self.sb.workdir(&format!("resume-{}", self.resumes));
         let label = format!("pmig-resume #{} ({})", self.resumes, self.prog.name);
@@ -276,7 +283,7 @@ impl<'a> Chain<'a> {
         let Some(user) = self.sb.run_as() else {
             return;
         };
-        let status_path = format!("/proc/{}/status", p.pid());
+        let status_path = format!("/proc/{}/status", crate::process::program_pid(p.pid()));
         let status = match std::fs::read_to_string(&status_path) {
             Ok(s) => s,
             Err(e) => {

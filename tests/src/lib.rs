@@ -33,7 +33,7 @@ pub use chain::{
     fail_with, pmig_env, Chain, ChainOpts, ChainReport, ImageCheck, CHECKPOINT_TIMEOUT,
     RESUME_TIMEOUT, STEP_TIMEOUT,
 };
-pub use process::{describe_status, Proc, Terminal};
+pub use process::{describe_status, program_pid, Proc, Terminal};
 pub use programs::{Input, Program};
 pub use sandbox::{RunAs, Sandbox};
 pub use steps::{input_line, StepCheck};

@@ -561,3 +561,18 @@ impl FloorCharBoundary for str {
         index
     }
 }
+
+/// The process that runs a restored program, given the pid the user has (`pmig-resume`'s):
+/// that process itself with virtual ids, or, with exact ids, the only child of its only child
+/// (`pmig-init`, pid 1 of the program's pid namespace). Falls back to `handle`.
+pub fn program_pid(handle: libc::pid_t) -> libc::pid_t {
+    let child = |p: libc::pid_t| -> Option<libc::pid_t> {
+        let s = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).ok()?;
+        s.split_whitespace().next()?.parse().ok()
+    };
+    let comm = |p: libc::pid_t| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    match child(handle) {
+        Some(init) if comm(init).trim() == "pmig-init" => child(init).unwrap_or(handle),
+        _ => handle,
+    }
+}

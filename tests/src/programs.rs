@@ -43,6 +43,12 @@ pub const SOCKETS: &str = env!("PMIG_TEST_PROG_SOCKETS");
 /// `ids.c`: getpid/gettid/getppid, kill, tgkill and /proc/<pid> across restores.
 pub const IDS: &str = env!("PMIG_TEST_PROG_IDS");
 
+/// `exact_ids.c`: raw ids, mutex owners, CPU clocks, /proc/self/task, SIGEV_THREAD_ID, kcmp,
+/// SO_PEERCRED, a forked child, CLOCK_MONOTONIC without jumps.
+pub const EXACT_IDS: &str = env!("PMIG_TEST_PROG_EXACT_IDS");
+/// `setid.c`: set*id calls in a threaded program; every thread takes the credentials.
+pub const SETID: &str = env!("PMIG_TEST_PROG_SETID");
+
 /// Debian's perl.
 pub const PERL: &str = "/usr/bin/perl";
 

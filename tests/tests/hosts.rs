@@ -300,6 +300,7 @@ fn carried_executable_and_working_directory() {
                 there.display()
             )),
         };
+        let pid = pmig_tests::program_pid(pid);
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"));
         let problem = problem.or_else(|| match &cwd {
             Ok(c) if *c == hosts.src_dir() => None,

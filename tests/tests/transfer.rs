@@ -295,7 +295,7 @@ fn keep_listening_takes_several_programs() {
     assert!(r.poll_status().is_none(), "the receiver must stay up: {}", r.describe());
     for pid in moved {
         let running = wait_until(TIMEOUT, "the moved program running", || {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = std::fs::read(format!("/proc/{}/cmdline", pmig_tests::program_pid(pid))).ok()?;
             String::from_utf8_lossy(&cmd).contains("counter").then_some(())
         });
         // SAFETY: kill(2) of a child of the receiver this test started.
@@ -348,7 +348,7 @@ fn other_users_process_needs_as_owner() {
     assert!(s.wait_exit(TIMEOUT).map(|st| st.success()).unwrap_or(false), "{}", s.describe());
     let line = r.next_line(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
     assert!(line.is_some_and(|l| l.starts_with("step ")), "{}", r.describe());
-    let status = std::fs::read_to_string(format!("/proc/{}/status", r.pid())).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pmig_tests::program_pid(r.pid()))).unwrap_or_default();
     let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or("").split_whitespace().next().unwrap_or("");
     assert_eq!(uid, "65534", "--as-owner restores the process as its owner");
 }

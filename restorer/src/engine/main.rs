@@ -12,8 +12,12 @@
 //! 7. set each region's final protection;
 //! 8. move the vdso block to where the saved process had it (same kernel, checked before);
 //! 9. `PR_SET_MM_MAP`: brk, stack, arg/env and auxv of the saved process;
-//! 10. close the mapped files' fds, set the saved thread pointer, fill the mailbox and resume
-//!     the saved checkpoint thread's context, handing it the mailbox; libpmig does the rest.
+//! 10. close the mapped files' fds, fill the mailbox, and `clone3` the checkpoint thread
+//!     (with its saved tid when ids are exact) straight into its saved context, handing it
+//!     the mailbox; libpmig does the rest;
+//! 11. this thread — the leader, whose tid is the pid — waits on the mailbox until the
+//!     checkpoint thread hands it the main thread's context, sets that thread pointer and
+//!     resumes it: the program's main thread is its thread group's leader again.
 //!
 //! Once step 4 has run there is nothing to return to: a failure writes the phase and errno to
 //! stderr and exits with the phase's code (`pmig_abi::exit_code`).
@@ -44,8 +48,16 @@ static MAILBOX: Bss<Mailbox> = Bss(UnsafeCell::new(Mailbox {
     _pad: 0,
     objects_off: 0,
     n_objects: 0,
+    leader_go: 0,
+    ids: 0,
+    leader_ctx: 0,
+    leader_fs: 0,
 }));
 static DEBUG: Bss<bool> = Bss(UnsafeCell::new(false));
+/// The checkpoint thread's first stack, used only until it switches to its saved one.
+const CLONE_STACK_SIZE: usize = 16 * 1024;
+static CLONE_STACK: Bss<[u8; CLONE_STACK_SIZE]> = Bss(UnsafeCell::new([0; CLONE_STACK_SIZE]));
+const FUTEX_WAIT_PRIVATE: u64 = 128;
 
 core::arch::global_asm!(
     ".globl _start",
@@ -77,6 +89,8 @@ mod nr {
     pub const SHMCTL: u64 = 31;
     pub const PRCTL: u64 = 157;
     pub const ARCH_PRCTL: u64 = 158;
+    pub const EXIT: u64 = 60;
+    pub const FUTEX: u64 = 202;
     pub const EXIT_GROUP: u64 = 231;
 }
 
@@ -371,7 +385,8 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
             sys(nr::CLOSE, r.fd as u64, 0, 0, 0, 0, 0);
         }
     }
-    // SAFETY: single-threaded; the mailbox lives in .bss until libpmig unmaps the engine.
+    // SAFETY: single-threaded until the clone below; the mailbox lives in .bss until libpmig
+    // unmaps the engine, which it does only after the leader has left (it reports ready).
     let mb = unsafe { &mut *MAILBOX.0.get() };
     *mb = Mailbox {
         magic: MAILBOX_MAGIC,
@@ -383,12 +398,52 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
         _pad: 0,
         objects_off: h.objects_off,
         n_objects: h.n_objects,
+        leader_go: 0,
+        ids: h.ids,
+        leader_ctx: 0,
+        leader_fs: 0,
     };
-    log(b"jumping to the checkpoint thread at", Some(h.ctx.rip));
-    check(ec::JUMP, sys(nr::ARCH_PRCTL, 0x1002, h.fs_base, 0, 0, 0, 0), h.fs_base);
-    // SAFETY: the saved address space is in place, the thread pointer is the checkpoint
-    // thread's, and its context was saved by save_and_call in that address space.
-    unsafe { pmig_abi::arch::restore_context(&h.ctx, mb as *mut Mailbox as u64) }
+    // The checkpoint thread is a new thread (with its saved tid when ids are exact); this
+    // thread, the leader, whose tid is the pid, becomes the program's main thread once the
+    // checkpoint thread has put back what the process shares.
+    let tid = h.ckpt_tid;
+    let mut args = pmig_abi::CloneArgs {
+        flags: pmig_abi::THREAD_FLAGS,
+        // SAFETY: taking the address of the static's contents; nothing else uses it.
+        stack: unsafe { (*CLONE_STACK.0.get()).as_ptr() } as u64,
+        stack_size: CLONE_STACK_SIZE as u64,
+        tls: h.fs_base,
+        ..Default::default()
+    };
+    if h.ids == pmig_abi::IDS_EXACT && tid > 0 {
+        args.set_tid = &tid as *const i32 as u64;
+        args.set_tid_size = 1;
+    }
+    log(b"starting the checkpoint thread at", Some(h.ctx.rip));
+    // SAFETY: the saved address space is in place; the child gets the checkpoint thread's
+    // thread pointer and resumes its context (saved by save_and_call in this address space),
+    // using the clone stack only for the jump.
+    let r = unsafe { pmig_abi::arch::clone3_resume(&args, &h.ctx, mb as *mut Mailbox as u64) };
+    check(ec::CLONE, r, tid as u64);
+    log(b"leader waiting for the main thread's context", None);
+    loop {
+        // SAFETY: the mailbox word is written by the checkpoint thread (atomically).
+        let go = unsafe { core::ptr::read_volatile(&mb.leader_go) };
+        match go {
+            pmig_abi::LEADER_RESUME => break,
+            pmig_abi::LEADER_EXIT => {
+                sys(nr::EXIT, 0, 0, 0, 0, 0, 0);
+            }
+            _ => {
+                sys(nr::FUTEX, &mb.leader_go as *const u32 as u64, FUTEX_WAIT_PRIVATE, go as u64, 0, 0, 0);
+            }
+        }
+    }
+    let (ctx, fs) = (mb.leader_ctx as *const pmig_abi::Ctx, mb.leader_fs);
+    check(ec::JUMP, sys(nr::ARCH_PRCTL, 0x1002, fs, 0, 0, 0, 0), fs);
+    // SAFETY: the checkpoint thread handed over the main thread's saved context (in the
+    // restored libpmig) and its thread pointer, which is now set.
+    unsafe { pmig_abi::arch::restore_context(ctx, pmig_abi::RESTORED_THREAD) }
 }
 
 #[panic_handler]

@@ -1,0 +1,479 @@
+//! Exact ids: restoring in a new pid namespace, and the supervisor that stays the user's handle.
+//!
+//! Algorithm (what `pmig-resume` does when it can have exact ids):
+//! 1. `unshare` a pid and (where the kernel has one) a time namespace — and, when not root, a
+//!    user namespace that owns them, in which the user's own uid and gid map to
+//!    themselves (`setgroups` denied, as the kernel requires of an unprivileged map);
+//! 2. write the time namespace's offsets so that `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME` go on
+//!    from the values the program saw at checkpoint time;
+//! 3. fork the namespace's init (pid 1): in a mount namespace of its own it makes `/` a slave
+//!    mount and mounts a `/proc` of the new pid namespace, then `clone3(set_tid = [saved pid])` the process that execs the
+//!    restore engine (unprivileged, it first raises `CAP_CHECKPOINT_RESTORE` as an ambient
+//!    capability so the engine and libpmig can ask for the saved tids; libpmig drops it with
+//!    the rest of the restore's credentials before the program runs). Init then reaps, and
+//!    reports the program's stops, continues and exit on a pipe;
+//! 4. this process — the pid the user started, in the host's namespace — becomes the
+//!    supervisor: every signal sent to it goes to the program (signals a terminal sends to its
+//!    foreground group reach the program directly and are not sent twice), it stops when the
+//!    program stops (so shells see job control as usual), and it exits with the program's
+//!    status or dies of its signal.
+//!
+//! When a namespace cannot be had (a container that forbids them) the caller falls back to
+//! virtual ids, saying so; with `--ids exact` it refuses instead.
+
+use anyhow::{bail, Context, Result};
+use pmig_image::Manifest;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// What a restore asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ids {
+    /// Exact where possible, else virtual (with one line saying so).
+    Auto,
+    /// Exact, or refuse.
+    Exact,
+    /// Virtual (the restored process keeps pmig-resume's pid, libc answers the saved ids).
+    Virtual,
+}
+
+impl Ids {
+    pub fn parse(s: &str) -> Option<Ids> {
+        Some(match s {
+            "auto" => Ids::Auto,
+            "exact" => Ids::Exact,
+            "virtual" => Ids::Virtual,
+            _ => return None,
+        })
+    }
+}
+
+const CAP_CHECKPOINT_RESTORE: u32 = 40;
+
+/// Messages from init to the supervisor: `[kind, value]`.
+const MSG_STARTED: u32 = 1;
+const MSG_STOPPED: u32 = 2;
+const MSG_CONTINUED: u32 = 3;
+const MSG_EXITED: u32 = 4;
+const MSG_FAILED: u32 = 5;
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn write_file(path: &str, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+/// Step 1 and 2: this process enters the new namespaces (children enter the pid and time
+/// ones). Returns why not, when it cannot.
+pub fn enter(m: &Manifest) -> std::result::Result<(), String> {
+    // SAFETY: geteuid/getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let mut flags = libc::CLONE_NEWPID;
+    if uid != 0 {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    // SAFETY: unshare only changes this (single-threaded) process's namespaces.
+    let mut timens = unsafe { libc::unshare(flags | libc::CLONE_NEWTIME) } == 0;
+    if !timens {
+        // SAFETY: as above.
+        if unsafe { libc::unshare(flags) } != 0 {
+            return Err(format!("cannot make a pid namespace (unshare: {})", std::io::Error::last_os_error()));
+        }
+    }
+    if uid != 0 {
+        let maps = write_file("/proc/self/setgroups", "deny")
+            .and_then(|_| write_file("/proc/self/uid_map", &format!("{uid} {uid} 1")))
+            .and_then(|_| write_file("/proc/self/gid_map", &format!("{gid} {gid} 1")));
+        if let Err(e) = maps {
+            return Err(format!("cannot map the user's ids in a user namespace ({e})"));
+        }
+    }
+    if timens {
+        let off = |saved: u64, clock: libc::clockid_t| {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: clock_gettime writes the timespec we own.
+            unsafe { libc::clock_gettime(clock, &mut ts) };
+            let now = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+            let d = saved as i128 - now;
+            (d.div_euclid(1_000_000_000), d.rem_euclid(1_000_000_000))
+        };
+        let (ms, mn) = off(m.host.monotonic_ns, libc::CLOCK_MONOTONIC);
+        let (bs, bn) = off(m.host.boottime_ns, libc::CLOCK_BOOTTIME);
+        let text = format!("monotonic {ms} {mn}\nboottime {bs} {bn}\n");
+        if m.host.monotonic_ns == 0 || write_file("/proc/self/timens_offsets", &text).is_err() {
+            timens = false;
+        }
+    }
+    let _ = timens;
+    Ok(())
+}
+
+/// The ends of init's report pipe.
+struct Pipe {
+    r: i32,
+    w: i32,
+}
+
+fn send(fd: i32, kind: u32, value: u32) {
+    let msg = [kind, value];
+    // SAFETY: writing 8 bytes from a local array; a pipe write of 8 bytes is atomic.
+    unsafe { libc::write(fd, msg.as_ptr() as *const libc::c_void, 8) };
+}
+
+/// Steps 3 and 4: fork init, which makes the program's process with the saved pid and execs
+/// the engine in it; this process supervises. Returns only on failure before init started.
+pub fn run(m: &Manifest, engine: &Path, plan_fd: i32, as_owner: Option<(u32, u32)>, debug: bool) -> Result<std::convert::Infallible> {
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 writes two fds into the array we own.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("cannot make a pipe: {}", std::io::Error::last_os_error());
+    }
+    let pipe = Pipe { r: p[0], w: p[1] };
+    let engine_c = CString::new(engine.as_os_str().as_bytes()).context("the engine's path has a NUL byte")?;
+    let plan_arg = CString::new(plan_fd.to_string()).unwrap_or_default();
+    // Every signal waits for the supervisor (blocked before the fork, so none is lost).
+    // SAFETY: sigset operations on a local set; sigprocmask on this single-threaded process.
+    unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, core::ptr::null_mut());
+    }
+    // SAFETY: pmig-resume is single-threaded here; the child only makes raw calls and execs.
+    let me = unsafe { libc::getpid() };
+    // SAFETY: see above.
+    let init = unsafe { libc::fork() };
+    if init < 0 {
+        bail!("cannot fork the namespace's init: {}", std::io::Error::last_os_error());
+    }
+    if init == 0 {
+        // SAFETY: in the child: only this code runs, and it ends in exec or _exit.
+        unsafe { init_main(m.process.pid, &pipe, &engine_c, &plan_arg, as_owner, me) }
+    }
+    // SAFETY: closing our copy of the write end.
+    unsafe { libc::close(pipe.w) };
+    if debug {
+        eprintln!("pmig-resume: restoring with exact ids: pid {} in a new pid namespace (init is pid {init} here)", m.process.pid);
+    }
+    supervise(init, pipe.r, (m.process.pid == 1).then_some(init))
+}
+
+/// Init (pid 1 of the new namespace).
+///
+/// # Safety
+/// Only in the child of `fork` in `run`.
+unsafe fn init_main(
+    pid: i32,
+    pipe: &Pipe,
+    engine: &CString,
+    plan_arg: &CString,
+    as_owner: Option<(u32, u32)>,
+    _parent: i32,
+) -> ! {
+    let fail = |what: u32, e: i32| -> ! {
+        send(pipe.w, MSG_FAILED, (what << 16) | e as u32);
+        // SAFETY: _exit has no preconditions.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: plain system calls on this process's own state; every pointer is to a local or
+    // a NUL-terminated literal.
+    unsafe {
+        libc::close(pipe.r);
+        // (Its parent is outside the namespace, where getppid() answers 0: a supervisor that
+        // died before this line is not noticed, and init goes on with the program.)
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_NAME, c"pmig-init".as_ptr());
+        // A mount namespace of its own (the supervisor's /proc stays the host's, where it
+        // finds the program's pid).
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            fail(1, errno());
+        }
+        if libc::mount(core::ptr::null(), c"/".as_ptr(), core::ptr::null(), libc::MS_REC | libc::MS_SLAVE, core::ptr::null()) != 0 {
+            fail(1, errno());
+        }
+        let pflags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), pflags, core::ptr::null()) != 0 {
+            fail(2, errno());
+        }
+        let tid = pid;
+        let args = pmig_abi::CloneArgs {
+            exit_signal: libc::SIGCHLD as u64,
+            set_tid: &tid as *const i32 as u64,
+            set_tid_size: if pid == 1 { 0 } else { 1 },
+            ..Default::default()
+        };
+        let child = if pid == 1 { 0 } else { libc::syscall(libc::SYS_clone3, &args as *const _, core::mem::size_of_val(&args)) };
+        if child < 0 {
+            fail(3, errno());
+        }
+        if child == 0 {
+            program_main(pipe, engine, plan_arg, as_owner, pid != 1);
+        }
+        send(pipe.w, MSG_STARTED, child as u32);
+        // Init holds nothing of the program's: no fd but the report pipe (moved to fd 3).
+        let w = 3;
+        libc::dup2(pipe.w, w);
+        libc::syscall(libc::SYS_close_range, w + 1, u32::MAX, 0);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        for fd in 0..3 {
+            libc::dup2(null, fd);
+        }
+        if null > w {
+            libc::close(null);
+        }
+        // Init keeps every signal blocked: none is meant for it (SIGKILL still ends it).
+        loop {
+            let mut st = 0;
+            let r = libc::waitpid(-1, &mut st, libc::__WALL | libc::WUNTRACED | libc::WCONTINUED);
+            if r < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                libc::_exit(0);
+            }
+            if r as i64 != child {
+                continue;
+            }
+            if libc::WIFSTOPPED(st) {
+                send(w, MSG_STOPPED, libc::WSTOPSIG(st) as u32);
+            } else if libc::WIFCONTINUED(st) {
+                send(w, MSG_CONTINUED, 0);
+            } else {
+                send(w, MSG_EXITED, st as u32);
+                libc::_exit(0);
+            }
+        }
+    }
+}
+
+/// The process that becomes the program: execs the engine.
+///
+/// # Safety
+/// Only in the child of init's `clone3`.
+unsafe fn program_main(pipe: &Pipe, engine: &CString, plan_arg: &CString, as_owner: Option<(u32, u32)>, has_init: bool) -> ! {
+    let fail = |what: u32, e: i32| -> ! {
+        send(pipe.w, MSG_FAILED, (what << 16) | e as u32);
+        // SAFETY: _exit has no preconditions.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: credential and capability calls on this process; pointers to locals.
+    unsafe {
+        if has_init {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        }
+        if let Some((uid, gid)) = as_owner {
+            libc::prctl(libc::PR_SET_KEEPCAPS, 1);
+            if libc::setgroups(0, core::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                fail(4, errno());
+            }
+        }
+        if libc::geteuid() != 0 || as_owner.is_some() {
+            // The engine and libpmig need CAP_CHECKPOINT_RESTORE for set_tid; the exec keeps
+            // it only as an ambient capability (inheritable and permitted first).
+            let hdr = [0x2008_0522u32, 0];
+            let mut data = [0u32; 6];
+            libc::syscall(libc::SYS_capget, hdr.as_ptr(), data.as_mut_ptr());
+            let (word, bit) = ((CAP_CHECKPOINT_RESTORE / 32) as usize, 1u32 << (CAP_CHECKPOINT_RESTORE % 32));
+            data[word * 3] |= bit; // effective
+            data[word * 3 + 1] |= bit; // permitted
+            data[word * 3 + 2] |= bit; // inheritable
+            if libc::syscall(libc::SYS_capset, hdr.as_ptr(), data.as_ptr()) != 0
+                || libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, CAP_CHECKPOINT_RESTORE as u64, 0, 0) != 0
+            {
+                fail(5, errno());
+            }
+        }
+        // Signals stay blocked through the exec: the engine blocks them all anyway, and the
+        // restored threads take their own masks from their saved frames; one sent meanwhile
+        // (a checkpoint request) stays pending for the restored program.
+        let argv = [c"pmig-restore-engine".as_ptr(), plan_arg.as_ptr(), core::ptr::null()];
+        let envp = [core::ptr::null::<libc::c_char>()];
+        libc::execve(engine.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(6, errno())
+    }
+}
+
+fn failed_phase(what: u32) -> &'static str {
+    match what {
+        1 => "making a mount namespace whose / is a slave of the host's",
+        2 => "mounting /proc for the new pid namespace",
+        3 => "creating the process with the saved pid (clone3 set_tid)",
+        4 => "taking the owner's ids",
+        5 => "raising CAP_CHECKPOINT_RESTORE for the restore",
+        6 => "starting the restore engine",
+        _ => "starting the restore",
+    }
+}
+
+/// The program's pid in this (the host's) namespace: init's only child.
+fn outer_pid(init: i32) -> Option<i32> {
+    for _ in 0..200 {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")) {
+            if let Some(p) = s.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                return Some(p);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    None
+}
+
+/// Dies as the program died, or exits with its code.
+fn mirror(status: i32) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: resetting our own disposition and mask, then raising the signal on
+        // ourselves; no core file of the supervisor (the program's, if any, was written).
+        unsafe {
+            let lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &lim);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, core::ptr::null_mut());
+            libc::raise(sig);
+        }
+        std::process::exit(128 + sig);
+    }
+    std::process::exit(libc::WEXITSTATUS(status))
+}
+
+/// Sends the program a signal the supervisor took (with its value, if it was queued).
+fn forward(p: i32, sig: i32, code: i32, value: u64) {
+    if code == libc::SI_QUEUE {
+        // SAFETY: an all-zero siginfo is valid; the fields are set as sigqueue sets them.
+        unsafe {
+            let mut info: libc::siginfo_t = core::mem::zeroed();
+            info.si_signo = sig;
+            info.si_code = libc::SI_QUEUE;
+            let raw = &mut info as *mut libc::siginfo_t as *mut u8;
+            // si_pid and si_uid at 16 and 20, si_value at 24 (x86_64).
+            core::ptr::write_unaligned(raw.add(16) as *mut i32, libc::getpid());
+            core::ptr::write_unaligned(raw.add(20) as *mut u32, libc::getuid());
+            core::ptr::write_unaligned(raw.add(24) as *mut u64, value);
+            libc::syscall(libc::SYS_rt_sigqueueinfo, p, sig, &info as *const libc::siginfo_t);
+        }
+    } else {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(p, sig) };
+    }
+}
+
+/// Step 4: the supervisor loop.
+fn supervise(init: i32, pipe_r: i32, program: Option<i32>) -> Result<std::convert::Infallible> {
+    // SAFETY: a signalfd for every signal (all are blocked); fds we own.
+    let sfd = unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::signalfd(-1, &all, libc::SFD_CLOEXEC)
+    };
+    if sfd < 0 {
+        bail!("cannot make a signalfd: {}", std::io::Error::last_os_error());
+    }
+    let mut program = program;
+    // Signals that came before the program's pid was known: sent as soon as it is.
+    let mut early: Vec<(i32, i32, u64)> = Vec::new();
+    let mut status: Option<i32> = None;
+    let mut pipe_open = true;
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: if pipe_open { pipe_r } else { -1 }, events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: poll on two pollfds we own.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            continue;
+        }
+        if fds[1].revents != 0 {
+            let mut msg = [0u32; 2];
+            // SAFETY: reading 8 bytes into a local array.
+            let r = unsafe { libc::read(pipe_r, msg.as_mut_ptr() as *mut libc::c_void, 8) };
+            if r != 8 {
+                pipe_open = false;
+            } else {
+                match msg[0] {
+                    MSG_STARTED => {
+                        program = outer_pid(init);
+                        if let Some(p) = program {
+                            for (sig, code, value) in early.drain(..) {
+                                forward(p, sig, code, value);
+                            }
+                        }
+                    }
+                    MSG_STOPPED => {
+                        // SAFETY: stopping ourselves, as the program is stopped.
+                        unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+                    }
+                    MSG_CONTINUED => {}
+                    MSG_EXITED => status = Some(msg[1] as i32),
+                    MSG_FAILED => {
+                        let (what, e) = (msg[1] >> 16, (msg[1] & 0xffff) as i32);
+                        eprintln!(
+                            "pmig-resume: restore failed while {}: {}",
+                            failed_phase(what),
+                            std::io::Error::from_raw_os_error(e)
+                        );
+                        status = Some(1 << 8);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            // SAFETY: an all-zero signalfd_siginfo is valid; read fills it.
+            let mut si: libc::signalfd_siginfo = unsafe { core::mem::zeroed() };
+            // SAFETY: reading one record into the struct we own.
+            let r = unsafe { libc::read(sfd, &mut si as *mut _ as *mut libc::c_void, core::mem::size_of_val(&si)) };
+            if r != core::mem::size_of_val(&si) as isize {
+                continue;
+            }
+            let sig = si.ssi_signo as i32;
+            if sig == libc::SIGCHLD {
+                let mut st = 0;
+                // SAFETY: reaping our child init.
+                let r = unsafe { libc::waitpid(init, &mut st, libc::WNOHANG) };
+                if r == init {
+                    // Init is gone: take what it last said, or its own status.
+                    while pipe_open {
+                        let mut msg = [0u32; 2];
+                        // (Init has exited: the pipe holds what it wrote, then EOF.)
+                        // SAFETY: reading into a local array.
+                        let n = unsafe { libc::read(pipe_r, msg.as_mut_ptr() as *mut libc::c_void, 8) };
+                        if n != 8 {
+                            pipe_open = false;
+                            continue;
+                        }
+                        if msg[0] == MSG_EXITED {
+                            status = Some(msg[1] as i32);
+                        } else if msg[0] == MSG_FAILED && status.is_none() {
+                            status = Some(1 << 8);
+                        }
+                    }
+                    mirror(status.unwrap_or(st));
+                }
+                continue;
+            }
+            // A terminal's signals reach the whole foreground group, the program included.
+            if si.ssi_code == libc::SI_KERNEL {
+                continue;
+            }
+            match program {
+                Some(p) => forward(p, sig, si.ssi_code, si.ssi_ptr),
+                None => early.push((sig, si.ssi_code, si.ssi_ptr)),
+            }
+        }
+        if let Some(st) = status {
+            if !pipe_open || program.is_none() {
+                // Wait for init to go (it exits right after reporting).
+                let mut s = 0;
+                // SAFETY: reaping our child.
+                unsafe { libc::waitpid(init, &mut s, 0) };
+                mirror(st);
+            }
+        }
+    }
+}
