@@ -18,6 +18,7 @@ that `pmig-resume IMAGE` turns back into the running program, here or on another
 
   --image PATH   where the image goes (default: ./PROGRAM-PID.pmig)
   --exit         exit (status 0) once the image is safely written, to move the program
+                 (a checkpoint that fails leaves the program running)
   --to HOST:PORT send the checkpoint straight to `pmig-resume --listen` there (no image
                  file here); the program exits once the receiver has the whole image and
                  checked it, and goes on here if the transfer fails

@@ -1,5 +1,6 @@
 //! The checkpoint thread: waits for the checkpoint signal, stops the other threads, writes the
-//! image, and either exits (`--exit`) or lets the program go on.
+//! image, and either exits (`--exit`) or lets the program go on. A checkpoint that fails always
+//! lets the program go on, `--exit` or not.
 //!
 //! **Runs with other threads stopped** from `suspend_all` to `release_all`: no `malloc` (the
 //! arena is on), no locks, no `std::io`, no panics; I/O by raw system calls.
@@ -135,16 +136,17 @@ fn checkpoint_once(cfg: &'static config::Config) {
     debug!("checkpoint written to {} ({} bytes in {ms} ms); going on", cfg.image_path, bytes);
 }
 
+/// Says why a checkpoint failed. The program always goes on, `--exit` or not: nothing of it
+/// was saved, so ending it would lose its work (the threads are running again by now).
 fn failed(cfg: &config::Config, why: core::fmt::Arguments<'_>) {
     if let Some(to) = cfg.to.as_ref() {
         say!("moving the program to {to} failed: {why}; the program goes on here");
         return;
     }
-    if cfg.exit_after {
-        say!("checkpoint failed: {why}; exiting with status 1 (no image written)");
-        sys::exit_group(1);
-    }
-    say!("checkpoint failed: {why}; the program goes on");
+    say!(
+        "checkpoint failed: {why}; the program goes on (no image written; the previous image at {}, if any, is untouched)",
+        cfg.image_path
+    );
 }
 
 extern "C" fn dump_entry(job: u64) -> u64 {
