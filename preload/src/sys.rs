@@ -109,6 +109,13 @@ pub fn rename(from: &[u8], to: &[u8]) -> Res {
     sc!(libc::SYS_renameat, libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr())
 }
 
+/// `linkat(2)`; both paths must end with a NUL byte.
+pub fn linkat(olddirfd: i32, old: &[u8], newdirfd: i32, new: &[u8], flags: i32) -> Res {
+    debug_assert_eq!(old.last(), Some(&0));
+    debug_assert_eq!(new.last(), Some(&0));
+    sc!(libc::SYS_linkat, olddirfd, old.as_ptr(), newdirfd, new.as_ptr(), flags)
+}
+
 /// `unlinkat(2)`; `path` must end with a NUL byte.
 pub fn unlink(path: &[u8]) -> Res {
     sc!(libc::SYS_unlinkat, libc::AT_FDCWD, path.as_ptr(), 0)
@@ -527,6 +534,32 @@ pub fn for_each_numbered_entry(path: &[u8], mut f: impl FnMut(i32, i32)) -> Resu
             let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
             if !name.is_empty() && name.len() < 10 && name.iter().all(u8::is_ascii_digit) {
                 f(name.iter().fold(0i32, |n, &c| n * 10 + (c - b'0') as i32), dir);
+            }
+            at += reclen;
+        }
+    };
+    let _ = close(dir);
+    r
+}
+
+/// Calls `f` with the name of each entry of directory `path` (without `.` and `..`).
+/// Allocates nothing. `path` must end with a NUL byte.
+pub fn for_each_entry(path: &[u8], mut f: impl FnMut(&[u8])) -> Result<(), i32> {
+    let dir = openat(libc::AT_FDCWD, path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)? as i32;
+    let mut buf = [0u8; 4096];
+    let r = loop {
+        let got = match getdents64(dir, &mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(g) => g as usize,
+            Err(e) => break Err(e),
+        };
+        let mut at = 0;
+        while at < got {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                f(name);
             }
             at += reclen;
         }

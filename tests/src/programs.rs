@@ -43,6 +43,9 @@ pub const SOCKETS: &str = env!("PMIG_TEST_PROG_SOCKETS");
 /// `ids.c`: getpid/gettid/getppid, kill, tgkill and /proc/<pid> across restores.
 pub const IDS: &str = env!("PMIG_TEST_PROG_IDS");
 
+/// `bigheap STEPS MIB`: MIB MiB of heap filled with a pattern, checked every step.
+pub const BIGHEAP: &str = env!("PMIG_TEST_PROG_BIGHEAP");
+
 /// Debian's perl.
 pub const PERL: &str = "/usr/bin/perl";
 
