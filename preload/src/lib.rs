@@ -24,6 +24,7 @@ pub mod sys;
 pub mod thread;
 pub mod timer;
 pub mod transfer;
+pub mod umem;
 
 use core::sync::atomic::Ordering::Relaxed;
 use log::{debug, say};

@@ -568,6 +568,23 @@ pub fn for_each_entry(path: &[u8], mut f: impl FnMut(&[u8])) -> Result<(), i32> 
     r
 }
 
+/// `process_vm_readv(2)` of this process, one buffer each side: copies `buf.len()` bytes from
+/// address `from` of our own memory into `buf`, or fails with `EFAULT` (never faults) when
+/// they are not all readable; a short count stops at the first unreadable page.
+pub fn process_vm_read_self(buf: &mut [u8], from: u64) -> Res {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: from as *mut libc::c_void, iov_len: buf.len() };
+    sc!(libc::SYS_process_vm_readv, getpid(), &local as *const libc::iovec, 1, &remote as *const libc::iovec, 1, 0)
+}
+
+/// `process_vm_writev(2)` of this process, one buffer each side: copies `buf` to address `to`
+/// of our own memory, or fails with `EFAULT` (never faults) when it is not writable.
+pub fn process_vm_write_self(buf: &[u8], to: u64) -> Res {
+    let local = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: to as *mut libc::c_void, iov_len: buf.len() };
+    sc!(libc::SYS_process_vm_writev, getpid(), &local as *const libc::iovec, 1, &remote as *const libc::iovec, 1, 0)
+}
+
 /// A raw `siginfo_t` (128 bytes).
 pub type SigInfo = [u8; 128];
 

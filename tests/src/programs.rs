@@ -46,6 +46,9 @@ pub const IDS: &str = env!("PMIG_TEST_PROG_IDS");
 /// `bigheap STEPS MIB`: MIB MiB of heap filled with a pattern, checked every step.
 pub const BIGHEAP: &str = env!("PMIG_TEST_PROG_BIGHEAP");
 
+/// `badptr STEPS`: wrapped calls given bad pointers must fail with EFAULT.
+pub const BADPTR: &str = env!("PMIG_TEST_PROG_BADPTR");
+
 /// Debian's perl.
 pub const PERL: &str = "/usr/bin/perl";
 

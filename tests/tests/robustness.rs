@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pmig_tests::{
-    describe_status, fail_with, pmig_env, programs, Input, Proc, Sandbox, StepCheck, Terminal,
-    CHECKPOINT_TIMEOUT, STEP_TIMEOUT,
+    describe_status, fail_with, pmig_env, programs, Chain, ChainOpts, Input, Proc, Program, Sandbox,
+    StepCheck, Terminal, CHECKPOINT_TIMEOUT, STEP_TIMEOUT,
 };
 
 /// Reads step lines from `p` until step `n`, checking them.
@@ -154,4 +154,14 @@ fn kill_during_image_write_keeps_previous_image() {
     let mut r = Proc::spawn("pmig-resume --inspect", cmd, Terminal::Pipe);
     let (_, status) = r.finish(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
     assert!(status.success(), "--inspect of the first image: {}", r.describe());
+}
+
+/// Wrapped calls given bad pointers fail with EFAULT, as without pmig, before and after a
+/// restore (when the path wrappers read paths to translate `/proc/<pid>`): the program checks
+/// each one every step through the whole chain.
+#[test]
+fn bad_pointers_chain() {
+    let sb = Sandbox::new();
+    let prog = Program::new("badptr", programs::BADPTR, 60, &[]);
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
 }
