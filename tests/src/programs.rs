@@ -49,6 +49,9 @@ pub const BIGHEAP: &str = env!("PMIG_TEST_PROG_BIGHEAP");
 /// `badptr STEPS`: wrapped calls given bad pointers must fail with EFAULT.
 pub const BADPTR: &str = env!("PMIG_TEST_PROG_BADPTR");
 
+/// `static_prog`: statically linked (no libc); prints `ran` and exits 0.
+pub const STATIC_PROG: &str = env!("PMIG_TEST_PROG_STATIC_PROG");
+
 /// Debian's perl.
 pub const PERL: &str = "/usr/bin/perl";
 

@@ -165,3 +165,50 @@ fn bad_pointers_chain() {
     let prog = Program::new("badptr", programs::BADPTR, 60, &[]);
     Chain::new(&sb, &prog, ChainOpts::default()).run();
 }
+
+/// Runs `pmig-run ARGS` to its end; returns (stdout lines, exit code, stderr).
+fn pmig_run(sb: &Sandbox, args: &[&std::ffi::OsStr], label: &str) -> (Vec<String>, Option<i32>, String) {
+    let mut cmd = sb.command(&sb.bins().run, &sb.workdir("run"));
+    cmd.arg("--image").arg(sb.image("x.pmig")).args(args);
+    pmig_env(&mut cmd);
+    let mut p = Proc::spawn(label, cmd, Terminal::Pipe);
+    let (lines, status) = p.finish(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    (lines, status.code(), p.stderr_text())
+}
+
+/// A statically linked program (directly, or as a script's interpreter) is refused at start
+/// with one line saying why, and not run; `--allow-static` runs it with a warning; a script
+/// whose interpreter is dynamically linked runs.
+#[test]
+fn static_programs_are_refused() {
+    let sb = Sandbox::new();
+    let prog = sb.stage(programs::STATIC_PROG);
+    let (out, code, err) = pmig_run(&sb, &["--".as_ref(), prog.as_os_str()], "pmig-run (static)");
+    let err_lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        code.is_some_and(|c| c != 0) && out.is_empty() && err_lines.len() == 1 && err_lines[0].contains("statically linked"),
+        "pmig-run must refuse a static program with one line naming why, and not run it: exit {code:?}, stdout {out:?}, stderr {err:?}"
+    );
+
+    let script = sb.file("static-script");
+    fs::write(&script, format!("#!{}\n", prog.display())).expect("write the script");
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let (out, code, err) = pmig_run(&sb, &["--".as_ref(), script.as_os_str()], "pmig-run (static interpreter)");
+    assert!(
+        code.is_some_and(|c| c != 0) && out.is_empty() && err.contains("statically linked") && err.contains("static-script"),
+        "a script run by a static interpreter must be refused too: exit {code:?}, stdout {out:?}, stderr {err:?}"
+    );
+
+    let (out, code, err) =
+        pmig_run(&sb, &["--allow-static".as_ref(), "--".as_ref(), prog.as_os_str()], "pmig-run --allow-static");
+    assert!(
+        code == Some(0) && out == ["ran"] && err.contains("warning"),
+        "--allow-static runs it with a warning: exit {code:?}, stdout {out:?}, stderr {err:?}"
+    );
+
+    let script = sb.file("sh-script");
+    fs::write(&script, "#!/bin/sh -e\necho ran-script\n").expect("write the script");
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let (out, code, err) = pmig_run(&sb, &["--".as_ref(), script.as_os_str()], "pmig-run (sh script)");
+    assert!(code == Some(0) && out == ["ran-script"], "a /bin/sh script runs: exit {code:?}, stdout {out:?}, stderr {err:?}");
+}
