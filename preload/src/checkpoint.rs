@@ -433,24 +433,7 @@ fn remove_stale_temps(dir: &str, base: &str) {
     }
 }
 
-/// A short description of an errno value (a table of our own: glibc's strerror may take the
-/// gettext lock, which a stopped thread could hold).
+/// `ENOSPC (no space left on device)` for `e` (see `errno`).
 pub fn errno_str(e: i32) -> String {
-    let what = match e {
-        libc::EPERM => "operation not permitted",
-        libc::ENOENT => "no such file or directory",
-        libc::EIO => "input/output error",
-        libc::EBADF => "bad file descriptor",
-        libc::ENOMEM => "out of memory",
-        libc::EACCES => "permission denied",
-        libc::EEXIST => "file exists",
-        libc::ENOTDIR => "not a directory",
-        libc::EISDIR => "is a directory",
-        libc::ENOSPC => "no space left on device",
-        libc::EROFS => "read-only file system",
-        libc::ENAMETOOLONG => "file name too long",
-        libc::EDQUOT => "disk quota exceeded",
-        _ => "error",
-    };
-    format!("{what} (errno {e})")
+    crate::errno::Errno(e).to_string()
 }

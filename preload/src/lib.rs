@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod api;
 pub mod checkpoint;
 pub mod config;
+pub mod errno;
 pub mod fd;
 pub mod log;
 pub mod memory;
@@ -77,7 +78,7 @@ extern "C" fn init() {
     }
     config::ACTIVE_PID.store(sys::getpid(), Relaxed);
     if let Err(e) = signal::install_handlers(sig, sus) {
-        say!("cannot install the checkpoint signal handler: errno {e}; checkpoints are disabled");
+        say!("cannot install the checkpoint signal handler: {}; checkpoints are disabled", errno::Errno(e));
         config::ACTIVE_PID.store(0, Relaxed);
         return;
     }
