@@ -1,5 +1,6 @@
 //! Build script for the end-to-end tests: compiles every helper program under
-//! `programs/*.c` with `gcc -O1 -g -pthread -Wall` into `OUT_DIR` and exports
+//! `programs/*.c` with `gcc -O1 -g -pthread -Wall` (plus the flags a
+//! `pmig-build-flags:` line in the source adds) into `OUT_DIR` and exports
 //! each one's path as `PMIG_TEST_PROG_<NAME>` (name upper-cased, `-` → `_`),
 //! read by `src/lib.rs` through `env!`.
 
@@ -36,7 +37,9 @@ fn main() {
             .expect("program file names are UTF-8");
         let exe = out_dir.join(stem);
         let output = Command::new("gcc")
-            .args(["-O1", "-g", "-pthread", "-Wall", "-o"])
+            .args(["-O1", "-g", "-pthread", "-Wall"])
+            .args(extra_flags(src))
+            .arg("-o")
             .arg(&exe)
             .arg(src)
             .output()
@@ -57,4 +60,13 @@ fn main() {
         );
         println!("cargo:rustc-env={var}={}", exe.display());
     }
+}
+
+/// The flags a `pmig-build-flags: ...` line in `src` adds (e.g. `-static -nostdlib`).
+fn extra_flags(src: &Path) -> Vec<String> {
+    let text = fs::read_to_string(src).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.split_once("pmig-build-flags:").map(|(_, f)| f))
+        .map(|f| f.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
 }

@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
 const USAGE: &str = "usage: pmig-run [--image PATH | --to HOST:PORT --token-file FILE [--compress]] [--exit]
-                [--signal SIG] [--drop-unsupported] [--] PROGRAM [ARGS...]
+                [--signal SIG] [--drop-unsupported] [--allow-static] [--] PROGRAM [ARGS...]
 
 Runs PROGRAM under pmig. `kill -SIG <pid>` (default SIGUSR2) then writes a checkpoint image
 that `pmig-resume IMAGE` turns back into the running program, here or on another host.
 
   --image PATH   where the image goes (default: ./PROGRAM-PID.pmig)
   --exit         exit (status 0) once the image is safely written, to move the program
+                 (a checkpoint that fails leaves the program running)
   --to HOST:PORT send the checkpoint straight to `pmig-resume --listen` there (no image
                  file here); the program exits once the receiver has the whole image and
                  checked it, and goes on here if the transfer fails
@@ -34,6 +35,8 @@ that `pmig-resume IMAGE` turns back into the running program, here or on another
   --drop-unsupported
                  checkpoint even if the program holds something pmig cannot restore yet;
                  such fds are left out (closed after restore), with a warning
+  --allow-static run a statically linked PROGRAM anyway (refused by default: pmig cannot
+                 be loaded into it), for one that only starts dynamically linked programs
   PMIG_DEBUG=1   log each checkpoint and restore phase to stderr";
 
 fn die(msg: &str) -> ! {
@@ -104,6 +107,102 @@ fn find_program(prog: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| is_exec(p))
 }
 
+/// Why `LD_PRELOAD` could not bring libpmig into a program.
+#[derive(Debug, PartialEq)]
+enum NoPreload {
+    /// An ELF with no `PT_INTERP`: no dynamic loader runs, so nothing is preloaded.
+    Static,
+    /// An ELF for another machine or class than this 64-bit x86-64 libpmig.so.
+    Foreign,
+}
+
+/// Why libpmig could not be preloaded into the program at `prog` (or into the interpreter a
+/// `#!` script names, followed as the kernel does), if it could not. Files that cannot be
+/// read and formats other than ELF pass: exec decides.
+fn cannot_preload(prog: &Path) -> Option<(PathBuf, NoPreload)> {
+    let mut prog = prog.to_path_buf();
+    // The kernel follows at most 4 levels of interpreters.
+    for _ in 0..5 {
+        let head = read_at(&prog, 0, 256)?;
+        if let Some(line) = head.strip_prefix(b"#!") {
+            let line = &line[..line.iter().position(|&c| c == b'\n').unwrap_or(line.len())];
+            let line = String::from_utf8_lossy(line);
+            let interp = line.split_whitespace().next()?;
+            prog = PathBuf::from(interp);
+            continue;
+        }
+        return elf_kind(&prog, &head).map(|k| (prog, k));
+    }
+    None
+}
+
+/// Reads up to `len` bytes of `path` at `off`.
+fn read_at(path: &Path, off: u64, len: usize) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match f.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(got);
+    Some(buf)
+}
+
+/// Whether the ELF file `path` (whose first bytes are `head`) cannot take a preloaded
+/// library: `None` for a dynamically linked x86-64 executable, or anything not an ELF
+/// executable.
+fn elf_kind(path: &Path, head: &[u8]) -> Option<NoPreload> {
+    const PT_INTERP: u32 = 3;
+    if head.len() < 64 || &head[..4] != b"\x7fELF" {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let e_type = u16_at(head, 16);
+    if e_type != 2 && e_type != 3 {
+        return None; // not an executable (ET_EXEC) or PIE/shared object (ET_DYN)
+    }
+    if head[4] != 2 || head[5] != 1 || u16_at(head, 18) != 62 {
+        return Some(NoPreload::Foreign); // not ELFCLASS64, little-endian, EM_X86_64
+    }
+    let phoff = u64::from_le_bytes(head[32..40].try_into().ok()?);
+    let phentsize = u16_at(head, 54) as usize;
+    let phnum = u16_at(head, 56) as usize;
+    if phentsize < 4 || phnum == 0 || phnum == 0xffff {
+        return None;
+    }
+    let phdrs = read_at(path, phoff, phentsize * phnum)?;
+    let has_interp = phdrs
+        .chunks_exact(phentsize)
+        .any(|ph| u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) == PT_INTERP);
+    (!has_interp).then_some(NoPreload::Static)
+}
+
+/// The one-line refusal for a program pmig cannot run.
+fn refusal(prog: &Path, found: &Path, why: &NoPreload) -> String {
+    let what = if found == prog {
+        format!("{}", prog.display())
+    } else {
+        format!("{} (a script run by {})", prog.display(), found.display())
+    };
+    match why {
+        NoPreload::Static => format!(
+            "{what} is statically linked: libpmig.so cannot be preloaded into it, so it could never be \
+             checkpointed (and the checkpoint signal would kill it); use a dynamically linked build \
+             (or --allow-static if it only starts dynamically linked programs)"
+        ),
+        NoPreload::Foreign => format!(
+            "{what} is not a 64-bit x86-64 program: libpmig.so cannot be preloaded into it, so it \
+             could never be checkpointed"
+        ),
+    }
+}
+
 fn find_library() -> PathBuf {
     if let Some(p) = std::env::var_os("PMIG_PRELOAD") {
         let p = PathBuf::from(p);
@@ -128,6 +227,7 @@ fn main() {
     let mut image: Option<PathBuf> = None;
     let mut exit_after = false;
     let mut drop_unsupported = false;
+    let mut allow_static = false;
     let mut to: Option<String> = None;
     let mut token_file: Option<PathBuf> = None;
     let mut compress = false;
@@ -146,6 +246,7 @@ fn main() {
             }
             "--exit" => exit_after = true,
             "--drop-unsupported" => drop_unsupported = true,
+            "--allow-static" => allow_static = true,
             "--compress" => compress = true,
             "--shared-fs" => shared_fs = true,
             "--image" | "--signal" | "--to" | "--token-file" => {
@@ -175,6 +276,15 @@ fn main() {
     let prog_s = prog.to_string_lossy().into_owned();
     let resolved =
         find_program(&prog_s).unwrap_or_else(|| die(&format!("{prog_s}: no such program (or not executable)")));
+    match cannot_preload(&resolved) {
+        Some((found, NoPreload::Static)) if allow_static => eprintln!(
+            "pmig-run: warning: {} is statically linked: it cannot be checkpointed itself (the \
+             checkpoint signal would kill it), only the dynamically linked programs it starts",
+            found.display()
+        ),
+        Some((found, why)) => die(&refusal(&resolved, &found, &why)),
+        None => {}
+    }
     let lib = find_library();
     let to = to.map(|t| resolve_receiver(&t));
     if to.as_ref().is_some_and(|t| !t.starts_with("ssh://")) {
@@ -250,6 +360,53 @@ mod tests {
         assert_eq!(parse_signal("0"), None);
         assert_eq!(parse_signal("NOPE"), None);
         assert_eq!(parse_signal("RTMIN+1"), Some(libc::SIGRTMIN() + 1));
+    }
+
+    #[test]
+    fn dynamic_programs_and_scripts_pass() {
+        assert_eq!(cannot_preload(&find_program("sh").unwrap()), None);
+        let dir = std::env::temp_dir().join(format!("pmig-run-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("script");
+        std::fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
+        assert_eq!(cannot_preload(&script), None);
+        std::fs::write(&script, "plain text").unwrap();
+        assert_eq!(cannot_preload(&script), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An ELF header with one program header of type `ptype`.
+    fn elf(class: u8, machine: u16, ptype: u32) -> Vec<u8> {
+        let mut b = vec![0u8; 64 + 56];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = class;
+        b[5] = 1;
+        b[16..18].copy_from_slice(&2u16.to_le_bytes());
+        b[18..20].copy_from_slice(&machine.to_le_bytes());
+        b[32..40].copy_from_slice(&64u64.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&1u16.to_le_bytes());
+        b[64..68].copy_from_slice(&ptype.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn static_and_foreign_elves_are_refused_directly_or_as_interpreters() {
+        let dir = std::env::temp_dir().join(format!("pmig-run-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let check = |bytes: Vec<u8>| {
+            let p = dir.join("prog");
+            std::fs::write(&p, bytes).unwrap();
+            cannot_preload(&p).map(|(_, k)| k)
+        };
+        assert_eq!(check(elf(2, 62, 1)), Some(NoPreload::Static)); // PT_LOAD only
+        assert_eq!(check(elf(2, 62, 3)), None); // PT_INTERP
+        assert_eq!(check(elf(1, 3, 3)), Some(NoPreload::Foreign)); // i386
+        let script = dir.join("script");
+        std::fs::write(&script, format!("#!{}\n", dir.join("prog").display())).unwrap();
+        std::fs::write(dir.join("prog"), elf(2, 62, 1)).unwrap();
+        assert_eq!(cannot_preload(&script), Some((dir.join("prog"), NoPreload::Static)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //!
 //! Everything else goes to libc unchanged; until a restore, the id wrappers cost one atomic
 //! load.
+//!
+//! A wrapper never dereferences a pointer the program passed: it reads (or writes) through
+//! `umem`, which fails with `EFAULT` instead of faulting, and then hands the program's
+//! original pointer to libc, so a bad pointer fails (or faults in libc) exactly as without
+//! pmig.
 
 use crate::config;
 use core::sync::atomic::Ordering::Relaxed;
@@ -21,17 +26,19 @@ fn ours(sig: c_int) -> bool {
     }
 }
 
-/// `set` without pmig's signals, if it has any of them.
+/// `set` without pmig's signals, if it has any of them; `None` (the program's set goes to
+/// libc as it is) also when `set` is null or unreadable.
 ///
 /// # Safety
-/// `set` must be null or point to a valid `sigset_t`.
+/// `set` comes from the program: it is read without faulting (`umem`), except where the
+/// kernel refuses that, when it must be null or valid as libc requires.
 unsafe fn without_ours(set: *const sigset_t) -> Option<sigset_t> {
     let c = config::get()?;
     if set.is_null() || config::ACTIVE_PID.load(Relaxed) != crate::sys::getpid() {
         return None;
     }
-    // SAFETY: the caller guarantees `set` points to a valid sigset_t.
-    let mut copy = unsafe { *set };
+    // SAFETY: read without faulting; sigset_t is plain integers.
+    let mut copy = unsafe { crate::umem::read(set) }?;
     // SAFETY: `copy` is a valid sigset_t we own.
     unsafe {
         libc::sigdelset(&mut copy, c.signal);
@@ -44,8 +51,14 @@ redhook::hook! {
     unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int => pmig_sigaction {
         if ours(sig) {
             if !old.is_null() {
-                // SAFETY: the program passed a writable sigaction; zero is SIG_DFL, no flags.
-                unsafe { core::ptr::write_bytes(old, 0, 1) };
+                // SAFETY: all zero is a valid sigaction (SIG_DFL, no flags).
+                let dfl: libc::sigaction = unsafe { core::mem::zeroed() };
+                // SAFETY: written without faulting; a bad `old` gives EFAULT.
+                if let Err(e) = unsafe { crate::umem::write(old, &dfl) } {
+                    // SAFETY: errno is this thread's.
+                    unsafe { *libc::__errno_location() = e };
+                    return -1;
+                }
             }
             return 0;
         }
@@ -66,7 +79,7 @@ redhook::hook! {
 
 redhook::hook! {
     unsafe fn sigprocmask(how: c_int, set: *const sigset_t, old: *mut sigset_t) -> c_int => pmig_sigprocmask {
-        // SAFETY: `set` comes from the program, null or valid as libc requires.
+        // SAFETY: `without_ours` reads `set` without faulting.
         match unsafe { without_ours(set) } {
             // SAFETY: forwarded to libc with a valid set of our own.
             Some(copy) => unsafe { redhook::real!(sigprocmask)(how, &copy, old) },
@@ -78,7 +91,7 @@ redhook::hook! {
 
 redhook::hook! {
     unsafe fn pthread_sigmask(how: c_int, set: *const sigset_t, old: *mut sigset_t) -> c_int => pmig_pthread_sigmask {
-        // SAFETY: `set` comes from the program, null or valid as libc requires.
+        // SAFETY: `without_ours` reads `set` without faulting.
         match unsafe { without_ours(set) } {
             // SAFETY: forwarded to libc with a valid set of our own.
             Some(copy) => unsafe { redhook::real!(pthread_sigmask)(how, &copy, old) },
@@ -122,17 +135,20 @@ redhook::hook! {
     }
 }
 
-/// `path` with `/proc/<virtual id>` rewritten to the real id, when that changes it.
+/// `path` with `/proc/<virtual id>` rewritten to the real id, when that changes it; `None`
+/// (the program's pointer goes to libc as it is, which fails with EFAULT) also when `path` is
+/// null or unreadable.
 ///
 /// # Safety
-/// `path` must be null or a valid NUL-terminated string.
+/// `path` comes from the program: it is read without faulting (`umem`), except where the
+/// kernel refuses that, when it must be null or a valid C string as libc requires.
 unsafe fn proc_path(path: *const c_char) -> Option<std::ffi::CString> {
     if path.is_null() || !crate::pid::active() {
         return None;
     }
-    // SAFETY: the caller guarantees a valid C string.
-    let bytes = unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes();
-    std::ffi::CString::new(crate::pid::proc_path(bytes)?).ok()
+    // SAFETY: read without faulting.
+    let bytes = unsafe { crate::umem::c_string(path) }?;
+    std::ffi::CString::new(crate::pid::proc_path(&bytes)?).ok()
 }
 
 /// Defines a wrapper for a libc function whose first path argument may name `/proc/<pid>`.
@@ -140,7 +156,7 @@ macro_rules! path_hook {
     ($name:ident => $hook:ident ($path:ident : *const c_char $(, $a:ident : $t:ty)*) -> $r:ty) => {
         redhook::hook! {
             unsafe fn $name($path: *const c_char $(, $a: $t)*) -> $r => $hook {
-                // SAFETY: `$path` comes from the program, as valid as libc requires.
+                // SAFETY: `proc_path` reads `$path` without faulting.
                 match unsafe { proc_path($path) } {
                     // SAFETY: forwarded to libc with a valid translated path.
                     Some(p) => unsafe { redhook::real!($name)(p.as_ptr() $(, $a)*) },
@@ -171,7 +187,7 @@ macro_rules! at_hook {
     ($name:ident => $hook:ident ($dirfd:ident : c_int, $path:ident : *const c_char $(, $a:ident : $t:ty)*) -> $r:ty) => {
         redhook::hook! {
             unsafe fn $name($dirfd: c_int, $path: *const c_char $(, $a: $t)*) -> $r => $hook {
-                // SAFETY: `$path` comes from the program, as valid as libc requires.
+                // SAFETY: `proc_path` reads `$path` without faulting.
                 match unsafe { proc_path($path) } {
                     // SAFETY: forwarded to libc with a valid translated path.
                     Some(p) => unsafe { redhook::real!($name)($dirfd, p.as_ptr() $(, $a)*) },
@@ -208,10 +224,12 @@ redhook::hook! {
     unsafe fn inotify_add_watch(fd: c_int, path: *const c_char, mask: u32) -> c_int => pmig_inotify_add_watch {
         // SAFETY: forwarded unchanged to libc.
         let wd = unsafe { redhook::real!(inotify_add_watch)(fd, path, mask) };
-        if wd >= 0 && !path.is_null() {
-            // SAFETY: the call above succeeded, so `path` is a valid C string.
-            let p = unsafe { std::ffi::CStr::from_ptr(path) }.to_string_lossy();
-            crate::fd::inotify::remember(wd, &p);
+        if wd >= 0 {
+            // SAFETY: read without faulting (the call succeeded, so it was readable then, but
+            // another thread may have unmapped it since).
+            if let Some(p) = unsafe { crate::umem::c_string(path) } {
+                crate::fd::inotify::remember(wd, &String::from_utf8_lossy(&p));
+            }
         }
         wd
     }

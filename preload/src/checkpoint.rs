@@ -1,5 +1,6 @@
 //! The checkpoint thread: waits for the checkpoint signal, stops the other threads, writes the
-//! image, and either exits (`--exit`) or lets the program go on.
+//! image, and either exits (`--exit`) or lets the program go on. A checkpoint that fails always
+//! lets the program go on, `--exit` or not.
 //!
 //! **Runs with other threads stopped** from `suspend_all` to `release_all`: no `malloc` (the
 //! arena is on), no locks, no `std::io`, no panics; I/O by raw system calls.
@@ -135,16 +136,17 @@ fn checkpoint_once(cfg: &'static config::Config) {
     debug!("checkpoint written to {} ({} bytes in {ms} ms); going on", cfg.image_path, bytes);
 }
 
+/// Says why a checkpoint failed. The program always goes on, `--exit` or not: nothing of it
+/// was saved, so ending it would lose its work (the threads are running again by now).
 fn failed(cfg: &config::Config, why: core::fmt::Arguments<'_>) {
     if let Some(to) = cfg.to.as_ref() {
         say!("moving the program to {to} failed: {why}; the program goes on here");
         return;
     }
-    if cfg.exit_after {
-        say!("checkpoint failed: {why}; exiting with status 1 (no image written)");
-        sys::exit_group(1);
-    }
-    say!("checkpoint failed: {why}; the program goes on");
+    say!(
+        "checkpoint failed: {why}; the program goes on (no image written; the previous image at {}, if any, is untouched)",
+        cfg.image_path
+    );
 }
 
 extern "C" fn dump_entry(job: u64) -> u64 {
@@ -309,62 +311,129 @@ pub fn stream_image(out: &mut dyn Sink, m: &Manifest, manifest: &[u8], header: &
     Ok(footer.total_len())
 }
 
-/// Writes the image to a temporary file beside `path`, makes it durable, and renames it over
-/// `path`: a reader sees the old image or the new one, never half of one.
+/// Writes the image so that a reader, a crash or a `kill -9` finds the old image or the new
+/// one under `path`, never half of one, and no temporary file is left behind:
+/// 1. `PATH.tmp.PID` files left by dead processes (see 3) are removed;
+/// 2. the image is written to an unnamed file in `path`'s directory (`O_TMPFILE`) and made
+///    durable (`fsync`): if the process dies meanwhile, the kernel frees it;
+/// 3. it gets a name with `linkat` — `path` itself when there is no image yet, else
+///    `PATH.tmp.PID`, which `rename` then puts over `path` atomically (`linkat` cannot
+///    replace); only between these two calls can a death leave a file, which 1 removes;
+/// 4. the directory is synced, so the new name is durable too.
+///
+/// A file system without `O_TMPFILE` gets `PATH.tmp.PID` from the start (step 2 named).
 fn write_image(path: &str, m: &Manifest, pages_len: u64) -> Result<u64, String> {
     let (bytes, header) = layout(m, pages_len)?;
+    let (dir, base) = match path.rsplit_once('/') {
+        Some((d, b)) => (if d.is_empty() { "/" } else { d }, b),
+        None => (".", path),
+    };
+    remove_stale_temps(dir, base);
     let tmp = format!("{path}.tmp.{}", sys::getpid());
     let ctmp = sys::cstr(&tmp);
-    let fd = sys::openat(
-        libc::AT_FDCWD,
-        &ctmp,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-        0o600,
-    )
-    .map_err(|e| format!("cannot create {tmp}: {}", errno_str(e)))? as i32;
+    let cpath = sys::cstr(path);
+    let cdir = sys::cstr(dir);
+    let unnamed = sys::openat(libc::AT_FDCWD, &cdir, libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC, 0o600);
+    let (fd, named) = match unnamed {
+        Ok(fd) => (fd as i32, false),
+        Err(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL) => {
+            debug!("{dir} has no O_TMPFILE: writing {tmp}");
+            let fd = sys::openat(libc::AT_FDCWD, &ctmp, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o600)
+                .map_err(|e| format!("cannot create {tmp}: {}", errno_str(e)))?;
+            (fd as i32, true)
+        }
+        Err(e) => return Err(format!("cannot create the image in {dir}: {}", errno_str(e))),
+    };
+    // Whether `tmp` exists now (and must be renamed over `path`, or removed on failure).
+    let mut tmp_exists = named;
     let r = (|| {
-        let total = stream_image(&mut FileSink { fd, path: &tmp }, m, &bytes, &header)?;
-        sys::fsync(fd).map_err(|e| format!("cannot sync {tmp}: {}", errno_str(e)))?;
+        let total = stream_image(&mut FileSink { fd, path: if named { &tmp } else { path } }, m, &bytes, &header)?;
+        sys::fsync(fd).map_err(|e| format!("cannot sync {}: {}", if named { &tmp } else { path }, errno_str(e)))?;
+        if !named {
+            match link_unnamed(fd, &cpath) {
+                Ok(()) => return Ok(total),
+                Err(libc::EEXIST) => {}
+                Err(e) => return Err(format!("cannot name the new image {path}: {}", errno_str(e))),
+            }
+            // A `tmp` here is stale (this process writes one image at a time).
+            let mut linked = link_unnamed(fd, &ctmp);
+            if linked == Err(libc::EEXIST) {
+                let _ = sys::unlink(&ctmp);
+                linked = link_unnamed(fd, &ctmp);
+            }
+            linked.map_err(|e| format!("cannot name the new image {tmp}: {}", errno_str(e)))?;
+            tmp_exists = true;
+        }
         Ok(total)
     })();
     let _ = sys::close(fd);
     let total = match r {
         Ok(t) => t,
         Err(e) => {
-            let _ = sys::unlink(&ctmp);
+            if tmp_exists {
+                let _ = sys::unlink(&ctmp);
+            }
             return Err(e);
         }
     };
-    if let Err(e) = sys::rename(&ctmp, &sys::cstr(path)) {
-        let _ = sys::unlink(&ctmp);
-        return Err(format!("cannot rename {tmp} to {path}: {}", errno_str(e)));
+    if tmp_exists {
+        if let Err(e) = sys::rename(&ctmp, &cpath) {
+            let _ = sys::unlink(&ctmp);
+            return Err(format!("cannot rename {tmp} to {path}: {}", errno_str(e)));
+        }
     }
-    let dir = path.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d }).unwrap_or(".");
-    if let Ok(dfd) = sys::openat(libc::AT_FDCWD, &sys::cstr(dir), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0) {
-        let _ = sys::fsync(dfd as i32);
-        let _ = sys::close(dfd as i32);
+    match sys::openat(libc::AT_FDCWD, &cdir, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0) {
+        Ok(dfd) => {
+            if let Err(e) = sys::fsync(dfd as i32) {
+                say!("warning: the image {path} is written, but syncing {dir} failed: {}", errno_str(e));
+            }
+            let _ = sys::close(dfd as i32);
+        }
+        Err(e) => say!("warning: the image {path} is written, but {dir} cannot be opened to sync it: {}", errno_str(e)),
     }
     Ok(total)
 }
 
-/// A short description of an errno value (a table of our own: glibc's strerror may take the
-/// gettext lock, which a stopped thread could hold).
+/// Gives the unnamed (`O_TMPFILE`) file `fd` the name `to` (NUL-terminated): through
+/// `/proc/self/fd` (unprivileged), else with `AT_EMPTY_PATH` (needs `CAP_DAC_READ_SEARCH`).
+fn link_unnamed(fd: i32, to: &[u8]) -> Result<(), i32> {
+    let proc_fd = sys::cstr(&format!("/proc/self/fd/{fd}"));
+    match sys::linkat(libc::AT_FDCWD, &proc_fd, libc::AT_FDCWD, to, libc::AT_SYMLINK_FOLLOW) {
+        Ok(_) => Ok(()),
+        Err(libc::ENOENT) => match sys::linkat(fd, b"\0", libc::AT_FDCWD, to, libc::AT_EMPTY_PATH) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(libc::ENOENT),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes `BASE.tmp.PID` files in `dir` whose process is gone (or is this one, which writes
+/// one image at a time): what a process killed between naming its new image and renaming it
+/// leaves (see `write_image`).
+fn remove_stale_temps(dir: &str, base: &str) {
+    let prefix = format!("{base}.tmp.");
+    let me = sys::getpid();
+    let mut stale: Vec<String> = Vec::new();
+    let _ = sys::for_each_entry(&sys::cstr(dir), |name| {
+        let Some(pid) = name.strip_prefix(prefix.as_bytes()) else { return };
+        let Some(pid) = core::str::from_utf8(pid).ok().filter(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit())) else {
+            return;
+        };
+        let Some(pid) = pid.parse::<i32>().ok().filter(|&p| p > 0) else { return };
+        if pid == me || sys::kill(pid, 0) == Err(libc::ESRCH) {
+            stale.push(format!("{dir}/{}", String::from_utf8_lossy(name)));
+        }
+    });
+    for f in stale {
+        match sys::unlink(&sys::cstr(&f)) {
+            Ok(_) => debug!("removed {f}, left by a checkpoint that did not finish"),
+            Err(e) => debug!("cannot remove {f}: {}", errno_str(e)),
+        }
+    }
+}
+
+/// `ENOSPC (no space left on device)` for `e` (see `errno`).
 pub fn errno_str(e: i32) -> String {
-    let what = match e {
-        libc::EPERM => "operation not permitted",
-        libc::ENOENT => "no such file or directory",
-        libc::EIO => "input/output error",
-        libc::EBADF => "bad file descriptor",
-        libc::ENOMEM => "out of memory",
-        libc::EACCES => "permission denied",
-        libc::EEXIST => "file exists",
-        libc::ENOTDIR => "not a directory",
-        libc::EISDIR => "is a directory",
-        libc::ENOSPC => "no space left on device",
-        libc::EROFS => "read-only file system",
-        libc::ENAMETOOLONG => "file name too long",
-        libc::EDQUOT => "disk quota exceeded",
-        _ => "error",
-    };
-    format!("{what} (errno {e})")
+    crate::errno::Errno(e).to_string()
 }

@@ -14,6 +14,7 @@ pub mod api;
 pub mod checkpoint;
 pub mod config;
 pub mod creds;
+pub mod errno;
 pub mod fd;
 pub mod log;
 pub mod memory;
@@ -25,6 +26,7 @@ pub mod sys;
 pub mod thread;
 pub mod timer;
 pub mod transfer;
+pub mod umem;
 
 use core::sync::atomic::Ordering::Relaxed;
 use log::{debug, say};
@@ -79,7 +81,7 @@ extern "C" fn init() {
     }
     config::ACTIVE_PID.store(sys::getpid(), Relaxed);
     if let Err(e) = signal::install_handlers(sig, sus) {
-        say!("cannot install the checkpoint signal handler: errno {e}; checkpoints are disabled");
+        say!("cannot install the checkpoint signal handler: {}; checkpoints are disabled", errno::Errno(e));
         config::ACTIVE_PID.store(0, Relaxed);
         return;
     }

@@ -42,6 +42,10 @@ pub fn emit(args: fmt::Arguments<'_>) {
     let mut b = StackBuf::new();
     let _ = write!(b, "pmig[{}]: ", crate::sys::getpid());
     let _ = b.write_fmt(args);
+    if b.len == b.buf.len() {
+        // Cut short: keep the line a line.
+        b.len -= 1;
+    }
     let _ = b.write_str("\n");
     let _ = crate::sys::write_all(2, b.as_bytes());
 }

@@ -7,6 +7,7 @@
 //! page cache (pagemap bit 61), which come back from the file, and shared file mappings, whose
 //! file holds them.
 
+use crate::errno::Errno;
 use crate::sys;
 use pmig_image::{FileIdent, ObjectState, PageRun, RegionKind, RegionState, VdsoState};
 
@@ -81,10 +82,10 @@ pub struct Layout {
 
 /// Reads the address space. `skip` are ranges that are pmig's own and never saved.
 pub fn collect(skip: &[(u64, u64)]) -> Result<Layout, String> {
-    let text = sys::read_file_vec(b"/proc/self/maps\0").map_err(|e| format!("cannot read /proc/self/maps: errno {e}"))?;
+    let text = sys::read_file_vec(b"/proc/self/maps\0").map_err(|e| format!("cannot read /proc/self/maps: {}", Errno(e)))?;
     let text = String::from_utf8_lossy(&text).into_owned();
     let pagemap = sys::openat(libc::AT_FDCWD, b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
-        .map_err(|e| format!("cannot open /proc/self/pagemap: errno {e}"))? as i32;
+        .map_err(|e| format!("cannot open /proc/self/pagemap: {}", Errno(e)))? as i32;
     let r = collect_from(&parse_maps(&text), skip, pagemap);
     let _ = sys::close(pagemap);
     r
@@ -121,7 +122,7 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<L
                 let Some((key, size, mode)) = sysv_segment(m.inode as i32) else {
                     return Err(format!("the SysV shared memory segment {} at {:#x} is not in /proc/sysvipc/shm", m.inode, m.start));
                 };
-                let runs = resident_runs(m.start, m.end, &mut data_off).map_err(|e| format!("mincore: errno {e}"))?;
+                let runs = resident_runs(m.start, m.end, &mut data_off).map_err(|e| format!("mincore: {}", Errno(e)))?;
                 let kind = RegionKind::SysvShm { key, shmid: m.inode as i32, size, mode };
                 regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: true, kind, runs });
                 continue;
@@ -143,13 +144,13 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<L
                 };
                 let o = &mut objects[object];
                 o.size = o.size.max(m.offset + (m.end - m.start));
-                let runs = resident_runs(m.start, m.end, &mut data_off).map_err(|e| format!("mincore: errno {e}"))?;
+                let runs = resident_runs(m.start, m.end, &mut data_off).map_err(|e| format!("mincore: {}", Errno(e)))?;
                 let kind = RegionKind::SharedObject { object: object as u32, offset: m.offset };
                 regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: true, kind, runs });
                 continue;
             }
             p => {
-                let ident = file_ident(p).map_err(|e| format!("cannot stat mapped file {p}: errno {e}"))?;
+                let ident = file_ident(p).map_err(|e| format!("cannot stat mapped file {p}: {}", Errno(e)))?;
                 if ident.ino != m.inode {
                     return Err(format!("the mapped file {p} was replaced after it was mapped"));
                 }
@@ -161,7 +162,7 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<L
             Vec::new()
         } else {
             populated_runs(m.start, m.end, is_file, pagemap, &mut entries, &mut data_off)
-                .map_err(|e| format!("cannot read pagemap: errno {e}"))?
+                .map_err(|e| format!("cannot read pagemap: {}", Errno(e)))?
         };
         regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: m.shared, kind, runs });
     }
@@ -285,7 +286,7 @@ pub fn write_pages(out: &mut dyn crate::checkpoint::Sink, regions: &[RegionState
     let mut crcs = Vec::new();
     let mut buf = vec![0u8; 4 << 20];
     let mem = sys::openat(libc::AT_FDCWD, b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
-        .map_err(|e| format!("cannot open /proc/self/mem: errno {e}"))? as i32;
+        .map_err(|e| format!("cannot open /proc/self/mem: {}", Errno(e)))? as i32;
     let r = (|| {
         for r in regions {
             let readable = r.prot & 1 != 0;
@@ -301,7 +302,7 @@ pub fn write_pages(out: &mut dyn crate::checkpoint::Sink, regions: &[RegionState
                         unsafe { core::ptr::copy_nonoverlapping(src as *const u8, buf.as_mut_ptr(), n) };
                     } else {
                         let got = sys::pread(mem, &mut buf[..n], src).map_err(|e| {
-                            format!("cannot read memory at {src:#x} through /proc/self/mem: errno {e}")
+                            format!("cannot read memory at {src:#x} through /proc/self/mem: {}", Errno(e))
                         })?;
                         if got as usize != n {
                             return Err(format!("short read of memory at {src:#x}"));

@@ -1,6 +1,7 @@
 //! Process-wide state: identity, command line, mm layout, auxv, cwd, umask, resource limits,
 //! and the host it runs on (dump and restore side by side).
 
+use crate::errno::Errno;
 use crate::{log, sys};
 use pmig_image::{HostState, MmState, ProcessState, RlimitState};
 
@@ -43,7 +44,7 @@ pub fn host() -> HostState {
 pub fn dump() -> Result<ProcessState, String> {
     let read = |p: &[u8]| {
         sys::read_file_vec(p).map(|v| String::from_utf8_lossy(&v).into_owned()).map_err(|e| {
-            format!("cannot read {}: errno {e}", String::from_utf8_lossy(&p[..p.len() - 1]))
+            format!("cannot read {}: {}", String::from_utf8_lossy(&p[..p.len() - 1]), Errno(e))
         })
     };
     let stat = read(b"/proc/self/stat\0")?;
@@ -63,7 +64,7 @@ pub fn dump() -> Result<ProcessState, String> {
         env_start: get(50),
         env_end: get(51),
     };
-    let auxv_bytes = sys::read_file_vec(b"/proc/self/auxv\0").map_err(|e| format!("cannot read auxv: errno {e}"))?;
+    let auxv_bytes = sys::read_file_vec(b"/proc/self/auxv\0").map_err(|e| format!("cannot read auxv: {}", Errno(e)))?;
     let auxv = auxv_bytes.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]))).collect();
     let cmdline = sys::read_file_vec(b"/proc/self/cmdline\0").unwrap_or_default();
     let argv = cmdline.split(|&c| c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
@@ -96,7 +97,7 @@ pub fn dump() -> Result<ProcessState, String> {
 /// Puts back cwd, umask and resource limits.
 pub fn restore(p: &ProcessState) {
     if let Err(e) = sys::chdir(&sys::cstr(&p.cwd)) {
-        log::say!("warning: cannot change to the saved working directory {}: errno {e}", p.cwd);
+        log::say!("warning: cannot change to the saved working directory {}: {}", p.cwd, Errno(e));
     }
     let _ = sys::umask(p.umask);
     for l in &p.rlimits {

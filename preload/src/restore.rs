@@ -90,7 +90,7 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     match unsafe { thread::recreate_all(mb_ptr, m.process.pid, exact) } {
         Ok(n) => debug!("restore: {n} thread(s) ready, ids {}", if exact { "exact" } else { "virtual" }),
         Err(e) => {
-            say!("restore failed: cannot recreate the program's threads: errno {e}");
+            say!("restore failed: cannot recreate the program's threads: {}", crate::errno::Errno(e));
             sys::exit_group(123);
         }
     }

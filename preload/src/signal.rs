@@ -3,6 +3,7 @@
 //!
 //! `ckpt_handler` is signal-time code: it only bumps a futex word (async-signal-safe).
 
+use crate::errno::Errno;
 use crate::sys::{self, KSigAction};
 use crate::{config, log};
 use core::sync::atomic::Ordering::*;
@@ -76,7 +77,7 @@ pub fn restore_actions(saved: &[SigActionState]) {
     for s in saved {
         let act = KSigAction { handler: s.handler, flags: s.flags, restorer: s.restorer, mask: s.mask };
         if let Err(e) = sys::rt_sigaction(s.sig, Some(&act), None) {
-            log::say!("warning: cannot restore the handler of signal {}: errno {e}", s.sig);
+            log::say!("warning: cannot restore the handler of signal {}: {}", s.sig, Errno(e));
         }
     }
 }
@@ -121,7 +122,7 @@ pub fn restore_itimers(saved: &[ItimerState], gap_us: u64) {
         // An armed timer with 0 left would disarm; fire it at once instead.
         let v = libc::itimerval { it_interval: us_tv(interval), it_value: us_tv(value.max(1)) };
         if let Err(e) = sys::setitimer(t.which, &v) {
-            log::say!("warning: cannot re-arm interval timer {}: errno {e}", t.which);
+            log::say!("warning: cannot re-arm interval timer {}: {}", t.which, Errno(e));
         }
     }
 }

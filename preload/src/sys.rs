@@ -109,6 +109,13 @@ pub fn rename(from: &[u8], to: &[u8]) -> Res {
     sc!(libc::SYS_renameat, libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr())
 }
 
+/// `linkat(2)`; both paths must end with a NUL byte.
+pub fn linkat(olddirfd: i32, old: &[u8], newdirfd: i32, new: &[u8], flags: i32) -> Res {
+    debug_assert_eq!(old.last(), Some(&0));
+    debug_assert_eq!(new.last(), Some(&0));
+    sc!(libc::SYS_linkat, olddirfd, old.as_ptr(), newdirfd, new.as_ptr(), flags)
+}
+
 /// `unlinkat(2)`; `path` must end with a NUL byte.
 pub fn unlink(path: &[u8]) -> Res {
     sc!(libc::SYS_unlinkat, libc::AT_FDCWD, path.as_ptr(), 0)
@@ -533,6 +540,49 @@ pub fn for_each_numbered_entry(path: &[u8], mut f: impl FnMut(i32, i32)) -> Resu
     };
     let _ = close(dir);
     r
+}
+
+/// Calls `f` with the name of each entry of directory `path` (without `.` and `..`).
+/// Allocates nothing. `path` must end with a NUL byte.
+pub fn for_each_entry(path: &[u8], mut f: impl FnMut(&[u8])) -> Result<(), i32> {
+    let dir = openat(libc::AT_FDCWD, path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)? as i32;
+    let mut buf = [0u8; 4096];
+    let r = loop {
+        let got = match getdents64(dir, &mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(g) => g as usize,
+            Err(e) => break Err(e),
+        };
+        let mut at = 0;
+        while at < got {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                f(name);
+            }
+            at += reclen;
+        }
+    };
+    let _ = close(dir);
+    r
+}
+
+/// `process_vm_readv(2)` of this process, one buffer each side: copies `buf.len()` bytes from
+/// address `from` of our own memory into `buf`, or fails with `EFAULT` (never faults) when
+/// they are not all readable; a short count stops at the first unreadable page.
+pub fn process_vm_read_self(buf: &mut [u8], from: u64) -> Res {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: from as *mut libc::c_void, iov_len: buf.len() };
+    sc!(libc::SYS_process_vm_readv, getpid(), &local as *const libc::iovec, 1, &remote as *const libc::iovec, 1, 0)
+}
+
+/// `process_vm_writev(2)` of this process, one buffer each side: copies `buf` to address `to`
+/// of our own memory, or fails with `EFAULT` (never faults) when it is not writable.
+pub fn process_vm_write_self(buf: &[u8], to: u64) -> Res {
+    let local = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: to as *mut libc::c_void, iov_len: buf.len() };
+    sc!(libc::SYS_process_vm_writev, getpid(), &local as *const libc::iovec, 1, &remote as *const libc::iovec, 1, 0)
 }
 
 /// A raw `siginfo_t` (128 bytes).

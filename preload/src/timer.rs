@@ -2,6 +2,7 @@
 //! checkpoint; made again with the same ids (`PR_TIMER_CREATE_RESTORE_IDS`, Linux 6.16) at
 //! restore, once the program's threads exist again (a timer may signal one thread).
 
+use crate::errno::Errno;
 use crate::{log, pid, sys};
 use pmig_abi::arch::syscall6;
 use pmig_image::PosixTimerState;
@@ -88,11 +89,11 @@ pub fn dump() -> Result<Vec<PosixTimerState>, String> {
     let text = match sys::read_file_vec(b"/proc/self/timers\0") {
         Ok(t) => String::from_utf8_lossy(&t).into_owned(),
         Err(libc::ENOENT) => return Ok(Vec::new()),
-        Err(e) => return Err(format!("cannot read /proc/self/timers: errno {e}")),
+        Err(e) => return Err(format!("cannot read /proc/self/timers: {}", Errno(e))),
     };
     let mut timers = parse(&text);
     for t in timers.iter_mut() {
-        let v = timer_gettime(t.id).map_err(|e| format!("timer_gettime({}): errno {e}", t.id))?;
+        let v = timer_gettime(t.id).map_err(|e| format!("timer_gettime({}): {}", t.id, Errno(e)))?;
         t.value_ns = ns(&v.it_value);
         t.interval_ns = ns(&v.it_interval);
         if t.notify & libc::SIGEV_THREAD_ID != 0 {
@@ -122,7 +123,7 @@ pub fn restore(saved: &[PosixTimerState], gap_ns: u64) {
             syscall6(libc::SYS_timer_create as u64, t.clockid as u64, &sev as *const _ as u64, &mut id as *mut i32 as u64, 0, 0, 0)
         };
         if r < 0 || id != t.id {
-            log::say!("warning: cannot make POSIX timer {} again (errno {}, got id {id})", t.id, -r);
+            log::say!("warning: cannot make POSIX timer {} again: {} (got id {id})", t.id, Errno(-r as i32));
             continue;
         }
         // A periodic timer whose expiry is being delivered may show 0 left: one interval on.
@@ -136,7 +137,7 @@ pub fn restore(saved: &[PosixTimerState], gap_ns: u64) {
         // SAFETY: timer_settime reads one itimerspec we own.
         let r = unsafe { syscall6(libc::SYS_timer_settime as u64, id as u64, 0, &v as *const _ as u64, 0, 0, 0) };
         if r < 0 {
-            log::say!("warning: cannot arm POSIX timer {}: errno {}", t.id, -r);
+            log::say!("warning: cannot arm POSIX timer {}: {}", t.id, Errno(-r as i32));
         }
     }
     if same_ids {

@@ -6,6 +6,7 @@
 //! The sink runs in the checkpoint thread with the other threads stopped: raw system calls,
 //! arena allocation only.
 
+use crate::errno::Errno;
 use crate::checkpoint::Sink;
 use crate::{log, sys};
 use pmig_abi::arch::syscall6;
@@ -29,7 +30,7 @@ fn recv_exact(fd: i32, buf: &mut [u8]) -> Result<(), String> {
             Ok(n) => got += n as usize,
             Err(libc::EINTR) => {}
             Err(libc::EAGAIN) => return Err("the receiver did not answer in time".into()),
-            Err(e) => return Err(format!("reading from the receiver: errno {e}")),
+            Err(e) => return Err(format!("reading from the receiver: {}", Errno(e))),
         }
     }
     Ok(())
@@ -39,7 +40,7 @@ fn send_all(fd: i32, b: &[u8]) -> Result<(), String> {
     sys::write_all(fd, b).map_err(|e| match e {
         libc::EPIPE | libc::ECONNRESET => "the receiver closed the connection".to_string(),
         libc::EAGAIN => "the receiver stopped reading (timed out)".to_string(),
-        e => format!("sending to the receiver: errno {e}"),
+        e => format!("sending to the receiver: {}", Errno(e)),
     })
 }
 
@@ -341,12 +342,12 @@ impl Sink for WireSink {
 /// Reads a whole file with raw system calls (the program is stopped).
 fn read_whole(path: &str) -> Result<(Vec<u8>, libc::stat), String> {
     let fd = sys::openat(libc::AT_FDCWD, &sys::cstr(path), libc::O_RDONLY | libc::O_CLOEXEC, 0)
-        .map_err(|e| format!("cannot read {path} to carry it: errno {e}"))? as i32;
+        .map_err(|e| format!("cannot read {path} to carry it: {}", Errno(e)))? as i32;
     // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
     let r = sys::fstat(fd, &mut st)
-        .map_err(|e| format!("fstat {path}: errno {e}"))
-        .and_then(|_| sys::pread_all(fd, st.st_size as u64).map_err(|e| format!("reading {path}: errno {e}")));
+        .map_err(|e| format!("fstat {path}: {}", Errno(e)))
+        .and_then(|_| sys::pread_all(fd, st.st_size as u64).map_err(|e| format!("reading {path}: {}", Errno(e))));
     let _ = sys::close(fd);
     r.map(|v| (v, st))
 }

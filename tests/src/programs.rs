@@ -48,6 +48,14 @@ pub const IDS: &str = env!("PMIG_TEST_PROG_IDS");
 pub const EXACT_IDS: &str = env!("PMIG_TEST_PROG_EXACT_IDS");
 /// `setid.c`: set*id calls in a threaded program; every thread takes the credentials.
 pub const SETID: &str = env!("PMIG_TEST_PROG_SETID");
+/// `bigheap STEPS MIB`: MIB MiB of heap filled with a pattern, checked every step.
+pub const BIGHEAP: &str = env!("PMIG_TEST_PROG_BIGHEAP");
+
+/// `badptr STEPS`: wrapped calls given bad pointers must fail with EFAULT.
+pub const BADPTR: &str = env!("PMIG_TEST_PROG_BADPTR");
+
+/// `static_prog`: statically linked (no libc); prints `ran` and exits 0.
+pub const STATIC_PROG: &str = env!("PMIG_TEST_PROG_STATIC_PROG");
 
 /// Debian's perl.
 pub const PERL: &str = "/usr/bin/perl";

@@ -609,18 +609,104 @@ fn unsupported_resource_fails_checkpoint_and_program_goes_on() {
     assert!(!image.exists(), "a failed checkpoint must not leave an image");
 }
 
-/// With --exit, a failed checkpoint makes the program exit with status 1, and no image.
+/// The names in `image`'s directory other than `image` itself: a temporary file left by a
+/// checkpoint shows up here.
+fn others_beside(image: &Path) -> Vec<String> {
+    let dir = image.parent().expect("the image has a directory");
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| Some(n.as_str()) != image.file_name().and_then(|f| f.to_str()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Sends the checkpoint signal to `p` (which holds something pmig cannot save), waits for the
+/// failure line, and checks that it says the program goes on and that the program does go on:
+/// three more steps.
+fn checkpoint_fails_and_program_goes_on(p: &mut Proc, steps: &mut StepCheck) {
+    let before = p.stderr_text().lines().filter(|l| l.contains("checkpoint failed")).count();
+    p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [p]));
+    let said = pmig_tests::wait_until(CHECKPOINT_TIMEOUT, "the checkpoint failure message", || {
+        let err = p.stderr_text();
+        err.lines().filter(|l| l.contains("checkpoint failed")).nth(before).map(String::from)
+    });
+    let line = said.unwrap_or_else(|e| fail_with(&e, &mut [p]));
+    if !(line.contains("pidfd") && line.contains("fd ") && line.contains("goes on") && line.contains("untouched")) {
+        fail_with(
+            &format!("the failure line must name the fd and say the program goes on and the old image is untouched: {line:?}"),
+            &mut [p],
+        );
+    }
+    let after = steps.last();
+    read_until_step(p, steps, after + 3);
+}
+
+/// Reads the rest of `p`'s steps; it must reach its last step and exit 0.
+fn runs_to_its_end(p: &mut Proc, steps: &mut StepCheck) {
+    let (lines, status) = p
+        .finish(Duration::from_secs(u64::from(STEPS)) + CHECKPOINT_TIMEOUT)
+        .unwrap_or_else(|e| fail_with(&e, &mut [p]));
+    for line in lines {
+        if let Err(e) = steps.accept(&line) {
+            fail_with(&e, &mut [p]);
+        }
+    }
+    assert!(status.success() && steps.complete(), "the program must run to its end: {}", p.describe());
+}
+
+/// With --exit too, a failed checkpoint leaves the program running (nothing was saved: ending
+/// it would lose its work), writes no image and no temporary file, and the program finishes
+/// normally; a second request fails the same way.
 #[test]
-fn unsupported_resource_with_exit_exits_1() {
+fn unsupported_resource_with_exit_goes_on() {
     let sb = Sandbox::new();
     let image = sb.image("pidfd-exit");
     let mut p = spawn_holds_pidfd(&sb, &image, &["--exit"]);
     let mut steps = StepCheck::new(1, STEPS, Input::Idle);
     read_until_step(&mut p, &mut steps, 3);
+    checkpoint_fails_and_program_goes_on(&mut p, &mut steps);
+    checkpoint_fails_and_program_goes_on(&mut p, &mut steps);
+    assert!(!image.exists(), "a failed checkpoint must not leave an image");
+    assert_eq!(others_beside(&image), Vec::<String>::new(), "a failed checkpoint must leave no file");
+    runs_to_its_end(&mut p, &mut steps);
+}
+
+/// A good image exists (taken with --exit); the resumed program (still --exit) then opens a
+/// pidfd, and its next checkpoint fails: the program goes on to its end and the earlier image
+/// is byte for byte what it was.
+#[test]
+fn failed_exit_checkpoint_keeps_previous_image() {
+    let sb = Sandbox::new();
+    let image = sb.image("pidfd-later");
+    let prog = sb.stage(programs::HOLDS_PIDFD);
+    let mut cmd = sb.command(&sb.bins().run, &sb.workdir("run"));
+    cmd.arg("--exit").arg("--image").arg(&image).arg("--").arg(&prog).arg(STEPS.to_string()).arg("12");
+    pmig_env(&mut cmd);
+    let mut p = Proc::spawn("pmig-run (holds_pidfd from step 12)", cmd, Terminal::Pipe);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_until_step(&mut p, &mut steps, 3);
     p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
     let status = p.wait_exit(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
-    assert_eq!(status.code(), Some(1), "{}", p.describe());
-    assert!(!image.exists(), "a failed checkpoint must not leave an image");
+    for line in p.drain_now().unwrap_or_default() {
+        if let Err(e) = steps.accept(&line) {
+            fail_with(&e, &mut [&mut p]);
+        }
+    }
+    assert!(status.success() && steps.last() < 12, "the first checkpoint must succeed: {}", p.describe());
+    let good = fs::read(&image).expect("read the first image");
+
+    let mut cmd = sb.command(&sb.bins().resume, &sb.workdir("resume"));
+    cmd.arg(&image);
+    pmig_env(&mut cmd);
+    let mut r = Proc::spawn("pmig-resume (holds_pidfd)", cmd, Terminal::Pipe);
+    read_until_step(&mut r, &mut steps, 13);
+    checkpoint_fails_and_program_goes_on(&mut r, &mut steps);
+    runs_to_its_end(&mut r, &mut steps);
+    assert!(fs::read(&image).expect("read the image again") == good, "the earlier image must be unchanged");
+    assert_eq!(others_beside(&image), Vec::<String>::new(), "a failed checkpoint must leave no file");
 }
 
 /// --drop-unsupported checkpoints anyway (with a warning naming the fd), --signal picks the

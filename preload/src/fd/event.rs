@@ -2,6 +2,7 @@
 //! eventfd (counter, semaphore mode), timerfd (clock, remaining time, interval, unread
 //! expirations), signalfd (mask) and epoll (each registration's fd, events and data).
 
+use crate::errno::Errno;
 use super::{DumpCtx, FdInfo, Ops, RestoreCtx};
 use crate::sys;
 use pmig_image::{EpollTarget, FileKind, FileState};
@@ -74,10 +75,10 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
     Some(match &f.kind {
         FileKind::EventFd { count, semaphore } => {
             let flags = cloexec | if *semaphore { libc::EFD_SEMAPHORE } else { 0 };
-            sys::eventfd2(0, flags).map_err(|e| format!("eventfd: errno {e}")).and_then(|fd| {
+            sys::eventfd2(0, flags).map_err(|e| format!("eventfd: {}", Errno(e))).and_then(|fd| {
                 let fd = fd as i32;
                 if *count > 0 {
-                    sys::write_all(fd, &count.to_ne_bytes()).map_err(|e| format!("eventfd write: errno {e}"))?;
+                    sys::write_all(fd, &count.to_ne_bytes()).map_err(|e| format!("eventfd write: {}", Errno(e)))?;
                 }
                 Ok(fd)
             })
@@ -99,28 +100,28 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
                 value_ns -= ctx.gap_ns;
             }
             let (value_ns, ticks) = (&value_ns, &ticks);
-            sys::timerfd_create(*clockid, cloexec).map_err(|e| format!("timerfd_create: errno {e}")).and_then(|fd| {
+            sys::timerfd_create(*clockid, cloexec).map_err(|e| format!("timerfd_create: {}", Errno(e))).and_then(|fd| {
                 let fd = fd as i32;
                 if *value_ns != 0 {
                     // An armed timer with 0 left fires at once rather than disarm.
                     let v = libc::itimerspec { it_interval: ts(*interval_ns), it_value: ts((*value_ns).max(1)) };
-                    sys::timerfd_settime(fd, &v).map_err(|e| format!("timerfd_settime: errno {e}"))?;
+                    sys::timerfd_settime(fd, &v).map_err(|e| format!("timerfd_settime: {}", Errno(e)))?;
                 }
                 if *ticks > 0 {
                     sys::ioctl(fd, TFD_IOC_SET_TICKS, ticks as *const u64 as u64)
-                        .map_err(|e| format!("TFD_IOC_SET_TICKS: errno {e}"))?;
+                        .map_err(|e| format!("TFD_IOC_SET_TICKS: {}", Errno(e)))?;
                 }
                 Ok(fd)
             })
         }
         FileKind::SignalFd { mask } => {
-            sys::signalfd(*mask, cloexec).map(|fd| fd as i32).map_err(|e| format!("signalfd: errno {e}"))
+            sys::signalfd(*mask, cloexec).map(|fd| fd as i32).map_err(|e| format!("signalfd: {}", Errno(e)))
         }
-        FileKind::Epoll { targets } => sys::epoll_create1(cloexec).map_err(|e| format!("epoll_create1: errno {e}")).map(|ep| {
+        FileKind::Epoll { targets } => sys::epoll_create1(cloexec).map_err(|e| format!("epoll_create1: {}", Errno(e))).map(|ep| {
             let ep = ep as i32;
             for t in targets {
                 if let Err(e) = sys::epoll_add(ep, t.fd, t.events, t.data) {
-                    crate::log::say!("warning: cannot register fd {} with epoll again: errno {e}", t.fd);
+                    crate::log::say!("warning: cannot register fd {} with epoll again: {}", t.fd, Errno(e));
                 }
             }
             ep

@@ -2,6 +2,7 @@
 //! files deleted while open and memfds (their content travels in the image), terminals and
 //! other character devices (reopened).
 
+use crate::errno::Errno;
 use super::{FdInfo, DumpCtx, Ops, RestoreCtx};
 use crate::{memory, sys};
 use pmig_image::{FileKind, FileState};
@@ -21,12 +22,12 @@ fn read_all(fd: i32, size: u64) -> Result<Vec<u8>, String> {
     if writeonly {
         let path = sys::cstr(&format!("/proc/self/fd/{fd}"));
         let rd = sys::openat(libc::AT_FDCWD, &path, libc::O_RDONLY | libc::O_CLOEXEC, 0)
-            .map_err(|e| format!("cannot reopen it to read its content: errno {e}"))? as i32;
+            .map_err(|e| format!("cannot reopen it to read its content: {}", Errno(e)))? as i32;
         let r = read_all(rd, size);
         let _ = sys::close(rd);
         return r;
     }
-    sys::pread_all(fd, size).map_err(|e| format!("cannot read its content: errno {e}"))
+    sys::pread_all(fd, size).map_err(|e| format!("cannot read its content: {}", Errno(e)))
 }
 
 fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
@@ -61,14 +62,14 @@ fn reopen_flags(flags: i32) -> i32 {
 }
 
 fn with_content(fd: i32, content: &[u8], pos: i64) -> Result<i32, String> {
-    sys::write_all(fd, content).map_err(|e| format!("cannot write its content back: errno {e}"))?;
+    sys::write_all(fd, content).map_err(|e| format!("cannot write its content back: {}", Errno(e)))?;
     let _ = sys::lseek(fd, pos, libc::SEEK_SET);
     Ok(fd)
 }
 
 fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
     let open = |path: &str, flags: i32| {
-        sys::openat(libc::AT_FDCWD, &sys::cstr(path), flags, 0).map(|fd| fd as i32).map_err(|e| format!("cannot open {path}: errno {e}"))
+        sys::openat(libc::AT_FDCWD, &sys::cstr(path), flags, 0).map(|fd| fd as i32).map_err(|e| format!("cannot open {path}: {}", Errno(e)))
     };
     Some(match &f.kind {
         FileKind::Regular { path, .. } => open(path, reopen_flags(f.flags)).inspect(|&fd| {
@@ -91,7 +92,7 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
             open(dir, tmp).or_else(|_| open("/tmp", tmp)).and_then(|fd| with_content(fd, content, f.pos))
         }
         FileKind::Memfd { name, content, .. } => sys::memfd_create(&sys::cstr(name), libc::MFD_CLOEXEC)
-            .map_err(|e| format!("memfd_create: errno {e}"))
+            .map_err(|e| format!("memfd_create: {}", Errno(e)))
             .and_then(|fd| with_content(fd as i32, content, f.pos)),
         _ => return None,
     })

@@ -5,6 +5,7 @@
 //! a new instance and adds the watches again in the order of their descriptors, which gives
 //! them the same numbers when, as usual, none was removed in between.
 
+use crate::errno::Errno;
 use super::{DumpCtx, FdInfo, Ops, RestoreCtx};
 use crate::sys;
 use pmig_image::{FileKind, FileState, InotifyWatch};
@@ -85,12 +86,12 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
 fn restore(f: &FileState, _: &mut RestoreCtx) -> Option<Result<i32, String>> {
     let FileKind::Inotify { watches } = &f.kind else { return None };
     Some((|| {
-        let fd = sys::inotify_init1(libc::IN_CLOEXEC).map_err(|e| format!("inotify_init1: errno {e}"))? as i32;
+        let fd = sys::inotify_init1(libc::IN_CLOEXEC).map_err(|e| format!("inotify_init1: {}", Errno(e)))? as i32;
         for w in watches {
             match sys::inotify_add_watch(fd, &sys::cstr(&w.path), w.mask) {
                 Ok(wd) if wd as i32 == w.wd => {}
                 Ok(wd) => crate::log::say!("warning: inotify watch on {} is now {wd}, was {}", w.path, w.wd),
-                Err(e) => crate::log::say!("warning: cannot watch {} again: errno {e}", w.path),
+                Err(e) => crate::log::say!("warning: cannot watch {} again: {}", w.path, Errno(e)),
             }
         }
         Ok(fd)

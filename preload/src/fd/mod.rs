@@ -16,6 +16,7 @@ pub mod inotify;
 mod pipe;
 pub mod socket;
 
+use crate::errno::Errno;
 use crate::{log, sys};
 use pmig_image::{FdState, FileKind, FileState};
 
@@ -69,7 +70,7 @@ impl RestoreCtx {
         if fd >= self.high {
             return Ok(fd);
         }
-        let n = sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, self.high as u64).map_err(|e| format!("F_DUPFD: errno {e}"))?;
+        let n = sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, self.high as u64).map_err(|e| format!("F_DUPFD: {}", Errno(e)))?;
         let _ = sys::close(fd);
         Ok(n as i32)
     }
@@ -114,7 +115,7 @@ fn fd_info(fd: i32) -> Option<FdInfo> {
 /// With `drop_unsupported`, an fd no family can save becomes `Other` (restored closed)
 /// instead of failing the dump.
 pub fn dump(skip: &[i32], drop_unsupported: bool) -> Result<(Vec<FileState>, Vec<FdState>), String> {
-    let fds = list_fds(skip).map_err(|e| format!("cannot list /proc/self/fd: errno {e}"))?;
+    let fds = list_fds(skip).map_err(|e| format!("cannot list /proc/self/fd: {}", Errno(e)))?;
     let mut files: Vec<FileState> = Vec::new();
     // For each file: one fd that refers to it, and its (dev, ino), to find sharers quickly.
     let mut reps: Vec<(i32, u64, u64)> = Vec::new();
@@ -194,7 +195,7 @@ pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap_ns: u
         }
         // A file shared with an inherited stdio fd is that fd: dup it.
         let new = if let Some(std) = users.iter().find(|f| inherited(f)) {
-            sys::fcntl(std.fd, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map(|f| f as i32).map_err(|e| format!("errno {e}"))
+            sys::fcntl(std.fd, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map(|f| f as i32).map_err(|e| format!("{}", Errno(e)))
         } else {
             let f = &files[i];
             match OPS.iter().find_map(|ops| (ops.restore)(f, &mut ctx)) {
@@ -217,7 +218,7 @@ pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap_ns: u
         }
         for u in users.iter().filter(|u| !inherited(u)) {
             if let Err(e) = sys::dup3(new, u.fd, if u.cloexec { libc::O_CLOEXEC } else { 0 }) {
-                log::say!("warning: cannot place fd {}: errno {e}", u.fd);
+                log::say!("warning: cannot place fd {}: {}", u.fd, Errno(e));
             }
         }
         let _ = sys::close(new);

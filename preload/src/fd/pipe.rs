@@ -6,6 +6,7 @@
 //! peer was outside the process gets a new pipe whose other end is closed (EOF for a reader,
 //! EPIPE for a writer), as if the peer had gone away.
 
+use crate::errno::Errno;
 use super::{DumpCtx, FdInfo, Ops, RestoreCtx};
 use crate::sys;
 use pmig_image::{FileKind, FileState};
@@ -17,13 +18,13 @@ const F_GETPIPE_SZ: i32 = 1032;
 
 /// The bytes queued in the pipe `fd` (a read end), without consuming them.
 fn queued(fd: i32, capacity: u32) -> Result<Vec<u8>, String> {
-    let (r, w) = sys::pipe2(libc::O_CLOEXEC | libc::O_NONBLOCK).map_err(|e| format!("pipe2: errno {e}"))?;
+    let (r, w) = sys::pipe2(libc::O_CLOEXEC | libc::O_NONBLOCK).map_err(|e| format!("pipe2: {}", Errno(e)))?;
     let result = (|| {
         let _ = sys::fcntl(w, F_SETPIPE_SZ, capacity as u64);
         let n = match sys::tee(fd, w, capacity as u64, libc::SPLICE_F_NONBLOCK) {
             Ok(n) => n as usize,
             Err(libc::EAGAIN) => 0,
-            Err(e) => return Err(format!("tee: errno {e}")),
+            Err(e) => return Err(format!("tee: {}", Errno(e))),
         };
         let mut data = vec![0u8; n];
         let mut got = 0;
@@ -31,7 +32,7 @@ fn queued(fd: i32, capacity: u32) -> Result<Vec<u8>, String> {
             match sys::read(r, &mut data[got..]) {
                 Ok(0) | Err(libc::EAGAIN) => break,
                 Ok(k) => got += k as usize,
-                Err(e) => return Err(format!("reading the pipe's copy: errno {e}")),
+                Err(e) => return Err(format!("reading the pipe's copy: {}", Errno(e))),
             }
         }
         data.truncate(got);
@@ -68,14 +69,14 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
             // Opening a FIFO read/write never blocks; the real end is opened beside it.
             let c = sys::cstr(path);
             let holder = sys::openat(libc::AT_FDCWD, &c, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0)
-                .map_err(|e| format!("cannot open FIFO {path}: errno {e}"))? as i32;
+                .map_err(|e| format!("cannot open FIFO {path}: {}", Errno(e)))? as i32;
             let mode = f.flags & libc::O_ACCMODE;
             let fd = if mode == libc::O_RDWR {
                 sys::fcntl(holder, libc::F_DUPFD_CLOEXEC, 0).map(|f| f as i32)
             } else {
                 sys::openat(libc::AT_FDCWD, &c, mode | libc::O_NONBLOCK | libc::O_CLOEXEC, 0).map(|f| f as i32)
             }
-            .map_err(|e| format!("cannot open FIFO {path}: errno {e}"))?;
+            .map_err(|e| format!("cannot open FIFO {path}: {}", Errno(e)))?;
             let _ = sys::write_all(holder, data);
             let _ = sys::close(holder);
             return Ok(fd);
@@ -83,7 +84,7 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
         let at = match ctx.pipes.iter().position(|p| p.0 == *ino) {
             Some(at) => at,
             None => {
-                let (r, w) = sys::pipe2(libc::O_CLOEXEC).map_err(|e| format!("pipe2: errno {e}"))?;
+                let (r, w) = sys::pipe2(libc::O_CLOEXEC).map_err(|e| format!("pipe2: {}", Errno(e)))?;
                 let _ = sys::fcntl(w, F_SETPIPE_SZ, *capacity as u64);
                 let (r, w) = (ctx.lift(r)?, ctx.lift(w)?);
                 ctx.pipes.push((*ino, r, w));
@@ -93,9 +94,9 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
         let (_, r, w) = ctx.pipes[at];
         if !data.is_empty() {
             // Capacity is what it was, so the queued bytes fit without blocking.
-            sys::write_all(w, data).map_err(|e| format!("cannot put the queued bytes back: errno {e}"))?;
+            sys::write_all(w, data).map_err(|e| format!("cannot put the queued bytes back: {}", Errno(e)))?;
         }
         let end = if *read_end { r } else { w };
-        sys::fcntl(end, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map(|f| f as i32).map_err(|e| format!("errno {e}"))
+        sys::fcntl(end, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map(|f| f as i32).map_err(|e| format!("{}", Errno(e)))
     })())
 }

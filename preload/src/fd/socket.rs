@@ -57,6 +57,7 @@
 //! checkpoint and the restore meet no socket and are answered with a reset unless something
 //! drops them meanwhile (a firewall rule).
 
+use crate::errno::Errno;
 use super::{DumpCtx, FdInfo, Ops, RestoreCtx};
 use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use crate::log::{debug, say};
@@ -249,7 +250,7 @@ impl Drop for Fd {
 fn new_socket(family: i32, ty: i32, protocol: i32) -> Result<Fd, String> {
     sys::socket(family, ty | libc::SOCK_CLOEXEC, protocol)
         .map(|f| Fd(f as i32))
-        .map_err(|e| format!("socket({family}, {ty}, {protocol}): errno {e}"))
+        .map_err(|e| format!("socket({family}, {ty}, {protocol}): {}", Errno(e)))
 }
 
 /// Moves `fd` above every saved fd number (see [`RestoreCtx::lift`]).
@@ -575,8 +576,8 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
 
 /// Family, type, protocol, addresses and role.
 fn identify(fd: i32, s: &mut SocketState) -> Result<(), String> {
-    s.family = get_int(fd, SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| format!("SO_DOMAIN: errno {e}"))?;
-    s.sotype = get_int(fd, SOL_SOCKET, libc::SO_TYPE).map_err(|e| format!("SO_TYPE: errno {e}"))?;
+    s.family = get_int(fd, SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| format!("SO_DOMAIN: {}", Errno(e)))?;
+    s.sotype = get_int(fd, SOL_SOCKET, libc::SO_TYPE).map_err(|e| format!("SO_TYPE: {}", Errno(e)))?;
     s.protocol = get_int(fd, SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
     s.local = sys::sockname(fd, false).ok().filter(|a| a.len() >= 2);
     s.peer = sys::sockname(fd, true).ok().filter(|a| a.len() >= 2);
@@ -662,7 +663,7 @@ fn read_options(fd: i32, s: &SocketState) -> Vec<(i32, i32, Vec<u8>)> {
 }
 
 fn dump_unix(fd: i32, s: &mut SocketState) -> Result<(), String> {
-    let diag = unix_diag(s.ino).map_err(|e| debug!("unix_diag of socket {}: errno {e}", s.ino)).ok();
+    let diag = unix_diag(s.ino).map_err(|e| debug!("unix_diag of socket {}: {}", s.ino, Errno(e))).ok();
     match s.role {
         SocketRole::Listening => {
             let backlog = diag.as_ref().and_then(|d| d.queue).map(|(_, max)| max as i32);
@@ -697,7 +698,7 @@ fn dump_unix(fd: i32, s: &mut SocketState) -> Result<(), String> {
     };
     if has_queue {
         s.recv_queue =
-            peek_queue(fd, s.sotype).map_err(|e| format!("cannot read the socket's queued bytes: errno {e}"))?;
+            peek_queue(fd, s.sotype).map_err(|e| format!("cannot read the socket's queued bytes: {}", Errno(e)))?;
     }
     Ok(())
 }
@@ -815,7 +816,7 @@ fn attach_drop_filter(fd: i32) -> bool {
 /// Saves an established connection in repair mode; returns its state and receive queue.
 fn repair_dump(fd: i32, exit: bool) -> Result<(TcpRepairState, Vec<u8>), String> {
     let reuse = get_int(fd, SOL_SOCKET, SO_REUSEADDR).unwrap_or(0);
-    set_int(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON).map_err(|e| format!("TCP_REPAIR: errno {e}"))?;
+    set_int(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON).map_err(|e| format!("TCP_REPAIR: {}", Errno(e)))?;
     if exit {
         // The socket dies with the process: stop it taking in what the image will not hold.
         let _ = attach_drop_filter(fd);
@@ -842,10 +843,10 @@ fn repair_dump(fd: i32, exit: bool) -> Result<(TcpRepairState, Vec<u8>), String>
 
 fn repair_read(fd: i32) -> Result<(TcpRepairState, Vec<u8>), String> {
     let qseq = |queue: i32| -> Result<u32, String> {
-        set_int(fd, SOL_TCP, TCP_REPAIR_QUEUE, queue).map_err(|e| format!("TCP_REPAIR_QUEUE: errno {e}"))?;
-        get_int(fd, SOL_TCP, TCP_QUEUE_SEQ).map(|v| v as u32).map_err(|e| format!("TCP_QUEUE_SEQ: errno {e}"))
+        set_int(fd, SOL_TCP, TCP_REPAIR_QUEUE, queue).map_err(|e| format!("TCP_REPAIR_QUEUE: {}", Errno(e)))?;
+        get_int(fd, SOL_TCP, TCP_QUEUE_SEQ).map(|v| v as u32).map_err(|e| format!("TCP_QUEUE_SEQ: {}", Errno(e)))
     };
-    let err = |what: &'static str| move |e: i32| format!("{what}: errno {e}");
+    let err = |what: &'static str| move |e: i32| format!("{what}: {}", Errno(e));
     // Packets may still arrive (acknowledgements shrink the send queue, data grows the
     // receive queue): read until nothing changed in between.
     for _ in 0..50 {
@@ -902,7 +903,7 @@ fn repair_window(fd: i32) -> Result<Vec<u8>, String> {
             Err(e) => last = e,
         }
     }
-    Err(format!("TCP_REPAIR_WINDOW: errno {last}"))
+    Err(format!("TCP_REPAIR_WINDOW: {}", Errno(last)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -948,7 +949,7 @@ fn set_options(fd: i32, s: &SocketState, skip: &[(i32, i32)]) {
         };
         if let Err(e) = r {
             let what = OPTIONS.iter().find(|o| o.0 == *level && o.1 == *name).map_or("?", |o| o.4);
-            say!("warning: socket option {what} ({level}/{name}) not restored: errno {e}");
+            say!("warning: socket option {what} ({level}/{name}) not restored: {}", Errno(e));
         }
     }
 }
@@ -977,11 +978,11 @@ fn fresh(s: &SocketState) -> Result<i32, String> {
     match s.role {
         SocketRole::Listening => {
             sys::listen(fd.0, s.backlog)
-                .map_err(|e| format!("listen on {}: errno {e}", addr_text(s.local.as_deref())))?;
+                .map_err(|e| format!("listen on {}: {}", addr_text(s.local.as_deref()), Errno(e)))?;
         }
         SocketRole::Connected => {
             let peer = s.peer.as_deref().unwrap_or_default();
-            sys::connect(fd.0, peer).map_err(|e| format!("connect to {}: errno {e}", addr_text(Some(peer))))?;
+            sys::connect(fd.0, peer).map_err(|e| format!("connect to {}: {}", addr_text(Some(peer)), Errno(e)))?;
         }
         _ => {}
     }
@@ -1014,7 +1015,7 @@ fn bind_again(fd: &Fd, s: &SocketState, local: &[u8]) -> Result<bool, String> {
             }
         }
     }
-    let what = |e: i32| format!("bind to {}: errno {e}", addr_text(Some(local)));
+    let what = |e: i32| format!("bind to {}: {}", addr_text(Some(local)), Errno(e));
     match sys::bind(fd.0, &addr) {
         Ok(_) => Ok(false),
         Err(libc::EADDRINUSE) if is_tcp(s) => {
@@ -1172,7 +1173,7 @@ fn put_queue(writer: i32, sotype: i32, q: &[u8]) -> Result<(), String> {
             match sendto(writer, &q[at..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL, &[]) {
                 Ok(n) => at += n as usize,
                 Err(libc::EINTR) => {}
-                Err(e) => break Err(format!("{} of {} queued bytes put back: errno {e}", at, q.len())),
+                Err(e) => break Err(format!("{} of {} queued bytes put back: {}", at, q.len(), Errno(e))),
             }
         }
     } else {
@@ -1180,7 +1181,7 @@ fn put_queue(writer: i32, sotype: i32, q: &[u8]) -> Result<(), String> {
             match sendto(writer, m, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL, &[]) {
                 Ok(n) if n as usize == m.len() => Ok(()),
                 Ok(_) => Err(format!("queued message {i} put back short")),
-                Err(e) => Err(format!("queued message {i} not put back: errno {e}")),
+                Err(e) => Err(format!("queued message {i} not put back: {}", Errno(e))),
             }
         })
     };
@@ -1206,12 +1207,12 @@ fn pair_end(s: &SocketState, peer: u64, ctx: &mut RestoreCtx) -> Result<i32, Str
         return Ok(mine.keep());
     }
     let (a, b) = sys::socketpair(s.family, s.sotype | libc::SOCK_CLOEXEC, s.protocol)
-        .map_err(|e| format!("socketpair: errno {e}"))?;
+        .map_err(|e| format!("socketpair: {}", Errno(e)))?;
     let (a, b) = (Fd(a), Fd(b));
     let (a, b) = (lifted(ctx, a)?, lifted(ctx, b)?);
     set_options(a.0, s, &[]);
     put_queue(b.0, s.sotype, &s.recv_queue)?;
-    let copy = sys::fcntl(a.0, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map_err(|e| format!("F_DUPFD: errno {e}"))?;
+    let copy = sys::fcntl(a.0, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map_err(|e| format!("F_DUPFD: {}", Errno(e)))?;
     ctx.pairs.push((peer, b.keep()));
     ctx.pairs.push((s.ino, copy as i32));
     set_peek_off(a.0, s);
@@ -1222,7 +1223,7 @@ fn pair_end(s: &SocketState, peer: u64, ctx: &mut RestoreCtx) -> Result<i32, Str
 /// the unread bytes in it and its other end closed (reads: the bytes, then EOF).
 fn dead_peer(s: &SocketState) -> Result<i32, String> {
     let (a, b) =
-        sys::socketpair(AF_UNIX, s.sotype | libc::SOCK_CLOEXEC, 0).map_err(|e| format!("socketpair: errno {e}"))?;
+        sys::socketpair(AF_UNIX, s.sotype | libc::SOCK_CLOEXEC, 0).map_err(|e| format!("socketpair: {}", Errno(e)))?;
     let (a, b) = (Fd(a), Fd(b));
     set_options(a.0, s, &[]);
     put_queue(b.0, s.sotype, &s.recv_queue)?;
@@ -1257,7 +1258,7 @@ fn repair_send(fd: i32, queue: i32, data: &[u8]) -> Result<(), String> {
     if data.is_empty() {
         return Ok(());
     }
-    set_int(fd, SOL_TCP, TCP_REPAIR_QUEUE, queue).map_err(|e| format!("TCP_REPAIR_QUEUE: errno {e}"))?;
+    set_int(fd, SOL_TCP, TCP_REPAIR_QUEUE, queue).map_err(|e| format!("TCP_REPAIR_QUEUE: {}", Errno(e)))?;
     let (mut at, mut chunk) = (0, data.len());
     while at < data.len() {
         let n = chunk.min(data.len() - at);
@@ -1272,7 +1273,7 @@ fn repair_send(fd: i32, queue: i32, data: &[u8]) -> Result<(), String> {
 }
 
 fn repair_restore(s: &SocketState, t: &TcpRepairState) -> Result<i32, String> {
-    let err = |what: &'static str| move |e: i32| format!("{what}: errno {e}");
+    let err = |what: &'static str| move |e: i32| format!("{what}: {}", Errno(e));
     let (Some(local), Some(peer)) = (s.local.as_deref(), s.peer.as_deref()) else {
         return Err("no addresses saved".into());
     };
@@ -1320,7 +1321,7 @@ fn repair_restore(s: &SocketState, t: &TcpRepairState) -> Result<i32, String> {
     repair_send(fd.0, TCP_SEND_QUEUE, &t.send_queue)?;
     if t.window.len() > 1 {
         if let Err(e) = sys::setsockopt(fd.0, SOL_TCP, TCP_REPAIR_WINDOW, &t.window[1..]) {
-            debug!("TCP_REPAIR_WINDOW not restored: errno {e}; the window starts afresh");
+            debug!("TCP_REPAIR_WINDOW not restored: {}; the window starts afresh", Errno(e));
         }
     }
     set_int(fd.0, SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE).map_err(err("TCP_REPAIR_QUEUE"))?;
@@ -1348,7 +1349,7 @@ fn reset_connection(s: &SocketState) -> Result<i32, String> {
 }
 
 fn reset_via_loopback(s: &SocketState) -> Result<i32, String> {
-    let err = |what: &'static str| move |e: i32| format!("{what}: errno {e}");
+    let err = |what: &'static str| move |e: i32| format!("{what}: {}", Errno(e));
     let lst = new_socket(AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)?;
     sys::bind(lst.0, &loopback_v4([0, 0])).map_err(err("bind"))?;
     sys::listen(lst.0, 1).map_err(err("listen"))?;
@@ -1365,7 +1366,7 @@ fn reset_via_loopback(s: &SocketState) -> Result<i32, String> {
     }
     match sys::connect(fd.0, &target) {
         Ok(_) | Err(libc::EINPROGRESS) => {}
-        Err(e) => return Err(format!("connect: errno {e}")),
+        Err(e) => return Err(format!("connect: {}", Errno(e))),
     }
     let mut acc = None;
     wait_until(LOOPBACK_WAIT_MS, || {
