@@ -434,6 +434,9 @@ redhook::hook! {
 
 /// libaio's `io_getevents`, which returns minus the error number. Not every program loads
 /// libaio, so the real function is looked up without redhook (which panics on a missing one).
+///
+/// # Safety
+/// As libaio's: the arguments must be valid for `io_getevents(2)`.
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn io_getevents(ctx: libc::c_ulong, min: c_long, nr: c_long, ev: *mut c_void, tmo: *mut timespec) -> c_int {
     type F = unsafe extern "C" fn(libc::c_ulong, c_long, c_long, *mut c_void, *mut timespec) -> c_int;

@@ -43,7 +43,7 @@ fn goes_on(mode: &str) {
     let image = chain.image().to_path_buf();
     let mut p = chain.spawn_run(false, &sb.workdir("run"));
     let mut steps = StepCheck::new(1, RUN_STEPS, Input::Idle);
-    let mut accept = |p: &mut pmig_tests::Proc, steps: &mut StepCheck, line: String| {
+    let accept = |p: &mut pmig_tests::Proc, steps: &mut StepCheck, line: String| {
         if let Err(e) = steps.accept(&line) {
             fail_with(&e, &mut [p]);
         }
