@@ -6,17 +6,21 @@
 //! - Ids: `getpid`, `getppid`, `gettid` answer with the ids the program saw before a restore;
 //!   `kill`, `tgkill` and functions taking a path translate them back (`pid`).
 //!
+//! - Interrupted calls: calls a checkpoint would fail with `EINTR` (timed waits, sockets with
+//!   a timeout, System V IPC, ...) are issued again for what is left of their timeout
+//!   (`restart`); the program's own signals still interrupt them.
+//!
 //! Everything else goes to libc unchanged; until a restore, the id wrappers cost one atomic
-//! load.
+//! load, and the restarting ones one load before the call.
 //!
 //! A wrapper never dereferences a pointer the program passed: it reads (or writes) through
 //! `umem`, which fails with `EFAULT` instead of faulting, and then hands the program's
 //! original pointer to libc, so a bad pointer fails (or faults in libc) exactly as without
 //! pmig.
 
-use crate::config;
+use crate::{config, restart};
 use core::sync::atomic::Ordering::Relaxed;
-use libc::{c_char, c_int, sighandler_t, sigset_t};
+use libc::{c_char, c_int, c_long, c_void, sighandler_t, sigset_t, size_t, ssize_t, timespec};
 
 /// Whether `sig` is one of pmig's while pmig is active in this process.
 fn ours(sig: c_int) -> bool {
@@ -233,4 +237,266 @@ redhook::hook! {
         }
         wd
     }
+}
+
+// ---- calls a checkpoint interrupts: issued again (see `restart`) ----
+
+/// Defines a wrapper that issues a call again, unchanged, when a checkpoint interrupted it
+/// (calls with no timeout, an absolute one, or one the socket holds).
+macro_rules! retry_hook {
+    ($name:ident => $hook:ident ($($a:ident : $t:ty),*) -> $r:ty) => {
+        redhook::hook! {
+            unsafe fn $name($($a: $t),*) -> $r => $hook {
+                let mut e = restart::epoch();
+                loop {
+                    // SAFETY: forwarded unchanged to libc.
+                    let r = unsafe { redhook::real!($name)($($a),*) };
+                    if r >= 0 || !restart::again(&mut e) {
+                        return r;
+                    }
+                }
+            }
+        }
+    };
+}
+
+// Sockets with SO_RCVTIMEO / SO_SNDTIMEO fail with EINTR (without, the kernel restarts them):
+// issued again with the socket's whole timeout. `read`/`write` and the `_chk` entries of
+// _FORTIFY_SOURCE programs may be on sockets too.
+retry_hook!(read => pmig_read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t);
+retry_hook!(write => pmig_write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t);
+retry_hook!(readv => pmig_readv(fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t);
+retry_hook!(writev => pmig_writev(fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t);
+retry_hook!(__read_chk => pmig_read_chk(fd: c_int, buf: *mut c_void, n: size_t, len: size_t) -> ssize_t);
+retry_hook!(recv => pmig_recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t);
+retry_hook!(__recv_chk => pmig_recv_chk(fd: c_int, buf: *mut c_void, n: size_t, len: size_t, flags: c_int) -> ssize_t);
+retry_hook!(recvfrom => pmig_recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut libc::sockaddr, alen: *mut libc::socklen_t) -> ssize_t);
+retry_hook!(__recvfrom_chk => pmig_recvfrom_chk(fd: c_int, buf: *mut c_void, n: size_t, len: size_t, flags: c_int, addr: *mut libc::sockaddr, alen: *mut libc::socklen_t) -> ssize_t);
+retry_hook!(recvmsg => pmig_recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t);
+retry_hook!(send => pmig_send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t);
+retry_hook!(sendto => pmig_sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const libc::sockaddr, alen: libc::socklen_t) -> ssize_t);
+retry_hook!(sendmsg => pmig_sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t);
+retry_hook!(accept => pmig_accept(fd: c_int, addr: *mut libc::sockaddr, alen: *mut libc::socklen_t) -> c_int);
+retry_hook!(accept4 => pmig_accept4(fd: c_int, addr: *mut libc::sockaddr, alen: *mut libc::socklen_t, flags: c_int) -> c_int);
+// A blocking connect issued again waits for the same connection attempt (as the kernel's own
+// restart does).
+retry_hook!(connect => pmig_connect(fd: c_int, addr: *const libc::sockaddr, alen: libc::socklen_t) -> c_int);
+
+// System V IPC without a timeout, signal waits without one, POSIX semaphores with an absolute
+// deadline.
+retry_hook!(msgrcv => pmig_msgrcv(id: c_int, buf: *mut c_void, n: size_t, typ: c_long, flags: c_int) -> ssize_t);
+retry_hook!(msgsnd => pmig_msgsnd(id: c_int, buf: *const c_void, n: size_t, flags: c_int) -> c_int);
+retry_hook!(semop => pmig_semop(id: c_int, ops: *mut libc::sembuf, n: size_t) -> c_int);
+retry_hook!(sigwaitinfo => pmig_sigwaitinfo(set: *const sigset_t, info: *mut libc::siginfo_t) -> c_int);
+retry_hook!(sem_timedwait => pmig_sem_timedwait(sem: *mut libc::sem_t, abs: *const timespec) -> c_int);
+retry_hook!(sem_clockwait => pmig_sem_clockwait(sem: *mut libc::sem_t, clock: libc::clockid_t, abs: *const timespec) -> c_int);
+
+/// Defines a wrapper for a call with a relative timeout in milliseconds (`$ms`, negative: none),
+/// measured on CLOCK_MONOTONIC and issued again for what is left of it.
+macro_rules! ms_hook {
+    ($name:ident => $hook:ident ($($a:ident : $t:ty),* ; $ms:ident $(; $b:ident : $u:ty)*) -> $r:ty) => {
+        redhook::hook! {
+            unsafe fn $name($($a: $t,)* $ms: c_int $(, $b: $u)*) -> $r => $hook {
+                let mut e = restart::epoch();
+                let timer = restart::Timer::start(libc::CLOCK_MONOTONIC, $ms > 0);
+                let mut left = $ms;
+                loop {
+                    // SAFETY: forwarded to libc with the program's arguments and a timeout no
+                    // longer than its own.
+                    let r = unsafe { redhook::real!($name)($($a,)* left $(, $b)*) };
+                    if r >= 0 || !restart::again(&mut e) {
+                        return r;
+                    }
+                    if $ms > 0 {
+                        left = timer.left_ms($ms);
+                    }
+                }
+            }
+        }
+    };
+}
+
+ms_hook!(poll => pmig_poll(fds: *mut libc::pollfd, n: libc::nfds_t; timeout) -> c_int);
+ms_hook!(__poll_chk => pmig_poll_chk(fds: *mut libc::pollfd, n: libc::nfds_t; timeout; len: size_t) -> c_int);
+ms_hook!(epoll_wait => pmig_epoll_wait(epfd: c_int, ev: *mut libc::epoll_event, max: c_int; timeout) -> c_int);
+ms_hook!(epoll_pwait => pmig_epoll_pwait(epfd: c_int, ev: *mut libc::epoll_event, max: c_int; timeout; mask: *const sigset_t) -> c_int);
+
+/// Defines a wrapper for a call with a relative timeout in a `*const timespec` (`$ts`, null:
+/// none) that the call does not change, measured on `$clock` and issued again for what is left
+/// of it. The timeout is read only after the call failed with EINTR (the kernel read it too).
+macro_rules! ts_hook {
+    ($name:ident => $hook:ident ($($a:ident : $t:ty),* ; $ts:ident $(; $b:ident : $u:ty)*) -> $r:ty, $clock:expr) => {
+        redhook::hook! {
+            unsafe fn $name($($a: $t,)* $ts: *const timespec $(, $b: $u)*) -> $r => $hook {
+                let mut e = restart::epoch();
+                let timer = restart::Timer::start($clock, !$ts.is_null());
+                let mut cur = $ts;
+                let mut left: timespec;
+                loop {
+                    // SAFETY: forwarded to libc with the program's arguments and either its own
+                    // timeout or `left`, no longer than it.
+                    let r = unsafe { redhook::real!($name)($($a,)* cur $(, $b)*) };
+                    if r >= 0 || !restart::again(&mut e) {
+                        return r;
+                    }
+                    if !$ts.is_null() {
+                        // SAFETY: not null, and the call read it before it waited and failed
+                        // with EINTR (a bad pointer fails with EFAULT first).
+                        let total = restart::ts_ns(unsafe { &*$ts });
+                        left = restart::ns_ts(timer.left(total));
+                        cur = &left;
+                    }
+                }
+            }
+        }
+    };
+}
+
+ts_hook!(ppoll => pmig_ppoll(fds: *mut libc::pollfd, n: libc::nfds_t; timeout; mask: *const sigset_t) -> c_int, libc::CLOCK_MONOTONIC);
+ts_hook!(__ppoll_chk => pmig_ppoll_chk(fds: *mut libc::pollfd, n: libc::nfds_t; timeout; mask: *const sigset_t; len: size_t) -> c_int, libc::CLOCK_MONOTONIC);
+ts_hook!(pselect => pmig_pselect(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, x: *mut libc::fd_set; timeout; mask: *const sigset_t) -> c_int, libc::CLOCK_MONOTONIC);
+ts_hook!(epoll_pwait2 => pmig_epoll_pwait2(epfd: c_int, ev: *mut libc::epoll_event, max: c_int; timeout; mask: *const sigset_t) -> c_int, libc::CLOCK_MONOTONIC);
+ts_hook!(sigtimedwait => pmig_sigtimedwait(set: *const sigset_t, info: *mut libc::siginfo_t; timeout) -> c_int, libc::CLOCK_MONOTONIC);
+ts_hook!(semtimedop => pmig_semtimedop(id: c_int, ops: *mut libc::sembuf, n: size_t; timeout) -> c_int, libc::CLOCK_MONOTONIC);
+// The remaining time nanosleep writes to `rem` when the program's own signal interrupts it is
+// the kernel's, for the request in force: what is left of the original one.
+ts_hook!(nanosleep => pmig_nanosleep(; req; rem: *mut timespec) -> c_int, libc::CLOCK_MONOTONIC);
+
+redhook::hook! {
+    unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, x: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int => pmig_select {
+        let mut e = restart::epoch();
+        // Linux writes what is left into `tv`, even on EINTR, so the original is read now
+        // (glibc reads it before the call as well). The fd sets are left alone on EINTR.
+        let total = if tv.is_null() {
+            None
+        } else {
+            // SAFETY: not null; glibc's select dereferences it the same way.
+            let t = unsafe { *tv };
+            Some((t.tv_sec as i128 * 1_000_000 + t.tv_usec as i128).max(0) * 1000)
+        };
+        let timer = restart::Timer::start(libc::CLOCK_MONOTONIC, total.is_some_and(|t| t > 0));
+        loop {
+            // SAFETY: forwarded to libc with the program's arguments.
+            let ret = unsafe { redhook::real!(select)(n, r, w, x, tv) };
+            if ret >= 0 || !restart::again(&mut e) {
+                return ret;
+            }
+            if let Some(total) = total {
+                let left = (timer.left(total) + 999) / 1000;
+                // SAFETY: the kernel accepted and wrote this timeval during the call.
+                unsafe {
+                    (*tv).tv_sec = (left / 1_000_000) as libc::time_t;
+                    (*tv).tv_usec = (left % 1_000_000) as libc::suseconds_t;
+                }
+            }
+        }
+    }
+}
+
+redhook::hook! {
+    unsafe fn clock_nanosleep(clock: libc::clockid_t, flags: c_int, req: *const timespec, rem: *mut timespec) -> c_int => pmig_clock_nanosleep {
+        let mut e = restart::epoch();
+        // An absolute deadline is issued again unchanged; a relative one for what is left.
+        let relative = flags & libc::TIMER_ABSTIME == 0 && !req.is_null();
+        let timer = restart::Timer::start(restart::relative_clock(clock), relative);
+        let mut cur = req;
+        let mut left: timespec;
+        loop {
+            // SAFETY: forwarded to libc with the program's arguments and either its own request
+            // or `left`, no longer than it.
+            let r = unsafe { redhook::real!(clock_nanosleep)(clock, flags, cur, rem) };
+            if r == 0 || !restart::again_err(r, &mut e) {
+                return r;
+            }
+            if relative {
+                // SAFETY: not null, and the kernel read it before the sleep (else EFAULT).
+                left = restart::ns_ts(timer.left(restart::ts_ns(unsafe { &*req })));
+                cur = &left;
+            }
+        }
+    }
+}
+
+// glibc's `usleep` and `sleep` call its nanosleep internally, not through this library.
+
+redhook::hook! {
+    unsafe fn usleep(us: libc::useconds_t) -> c_int => pmig_usleep {
+        let mut e = restart::epoch();
+        let timer = restart::Timer::start(libc::CLOCK_MONOTONIC, us > 0);
+        let mut left = us;
+        loop {
+            // SAFETY: forwarded to libc with a time no longer than the program's.
+            let r = unsafe { redhook::real!(usleep)(left) };
+            if r == 0 || !restart::again(&mut e) {
+                return r;
+            }
+            left = ((timer.left(us as i128 * 1000) + 999) / 1000) as libc::useconds_t;
+        }
+    }
+}
+
+redhook::hook! {
+    unsafe fn sleep(secs: libc::c_uint) -> libc::c_uint => pmig_sleep {
+        // glibc's sleep answers the whole seconds left when interrupted, 0 with less than one
+        // left, so a checkpoint cannot be told from the end: it is done here, with the
+        // nanosleep wrapper, answering as glibc does.
+        let req = timespec { tv_sec: secs as libc::time_t, tv_nsec: 0 };
+        let mut rem = timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: two valid timespecs of ours.
+        if unsafe { pmig_nanosleep(&req, &mut rem) } == 0 {
+            return 0;
+        }
+        rem.tv_sec as libc::c_uint
+    }
+}
+
+/// libaio's `io_getevents`, which returns minus the error number. Not every program loads
+/// libaio, so the real function is looked up without redhook (which panics on a missing one).
+///
+/// # Safety
+/// As libaio's: the arguments must be valid for `io_getevents(2)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn io_getevents(ctx: libc::c_ulong, min: c_long, nr: c_long, ev: *mut c_void, tmo: *mut timespec) -> c_int {
+    type F = unsafe extern "C" fn(libc::c_ulong, c_long, c_long, *mut c_void, *mut timespec) -> c_int;
+    static REAL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+    let mut f = REAL.load(Relaxed);
+    if f == 0 {
+        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"io_getevents".as_ptr()) } as usize;
+        if f == 0 {
+            return -libc::ENOSYS;
+        }
+        REAL.store(f, Relaxed);
+    }
+    // SAFETY: `f` is libaio's io_getevents, of this signature.
+    let real: F = unsafe { core::mem::transmute::<usize, F>(f) };
+    let mut e = restart::epoch();
+    let timer = restart::Timer::start(libc::CLOCK_MONOTONIC, !tmo.is_null());
+    let mut cur = tmo;
+    let mut left: timespec;
+    loop {
+        // SAFETY: forwarded to libaio with the program's arguments and either its own timeout
+        // or `left`, no longer than it.
+        let r = unsafe { real(ctx, min, nr, ev, cur) };
+        if r >= 0 || !restart::again_err(-r, &mut e) {
+            return r;
+        }
+        if !tmo.is_null() {
+            // SAFETY: not null, and the kernel read it before it waited (else EFAULT).
+            left = restart::ns_ts(timer.left(restart::ts_ns(unsafe { &*tmo })));
+            cur = &mut left;
+        }
+    }
+}
+
+/// Looks up, while the program starts, the libc functions the wrappers above call: redhook
+/// does it on first use otherwise, with `dlsym`, which a checkpoint thread must not call
+/// while the other threads are stopped (pmig's own std code reads and writes through them).
+pub fn resolve_real() {
+    let _ = (redhook::real!(read), redhook::real!(write), redhook::real!(readv), redhook::real!(writev));
+    let _ = (redhook::real!(recv), redhook::real!(recvfrom), redhook::real!(recvmsg));
+    let _ = (redhook::real!(send), redhook::real!(sendto), redhook::real!(sendmsg));
+    let _ = (redhook::real!(accept), redhook::real!(accept4), redhook::real!(connect));
+    let _ = (redhook::real!(poll), redhook::real!(ppoll), redhook::real!(select), redhook::real!(pselect));
+    let _ = (redhook::real!(nanosleep), redhook::real!(clock_nanosleep));
 }

@@ -7,7 +7,8 @@
 //! the restored process and finishes the restore (see `restore`).
 //!
 //! Modules, by resource family: `memory`, `thread`, `fd`, `signal`, `process`; control in
-//! `checkpoint` and `restore`; exported libc replacements in `api`.
+//! `checkpoint` and `restore`; exported libc replacements in `api` (calls a checkpoint
+//! interrupts are issued again by `restart`).
 
 pub mod alloc;
 pub mod api;
@@ -20,6 +21,7 @@ pub mod log;
 pub mod memory;
 pub mod pid;
 pub mod process;
+pub mod restart;
 pub mod restore;
 pub mod signal;
 pub mod sys;
@@ -60,6 +62,7 @@ extern "C" fn init() {
         log::DEBUG.store(true, Relaxed);
     }
     let Some(cfg) = config::from_env() else { return };
+    api::resolve_real();
     if !reserve_engine_range() {
         say!(
             "cannot reserve the address range {ENGINE_BASE:#x}-{:#x} (something is mapped there); checkpoints are disabled",

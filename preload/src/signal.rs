@@ -1,7 +1,8 @@
 //! Signals: pmig's own two handlers, and the program's dispositions, interval timers and
 //! pending signals (dump and restore side by side).
 //!
-//! `ckpt_handler` is signal-time code: it only bumps a futex word (async-signal-safe).
+//! `ckpt_handler` is signal-time code: it only bumps a futex word and the restart epoch
+//! (async-signal-safe).
 
 use crate::errno::Errno;
 use crate::sys::{self, KSigAction};
@@ -11,6 +12,9 @@ use pmig_image::{ItimerState, SigActionState};
 
 /// Signal-time: the checkpoint signal only wakes the checkpoint thread.
 extern "C" fn ckpt_handler(_sig: i32, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+    // The call this signal interrupted (the kernel picks any thread that does not block it) is
+    // issued again by its wrapper (`restart`).
+    crate::restart::mark_interrupted();
     // A forked child inherits the handler but not the checkpoint thread: ignore it there.
     if sys::getpid() != config::ACTIVE_PID.load(Relaxed) {
         return;

@@ -153,6 +153,8 @@ fn slot_of(tid: i32) -> Option<&'static Slot> {
 
 /// Handler of the suspend signal (installed `SA_SIGINFO | SA_RESTART`, all signals masked).
 pub extern "C" fn suspend_handler(_sig: i32, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+    // Whatever call this interrupted with EINTR, its wrapper issues it again (`restart`).
+    crate::restart::mark_interrupted();
     let Some(slot) = slot_of(sys::gettid()) else { return };
     if slot.state.load(Acquire) != ASKED {
         return;

@@ -42,6 +42,9 @@ pub const SYSV_SHM: &str = env!("PMIG_TEST_PROG_SYSV_SHM");
 pub const SOCKETS: &str = env!("PMIG_TEST_PROG_SOCKETS");
 /// `ids.c`: getpid/gettid/getppid, kill, tgkill and /proc/<pid> across restores.
 pub const IDS: &str = env!("PMIG_TEST_PROG_IDS");
+/// `interrupted STEPS MODE`: waits in one blocking call per step (poll, select, epoll, the
+/// sleeps, System V IPC, socket timeouts...) and treats EINTR or an early return as fatal.
+pub const INTERRUPTED: &str = env!("PMIG_TEST_PROG_INTERRUPTED");
 
 /// `exact_ids.c`: raw ids, mutex owners, CPU clocks, /proc/self/task, SIGEV_THREAD_ID, kcmp,
 /// SO_PEERCRED, a forked child, CLOCK_MONOTONIC without jumps.
