@@ -126,6 +126,8 @@ pub struct CredsState {
     pub cap_effective: u64,
     pub cap_ambient: u64,
     pub securebits: u32,
+    /// `PR_GET_DUMPABLE` (0 once a program changed its credentials, unless it set it again).
+    pub dumpable: u32,
 }
 
 /// One resource limit.

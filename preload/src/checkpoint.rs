@@ -152,7 +152,19 @@ fn failed(cfg: &config::Config, why: core::fmt::Arguments<'_>) {
 extern "C" fn dump_entry(job: u64) -> u64 {
     // SAFETY: `job` is the address of the Job on the caller's stack, alive for this call.
     let job = unsafe { &mut *(job as *mut Job<'_>) };
-    match dump(job.cfg, job.conn, job.connection) {
+    // A program that changed its credentials (a daemon dropping root) is not dumpable: its
+    // /proc/self files belong to root and it cannot read its own pagemap. It is made
+    // dumpable for the dump only, and the flag it had is what the image keeps.
+    let dumpable = sys::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0).unwrap_or(1) as u32;
+    crate::creds::DUMPABLE.store(dumpable, Relaxed);
+    if dumpable != 1 {
+        let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+    }
+    let result = dump(job.cfg, job.conn, job.connection);
+    if dumpable != 1 {
+        let _ = sys::prctl(libc::PR_SET_DUMPABLE, dumpable as u64, 0, 0, 0);
+    }
+    match result {
         Ok(bytes) => {
             job.bytes = bytes;
             0

@@ -16,6 +16,10 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering::*};
 use pmig_image::CredsState;
 
+/// The process's "dumpable" flag as the program had it (`PR_GET_DUMPABLE`), recorded before a
+/// dump makes it dumpable for a moment.
+pub static DUMPABLE: AtomicU32 = AtomicU32::new(1);
+
 /// The most supplementary groups put back.
 const MAX_GROUPS: usize = 256;
 
@@ -74,6 +78,7 @@ pub fn dump(status: &str) -> CredsState {
         cap_effective: hex(field("CapEff:")),
         cap_ambient: hex(field("CapAmb:")),
         securebits: sys::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0).unwrap_or(0) as u32,
+        dumpable: DUMPABLE.load(Relaxed),
     }
 }
 
@@ -126,6 +131,12 @@ pub fn apply() {
             let _ = sys::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0);
         }
     }
+}
+
+/// Process-wide, once the threads have their credentials (a change of credentials resets it):
+/// the program's "dumpable" flag.
+pub fn restore_dumpable(c: &CredsState) {
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, c.dumpable as u64, 0, 0, 0);
 }
 
 /// What [`apply`] could not put back, in words (for one warning), or `None`.

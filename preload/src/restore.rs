@@ -62,7 +62,11 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
         }
     };
     let mut keep = [mb.plan_fd, mb.image_fd];
-    let gap_ns = sys::realtime_ns().saturating_sub(m.host.time_ns);
+    let gap = crate::timer::Gap::new(
+        sys::realtime_ns().saturating_sub(m.host.time_ns),
+        m.host.monotonic_ns,
+        sys::clock_ns(libc::CLOCK_MONOTONIC),
+    );
     let mut table = vec![pmig_abi::PlanObject::default(); mb.n_objects as usize];
     // SAFETY: viewing the repr(C) integer-only table as bytes to read it from the plan.
     let bytes = unsafe {
@@ -73,10 +77,10 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
         table.clear();
     }
     let objects = table.iter().map(|o| (o.ino, o.fd)).collect();
-    fd::restore(&m.files, &m.fds, &mut keep, gap_ns, objects);
+    fd::restore(&m.files, &m.fds, &mut keep, gap, objects);
     process::restore(&m.process);
     signal::restore_actions(&m.signals);
-    signal::restore_itimers(&m.itimers, gap_ns / 1000);
+    signal::restore_itimers(&m.itimers, gap.clock_ns / 1000);
     let mut comm = [0u8; 16];
     let n = m.process.comm.len().min(15);
     comm[..n].copy_from_slice(&m.process.comm.as_bytes()[..n]);
@@ -95,6 +99,7 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
         }
     }
     crate::creds::apply();
+    crate::creds::restore_dumpable(&m.process.creds);
     if let Some(what) = crate::creds::failures() {
         if what.contains("supplementary") {
             debug!("restore: could not put back {what}");
@@ -104,7 +109,7 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     }
     let new_tids = thread::live_slots().map(|s| s.tid.load(Relaxed));
     crate::pid::after_restore(m.process.pid, m.process.ppid, old_tids.iter().copied().zip(new_tids), exact);
-    crate::timer::restore(&m.timers, gap_ns);
+    crate::timer::restore(&m.timers, gap);
     let pending: Vec<sys::SigInfo> =
         m.process.pending_signals.iter().filter_map(|i| <sys::SigInfo>::try_from(i.as_slice()).ok()).collect();
     signal::requeue(&pending, 0);

@@ -103,8 +103,37 @@ pub fn dump() -> Result<Vec<PosixTimerState>, String> {
     Ok(timers)
 }
 
-/// Makes the timers again, with their ids; `gap_ns` of wall time passed since the checkpoint.
-pub fn restore(saved: &[PosixTimerState], gap_ns: u64) {
+/// The time that passed between a checkpoint and its restore, per kind of clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gap {
+    /// On `CLOCK_REALTIME` (the wall clock), always the real gap.
+    pub wall_ns: u64,
+    /// On the program's `CLOCK_MONOTONIC`/`CLOCK_BOOTTIME`: about zero in a time namespace
+    /// that continues them from the checkpoint (the program never sees the gap), else the
+    /// wall gap.
+    pub clock_ns: u64,
+}
+
+impl Gap {
+    /// `wall_ns` of wall time passed; the monotonic clock went from `saved_mono` to `now_mono`.
+    pub fn new(wall_ns: u64, saved_mono: u64, now_mono: u64) -> Gap {
+        let d = now_mono.wrapping_sub(saved_mono);
+        // Only a plausible monotonic gap is the program's (same clock, or a time namespace).
+        let clock_ns = if saved_mono != 0 && now_mono >= saved_mono && d <= wall_ns.saturating_add(2_000_000_000) { d } else { wall_ns };
+        Gap { wall_ns, clock_ns }
+    }
+
+    /// The gap as a timer on `clockid` counts it.
+    pub fn on(&self, clockid: i32) -> u64 {
+        match clockid {
+            libc::CLOCK_REALTIME | libc::CLOCK_REALTIME_ALARM | libc::CLOCK_TAI => self.wall_ns,
+            _ => self.clock_ns,
+        }
+    }
+}
+
+/// Makes the timers again, with their ids; `gap` is the time passed since the checkpoint.
+pub fn restore(saved: &[PosixTimerState], gap: Gap) {
     if saved.is_empty() {
         return;
     }
@@ -131,7 +160,9 @@ pub fn restore(saved: &[PosixTimerState], gap_ns: u64) {
         if left == 0 {
             continue;
         }
-        // Time spent as an image counts; an expiry missed meanwhile fires at once.
+        // Time spent as an image counts (as the timer's clock saw it); an expiry missed
+        // meanwhile fires at once.
+        let gap_ns = gap.on(t.clockid);
         let value = if gap_ns >= left { 1 } else { left - gap_ns };
         let v = libc::itimerspec { it_interval: ts(t.interval_ns), it_value: ts(value) };
         // SAFETY: timer_settime reads one itimerspec we own.

@@ -11,6 +11,8 @@
  * - a SIGEV_THREAD_ID timer aimed at a worker keeps reaching that worker;
  * - SO_PEERCRED of a socketpair names this process;
  * - a child forked now sees its own pid (raw and libc alike) and this process as parent;
+ * - the capability sets (effective, permitted, inheritable, ambient) are those it started
+ *   with: a capability the restore raised is not left to it;
  * - CLOCK_MONOTONIC never jumps by more than MAX_GAP_MS between two steps (a restore in a
  *   time namespace continues it from the checkpoint's value, whatever the gap).
  *
@@ -76,6 +78,24 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* "CapInh/CapPrm/CapEff/CapAmb" lines of /proc/self/status, joined. */
+static void caps(char *out, size_t len)
+{
+    char buf[4096];
+    FILE *f = fopen("/proc/self/status", "r");
+    out[0] = 0;
+    if (!f)
+        return;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    for (char *l = strtok(buf, "\n"); l; l = strtok(NULL, "\n"))
+        if (!strncmp(l, "CapInh", 6) || !strncmp(l, "CapPrm", 6) || !strncmp(l, "CapEff", 6) || !strncmp(l, "CapAmb", 6)) {
+            strncat(out, l, len - strlen(out) - 2);
+            strncat(out, " ", len - strlen(out) - 1);
+        }
+}
+
 static long now_ms(clockid_t c)
 {
     struct timespec ts;
@@ -119,6 +139,8 @@ int main(int argc, char **argv)
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) != 0)
         return 4;
 
+    char caps0[512], capsn[512];
+    caps(caps0, sizeof caps0);
     clockid_t proc_clock, thread_clock;
     long last = now_ms(CLOCK_MONOTONIC);
     for (long step = 1; step <= steps; step++) {
@@ -171,6 +193,10 @@ int main(int argc, char **argv)
             corrupt("step %ld: the SIGEV_THREAD_ID timer stopped reaching the worker", step);
         if (timer_wrong)
             corrupt("step %ld: the SIGEV_THREAD_ID timer's signal reached another thread", step);
+
+        caps(capsn, sizeof capsn);
+        if (strcmp(caps0, capsn) != 0)
+            corrupt("step %ld: capabilities changed: '%s' -> '%s'", step, caps0, capsn);
 
         struct ucred cred;
         socklen_t len = sizeof cred;

@@ -63,10 +63,15 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static long helper_step;
 
+/* The clock the waits are measured on: the one the call uses (CLOCK_REALTIME for
+ * sem_timedwait's absolute deadline; a restore in a time namespace hides the image's rest
+ * from CLOCK_MONOTONIC but not from CLOCK_REALTIME). */
+static clockid_t wait_clock = CLOCK_MONOTONIC;
+
 static long now_ms(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(wait_clock, &ts);
     return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
 }
 
@@ -145,6 +150,8 @@ static void setup(void)
     }
     if (strcmp(mode, "sleep") == 0)
         wait_ms = 1000;
+    if (strcmp(mode, "sem_timedwait") == 0)
+        wait_clock = CLOCK_REALTIME;
     if (strcmp(mode, "sem_timedwait") == 0 && sem_init(&psem, 0, 0) != 0)
         fail_errno("sem_init");
     if (strcmp(mode, "sigtimedwait") == 0) {

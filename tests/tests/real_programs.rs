@@ -210,3 +210,85 @@ fn redis_server_keeps_its_data_and_clients() {
     let _ = kept.cmd(&["SHUTDOWN", "NOSAVE"]);
     let _ = r.wait_exit(TIMEOUT);
 }
+
+/// A memcached text-protocol exchange: one command, the reply up to `end`.
+fn memcached_cmd(port: u16, cmd: &str, end: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(cmd.as_bytes()).ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).ends_with(end) {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// memcached started as root with `-u memcache` drops to that user with its worker threads
+/// running (set*id in every thread: this hung under pmig before), is checkpointed, resumed
+/// twice, and serves its data each time, still as user memcache.
+#[test]
+fn memcached_as_root_drops_privileges_and_serves() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED memcached_as_root_drops_privileges_and_serves: needs root (memcached -u)");
+        return;
+    }
+    if !Path::new("/usr/bin/memcached").exists() {
+        panic!("memcached is not installed (.ci/run installs it: apt-get install memcached)");
+    }
+    let sb = Sandbox::new();
+    let image = sb.image("memcached.pmig");
+    // The checkpoint writes as the user memcached runs as.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(image.parent().expect("an image directory"), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let port = free_port();
+    let mut r = spawn(
+        &sb,
+        |sb| {
+            let mut c = sb.command(&sb.bins().run, &sb.workdir("run"));
+            c.arg("--exit").arg("--image").arg(&image).arg("--").arg("/usr/bin/memcached");
+            c.args(["-u", "memcache", "-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-t", "4"]);
+            c
+        },
+        "pmig-run (memcached -u memcache)",
+    );
+    let set = |k: &str, v: &str| memcached_cmd(port, &format!("set {k} 0 0 {}\r\n{v}\r\n", v.len()), "\r\n");
+    let stored = wait_until(TIMEOUT, "memcached storing a key", || set("k0", "v0").filter(|r| r == "STORED\r\n"));
+    stored.unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    let memcache_uid = std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("memcache:").and_then(|r| r.split(':').nth(1)).map(str::to_string))
+        .expect("a memcache user");
+    for round in 1..=2 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pmig_tests::program_pid(r.pid()))).unwrap_or_default();
+        let uids = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(uids, [memcache_uid.as_str(); 4].join(" "), "memcached must run as memcache ({memcache_uid}): {}", r.describe());
+        r.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+        let st = r.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+        assert!(st.success(), "memcached under pmig must exit 0 after the checkpoint: {}", r.describe());
+        r = spawn(
+            &sb,
+            |sb| {
+                let mut c = sb.command(&sb.bins().resume, &sb.workdir(&format!("resume-{round}")));
+                c.arg(&image);
+                c
+            },
+            &format!("pmig-resume #{round} (memcached)"),
+        );
+        let key = format!("k{round}");
+        let ok = wait_until(TIMEOUT, "the resumed memcached storing a key", || set(&key, &format!("v{round}")).filter(|r| r == "STORED\r\n"));
+        ok.unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+        for k in 0..=round {
+            let got = memcached_cmd(port, &format!("get k{k}\r\n"), "END\r\n").unwrap_or_default();
+            assert_eq!(got, format!("VALUE k{k} 0 2\r\nv{k}\r\nEND\r\n"), "{}", r.describe());
+        }
+    }
+    let _ = r.signal(libc::SIGTERM);
+    let _ = r.wait_exit(TIMEOUT);
+}

@@ -87,17 +87,18 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
             // The timer ran on while the process was an image: expirations in the gap become
             // unread ticks, as they would have for a stopped process.
             let (mut value_ns, mut ticks) = (*value_ns, *ticks);
+            let gap_ns = ctx.gap.on(*clockid);
             // A periodic timer that expired and was not read yet shows 0 left (the kernel
             // re-arms it on read): its next expiry is about one interval on.
             if value_ns == 0 && *interval_ns != 0 {
                 value_ns = *interval_ns;
             }
-            if value_ns != 0 && ctx.gap_ns >= value_ns {
-                let over = ctx.gap_ns - value_ns;
+            if value_ns != 0 && gap_ns >= value_ns {
+                let over = gap_ns - value_ns;
                 ticks += 1 + if *interval_ns > 0 { over / interval_ns } else { 0 };
                 value_ns = if *interval_ns > 0 { interval_ns - over % interval_ns } else { 0 };
             } else if value_ns != 0 {
-                value_ns -= ctx.gap_ns;
+                value_ns -= gap_ns;
             }
             let (value_ns, ticks) = (&value_ns, &ticks);
             sys::timerfd_create(*clockid, cloexec).map_err(|e| format!("timerfd_create: {}", Errno(e))).and_then(|fd| {

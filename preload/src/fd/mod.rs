@@ -58,8 +58,8 @@ pub struct RestoreCtx {
     pub pipes: Vec<(u64, i32, i32)>,
     /// Ends of socketpairs recreated so far: `(ino, fd)`.
     pub pairs: Vec<(u64, i32)>,
-    /// Wall time between the checkpoint and this restore, in nanoseconds (timers ran on).
-    pub gap_ns: u64,
+    /// Time between the checkpoint and this restore, per clock (timers ran on).
+    pub gap: crate::timer::Gap,
     /// Shared memory objects pmig-resume made for shared mappings: `(inode at checkpoint, fd)`.
     pub objects: Vec<(u64, i32)>,
 }
@@ -158,9 +158,9 @@ pub fn unsupported(files: &[FileState], fds: &[FdState]) -> Option<String> {
 /// Recreates the saved fds. `keep` are fds the restorer still needs (moved out of the way
 /// first, their new numbers returned in place). Every other fd not saved is closed; fds 0–2
 /// that were a terminal, pipe or socket stay what they are now (the resumer's own).
-pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap_ns: u64, objects: Vec<(u64, i32)>) {
+pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crate::timer::Gap, objects: Vec<(u64, i32)>) {
     let top = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
-    let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap_ns, objects };
+    let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap, objects };
     for k in keep.iter_mut() {
         if let Ok(n) = ctx.lift(*k) {
             *k = n;
