@@ -231,15 +231,22 @@ pub const REGION_FILL: u32 = 1;
 /// program had done `IPC_RMID`).
 pub const REGION_SYSV_RMID: u32 = 2;
 
-/// A shared memory object pmig-resume made: the inode it had at checkpoint time and the fd
-/// the restored process inherits it on.
+/// An object pmig-resume made for the restored process, which inherits it: the inode it had
+/// at checkpoint time, the fd, and what it is ([`OBJECT_SHARED_MEMORY`], …).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PlanObject {
     pub ino: u64,
     pub fd: i32,
-    pub _pad: u32,
+    pub kind: u32,
 }
+
+/// [`PlanObject::kind`]: a shared memory object (memfd) for shared mappings and fds.
+pub const OBJECT_SHARED_MEMORY: u32 = 0;
+/// [`PlanObject::kind`]: the read end of a pipe the processes of a tree share.
+pub const OBJECT_PIPE_READ: u32 = 1;
+/// [`PlanObject::kind`]: the write end of a pipe the processes of a tree share.
+pub const OBJECT_PIPE_WRITE: u32 = 2;
 
 /// A run of saved pages: `len` bytes at `addr` come from the image at `file_off`.
 #[repr(C)]

@@ -113,6 +113,19 @@ pub fn describe(m: &Manifest, file_len: u64) -> String {
         m.settings.signal
     );
     let _ = writeln!(o, "image:     {} on disk, {} of saved pages", mib(file_len), mib(m.saved_bytes()));
+    if !m.tree.is_empty() {
+        let _ = writeln!(o, "tree:      {} processes (pid, parent, group, session, program, state)", m.tree.len() + 1);
+        let _ = writeln!(o, "  {:<8} {:<8} {:<8} {:<8} {:<16} running (this image's program, the root)", p.pid, p.ppid, p.pgid, p.sid, p.comm);
+        for t in &m.tree {
+            let state = match &t.state {
+                crate::MemberKind::Live { offset, len } => format!("running ({} at offset {offset})", mib(*len)),
+                crate::MemberKind::Zombie { status } if status & 0x7f == 0 => format!("zombie (exit status {})", (status >> 8) & 0xff),
+                crate::MemberKind::Zombie { status } => format!("zombie (killed by signal {})", status & 0x7f),
+                crate::MemberKind::Unknown => "unknown".into(),
+            };
+            let _ = writeln!(o, "  {:<8} {:<8} {:<8} {:<8} {:<16} {state}", t.pid, t.ppid, t.pgid, t.sid, t.comm);
+        }
+    }
     let _ = writeln!(o, "threads:   {}", m.threads.len());
     for t in &m.threads {
         let _ = writeln!(o, "  tid {:<8} {}{}", t.tid, t.name, if t.main { " (main)" } else { "" });

@@ -23,7 +23,7 @@ pub mod wire;
 
 pub use inspect::describe;
 pub use manifest::*;
-pub use read::{verify_file, VerifiedImage};
+pub use read::{verify_file, VerifiedImage, VerifiedMember};
 
 /// First 8 bytes of every image.
 pub const MAGIC: [u8; 8] = *b"PMIGIMG\0";

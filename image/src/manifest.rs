@@ -25,6 +25,32 @@ pub struct Manifest {
     pub vdso: VdsoState,
     /// Files the target lacked or had different, carried to it (network transfers).
     pub carried: Vec<CarriedFile>,
+    /// The other processes of the program's tree (in the root's manifest only; empty for a
+    /// single process): each one's own image lies earlier in the same file.
+    pub tree: Vec<MemberState>,
+}
+
+/// A process of the tree other than its root (the one `pmig-run` started).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberState {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Its name (`comm`), for messages and `--inspect`.
+    pub comm: String,
+    pub state: MemberKind,
+}
+
+/// What a member of the tree is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberKind {
+    /// A running process whose complete image is `len` bytes at `offset` in the file.
+    Live { offset: u64, len: u64 },
+    /// A zombie: it exited with this wait status and its parent has not reaped it yet.
+    Zombie { status: i32 },
+    #[default]
+    Unknown,
 }
 
 /// A file carried in the image, with what it takes to put it back as it was.
@@ -98,6 +124,9 @@ pub struct ProcessState {
     pub creds: CredsState,
     /// How the ids of the process that wrote the image were made (see [`IdsMode`]).
     pub ids: IdsMode,
+    /// Process group and session.
+    pub pgid: i32,
+    pub sid: i32,
 }
 
 /// How a process's pid and tids relate to the ones it saw before its restores.

@@ -54,7 +54,17 @@ fn run() {
             let _ = sys::futex_wait(&config::CKPT_REQUEST, served, 0);
             req = config::CKPT_REQUEST.load(Acquire);
         }
-        checkpoint_once(cfg);
+        if let Some(nonce) = crate::tree::pending_request() {
+            // The tree's root checkpoints the tree: take part.
+            crate::tree::take_part(cfg, nonce);
+        } else if !cfg.is_root() {
+            // A checkpoint signal sent to a member: the root checkpoints the whole tree.
+            if sys::kill(cfg.root_pid, cfg.signal).is_err() {
+                say!("checkpoint skipped: this process belongs to the tree of pid {}, which is gone; the program goes on", cfg.root_pid);
+            }
+        } else {
+            checkpoint_once(cfg);
+        }
         served = req;
     }
 }
@@ -66,6 +76,8 @@ struct Job<'a> {
     connection: Option<&'a crate::transfer::Connection>,
     /// Connected receiver (`--to`), or -1 to write the image file.
     conn: i32,
+    /// The other processes of the tree, stopped.
+    tree: Option<crate::tree::Session>,
     bytes: u64,
     msg: StackBuf,
 }
@@ -94,11 +106,38 @@ fn checkpoint_once(cfg: &'static config::Config) {
     };
     debug!("{n} thread(s) stopped in {} ms", sys::monotonic_ms() - t0);
     alloc::arena_on();
+    // The rest of the tree stops too before anything is read.
+    let helpers: Vec<i32> = connection.as_ref().and_then(|c| c.ssh.as_ref()).map(|c| c.id() as i32).into_iter().collect();
+    let tree = match crate::tree::Session::stop_tree(cfg, &helpers) {
+        Ok(t) => t,
+        Err(e) => {
+            // Said before the arena (which holds the message) is emptied.
+            failed(cfg, format_args!("{e}"));
+            alloc::arena_off();
+            thread::release_all();
+            if let Some(c) = connection.as_mut() {
+                c.close();
+            }
+            return;
+        }
+    };
+    if tree.is_some() && cfg.to.is_some() {
+        if let Some(t) = tree {
+            t.finish(false);
+        }
+        failed(cfg, format_args!("moving a process tree with --to is not supported yet (checkpoint it to an image file and copy that)"));
+        alloc::arena_off();
+        thread::release_all();
+        if let Some(c) = connection.as_mut() {
+            c.close();
+        }
+        return;
+    }
     CKPT_FS.store(arch::fs_base(), Relaxed);
     let (h, l) = sys::get_robust_list();
     CKPT_ROBUST[0].store(h, Relaxed);
     CKPT_ROBUST[1].store(l, Relaxed);
-    let mut job = Job { cfg, conn, connection: connection.as_ref(), bytes: 0, msg: StackBuf::new() };
+    let mut job = Job { cfg, conn, connection: connection.as_ref(), tree, bytes: 0, msg: StackBuf::new() };
     // SAFETY: CKPT_CTX is this thread's; `job` outlives the call.
     let r = unsafe { arch::save_and_call(CKPT_CTX.0.get(), dump_entry, &mut job as *mut Job as u64) };
     if r >= ENGINE_BASE {
@@ -107,9 +146,14 @@ fn checkpoint_once(cfg: &'static config::Config) {
         unsafe { crate::restore::restored(r as *mut Mailbox) };
         return;
     }
-    let Job { bytes, msg, .. } = job;
+    let Job { bytes, msg, tree, .. } = job;
     if let Some(c) = connection.as_mut() {
         c.close();
+    }
+    // The members go on, or (the image durable, --exit) exit.
+    let members_exit = r == 0 && (cfg.exit_after || cfg.to.is_some());
+    if let Some(t) = tree {
+        t.finish(members_exit);
     }
     if r != 0 {
         if cfg.to.is_some() {
@@ -160,7 +204,7 @@ extern "C" fn dump_entry(job: u64) -> u64 {
     if dumpable != 1 {
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
     }
-    let result = dump(job.cfg, job.conn, job.connection);
+    let result = dump(job.cfg, job.conn, job.connection, job.tree.as_mut(), None);
     if dumpable != 1 {
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, dumpable as u64, 0, 0, 0);
     }
@@ -176,8 +220,60 @@ extern "C" fn dump_entry(job: u64) -> u64 {
     }
 }
 
-/// Collects everything and writes the image; returns its size.
-fn dump(cfg: &config::Config, conn: i32, connection: Option<&crate::transfer::Connection>) -> Result<u64, String> {
+/// A member of a tree, told by its root to take part: stops nothing more (its threads are
+/// parked), saves its context like `checkpoint_once` and serves the root's orders inside it.
+pub fn member_dump(cfg: &'static config::Config, sock: i32) {
+    alloc::arena_on();
+    CKPT_FS.store(arch::fs_base(), Relaxed);
+    let (h, l) = sys::get_robust_list();
+    CKPT_ROBUST[0].store(h, Relaxed);
+    CKPT_ROBUST[1].store(l, Relaxed);
+    let mut job = MemberJob { cfg, sock };
+    // SAFETY: CKPT_CTX is this thread's; `job` outlives the call.
+    let r = unsafe { arch::save_and_call(CKPT_CTX.0.get(), member_entry, &mut job as *mut MemberJob as u64) };
+    if r >= ENGINE_BASE {
+        // SAFETY: as in `checkpoint_once`: only the engine resumes this context.
+        unsafe { crate::restore::restored(r as *mut Mailbox) };
+        return;
+    }
+    alloc::arena_off();
+    thread::release_all();
+}
+
+struct MemberJob {
+    cfg: &'static config::Config,
+    sock: i32,
+}
+
+extern "C" fn member_entry(job: u64) -> u64 {
+    // SAFETY: `job` is the address of the MemberJob on the caller's stack, alive for this call.
+    let job = unsafe { &mut *(job as *mut MemberJob) };
+    let (cfg, sock) = (job.cfg, job.sock);
+    crate::tree::serve(cfg, sock, &mut |fd| {
+        let dumpable = sys::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0).unwrap_or(1) as u32;
+        crate::creds::DUMPABLE.store(dumpable, Relaxed);
+        if dumpable != 1 {
+            let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+        }
+        let r = dump(cfg, -1, None, None, Some((fd, sock)));
+        if dumpable != 1 {
+            let _ = sys::prctl(libc::PR_SET_DUMPABLE, dumpable as u64, 0, 0, 0);
+        }
+        r
+    });
+    0
+}
+
+/// Collects everything and writes the image; returns its size. `tree`: the root's session
+/// with the stopped members, which write their images first; `member`: this process is a
+/// member writing its image into `(fd, …)` for its root (the root's socket is the second).
+fn dump(
+    cfg: &config::Config,
+    conn: i32,
+    connection: Option<&crate::transfer::Connection>,
+    tree: Option<&mut crate::tree::Session>,
+    member: Option<(i32, i32)>,
+) -> Result<u64, String> {
     let arena = alloc::ARENA_BASE.load(Relaxed);
     let skip = [(ENGINE_BASE, ENGINE_BASE + RESERVE_LEN), (arena, arena + alloc::ARENA_LEN)];
     let layout = memory::collect(&skip)?;
@@ -195,7 +291,14 @@ fn dump(cfg: &config::Config, conn: i32, connection: Option<&crate::transfer::Co
     process.pending_signals = infos.iter().map(|i| i.to_vec()).collect();
     // The connection to a receiver is pmig's own, not the program's.
     let rfd = connection.map_or(-1, |c| c.rfd);
-    let (files, fds) = fd::dump(&[conn, rfd], cfg.drop_unsupported)?;
+    let mut own = vec![conn, rfd];
+    if let Some(t) = tree.as_ref() {
+        own.extend(t.fds());
+    }
+    if let Some((fd, sock)) = member {
+        own.extend([fd, sock]);
+    }
+    let (files, fds) = fd::dump(&own, cfg.drop_unsupported)?;
     if let Some(why) = fd::unsupported(&files, &fds) {
         if !cfg.drop_unsupported {
             return Err(format!("{why} (pmig-run --drop-unsupported checkpoints without it)"));
@@ -267,6 +370,7 @@ fn dump(cfg: &config::Config, conn: i32, connection: Option<&crate::transfer::Co
         regions: layout.regions,
         objects,
         carried: Vec::new(),
+        tree: Vec::new(),
         vdso: layout.vdso,
         process,
     };
@@ -283,7 +387,13 @@ fn dump(cfg: &config::Config, conn: i32, connection: Option<&crate::transfer::Co
         debug!("receiver: {verdict}");
         return Ok(len);
     }
-    write_image(&cfg.image_path, &manifest, layout.pages_len)
+    if let Some((fd, _)) = member {
+        // Into the root's file, where it points: the root makes it durable.
+        let (bytes, header) = self::layout(&manifest, layout.pages_len)?;
+        return stream_image(&mut FileSink { fd, path: &cfg.image_path }, &manifest, &bytes, &header);
+    }
+    let mut manifest = manifest;
+    write_image(&cfg.image_path, &mut manifest, layout.pages_len, tree)
 }
 
 /// Where an image goes: a file, or a receiver on the network.
@@ -334,8 +444,7 @@ pub fn stream_image(out: &mut dyn Sink, m: &Manifest, manifest: &[u8], header: &
 /// 4. the directory is synced, so the new name is durable too.
 ///
 /// A file system without `O_TMPFILE` gets `PATH.tmp.PID` from the start (step 2 named).
-fn write_image(path: &str, m: &Manifest, pages_len: u64) -> Result<u64, String> {
-    let (bytes, header) = layout(m, pages_len)?;
+fn write_image(path: &str, m: &mut Manifest, pages_len: u64, mut tree: Option<&mut crate::tree::Session>) -> Result<u64, String> {
     let (dir, base) = match path.rsplit_once('/') {
         Some((d, b)) => (if d.is_empty() { "/" } else { d }, b),
         None => (".", path),
@@ -359,6 +468,11 @@ fn write_image(path: &str, m: &Manifest, pages_len: u64) -> Result<u64, String> 
     // Whether `tmp` exists now (and must be renamed over `path`, or removed on failure).
     let mut tmp_exists = named;
     let r = (|| {
+        if let Some(t) = tree.as_mut() {
+            // The members' images first; the root's, which lists them, ends the file.
+            m.tree = t.dump_members(fd)?;
+        }
+        let (bytes, header) = layout(m, pages_len)?;
         let total = stream_image(&mut FileSink { fd, path: if named { &tmp } else { path } }, m, &bytes, &header)?;
         sys::fsync(fd).map_err(|e| format!("cannot sync {}: {}", if named { &tmp } else { path }, errno_str(e)))?;
         if !named {

@@ -25,6 +25,16 @@ pub struct Config {
     pub compress: bool,
     /// The hosts share a file system: offer no files to carry.
     pub shared_fs: bool,
+    /// The pid of the process `pmig-run` started: the root of the tree, which the checkpoint
+    /// signal checkpoints whole. Other processes of the tree take part when it asks them.
+    pub root_pid: i32,
+}
+
+impl Config {
+    /// Whether this process is the tree's root.
+    pub fn is_root(&self) -> bool {
+        self.root_pid == crate::sys::getpid()
+    }
 }
 
 pub static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -33,6 +43,11 @@ pub static CONFIG: OnceLock<Config> = OnceLock::new();
 pub static ACTIVE_PID: AtomicI32 = AtomicI32::new(0);
 /// Bumped by the checkpoint signal handler; the checkpoint thread waits on it.
 pub static CKPT_REQUEST: AtomicU32 = AtomicU32::new(0);
+/// A request of the tree's root to take part in its checkpoint: the nonce naming the root's
+/// socket for it (0: none pending).
+pub static TREE_NONCE: AtomicU32 = AtomicU32::new(0);
+/// High 32 bits of the signal value of a tree request ("pmig").
+pub const TREE_MAGIC: u64 = 0x706d_6967;
 
 /// Default suspend signal: a real-time signal near the top, away from what programs use.
 pub const SUSPEND_SIGNAL: i32 = 62;
@@ -42,18 +57,16 @@ pub fn get() -> Option<&'static Config> {
     CONFIG.get()
 }
 
-/// Reads the settings from the environment. `None` when this process is not the one pmig-run
-/// started (a child inherits the variables but has another pid) or pmig is not configured.
+/// Reads the settings from the environment: in the process pmig-run started (the tree's root)
+/// and in every program a process of its tree execs (they inherit the variables). `None` when
+/// pmig is not configured.
 pub fn from_env() -> Option<Config> {
-    let pid: i32 = std::env::var("PMIG_PID").ok()?.parse().ok()?;
-    if pid != crate::sys::getpid() {
-        return None;
-    }
+    let root_pid: i32 = std::env::var("PMIG_PID").ok()?.parse().ok()?;
     let image_path = std::env::var("PMIG_IMAGE").ok()?;
     let exit_after = std::env::var("PMIG_EXIT").map(|v| v == "1").unwrap_or(false);
     let signal = std::env::var("PMIG_SIGNAL").ok().and_then(|s| s.parse().ok()).unwrap_or(libc::SIGUSR2);
     if crate::log::debug_on() {
-        crate::log::say!("active: image {image_path}, exit after checkpoint: {exit_after}, signal {signal}");
+        crate::log::say!("active: image {image_path}, exit after checkpoint: {exit_after}, signal {signal}, tree root {root_pid}");
     }
     let drop_unsupported = std::env::var("PMIG_DROP_UNSUPPORTED").map(|v| v == "1").unwrap_or(false);
     let to = std::env::var("PMIG_TO").ok().filter(|t| !t.is_empty());
@@ -69,5 +82,5 @@ pub fn from_env() -> Option<Config> {
     };
     let compress = std::env::var("PMIG_COMPRESS").map(|v| v == "1").unwrap_or(false);
     let shared_fs = std::env::var("PMIG_SHARED_FS").map(|v| v == "1").unwrap_or(false);
-    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported, to, token, compress, shared_fs })
+    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported, to, token, compress, shared_fs, root_pid })
 }

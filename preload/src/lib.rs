@@ -28,6 +28,7 @@ pub mod sys;
 pub mod thread;
 pub mod timer;
 pub mod transfer;
+pub mod tree;
 pub mod umem;
 
 use core::sync::atomic::Ordering::Relaxed;
@@ -57,6 +58,22 @@ fn find_rseq() {
     }
 }
 
+/// In a child just forked (`pthread_atfork`): its ids are its own, and it is a process of the
+/// tree, so it gets a checkpoint thread of its own (only the forking thread was copied).
+extern "C" fn after_fork_in_child() {
+    pid::after_fork_in_child();
+    if config::get().is_none() || config::ACTIVE_PID.load(Relaxed) == 0 {
+        return;
+    }
+    config::CKPT_REQUEST.store(0, Relaxed);
+    config::TREE_NONCE.store(0, Relaxed);
+    config::ACTIVE_PID.store(sys::getpid(), Relaxed);
+    if let Err(e) = checkpoint::start() {
+        say!("cannot start the checkpoint thread in a forked child: {e}; the tree cannot be checkpointed");
+        config::ACTIVE_PID.store(0, Relaxed);
+    }
+}
+
 extern "C" fn init() {
     if std::env::var_os("PMIG_DEBUG").is_some_and(|v| !v.is_empty() && v != "0") {
         log::DEBUG.store(true, Relaxed);
@@ -76,7 +93,7 @@ extern "C" fn init() {
     }
     thread::TID_OFFSET.store(thread::find_tid_offset(), Relaxed);
     // SAFETY: registering a handler that only stores atomics; no other thread exists yet.
-    unsafe { libc::pthread_atfork(None, None, Some(pid::after_fork_in_child)) };
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     find_rseq();
     let (sig, sus) = (cfg.signal, cfg.suspend_signal);
     if config::CONFIG.set(cfg).is_err() {

@@ -90,6 +90,8 @@ pub fn dump() -> Result<ProcessState, String> {
         auxv,
         pending_signals: Vec::new(),
         creds: crate::creds::dump(&status),
+        pgid: get(5) as i32,
+        sid: get(6) as i32,
         ids: crate::pid::mode(),
     })
 }

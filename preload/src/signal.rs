@@ -11,13 +11,23 @@ use core::sync::atomic::Ordering::*;
 use pmig_image::{ItimerState, SigActionState};
 
 /// Signal-time: the checkpoint signal only wakes the checkpoint thread.
-extern "C" fn ckpt_handler(_sig: i32, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+extern "C" fn ckpt_handler(_sig: i32, info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
     // The call this signal interrupted (the kernel picks any thread that does not block it) is
     // issued again by its wrapper (`restart`).
     crate::restart::mark_interrupted();
     // A forked child inherits the handler but not the checkpoint thread: ignore it there.
     if sys::getpid() != config::ACTIVE_PID.load(Relaxed) {
         return;
+    }
+    // The tree's root asks this process to take part in its checkpoint: a queued signal whose
+    // value carries pmig's mark and the nonce of the root's socket.
+    if !info.is_null() {
+        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler; for SI_QUEUE the
+        // value is at offset 24 on x86_64.
+        let (code, value) = unsafe { ((*info).si_code, core::ptr::read_unaligned((info as *const u8).add(24) as *const u64)) };
+        if code == libc::SI_QUEUE && value >> 32 == config::TREE_MAGIC && value as u32 != 0 {
+            config::TREE_NONCE.store(value as u32, Release);
+        }
     }
     config::CKPT_REQUEST.fetch_add(1, AcqRel);
     let _ = sys::futex_wake(&config::CKPT_REQUEST);

@@ -664,3 +664,76 @@ pub fn clock_ns(clock: i32) -> u64 {
     let _ = sc!(libc::SYS_clock_gettime, clock, &mut ts as *mut libc::timespec);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// `accept4(2)`, not asking for the peer's address.
+pub fn accept4(fd: i32, flags: i32) -> Res {
+    sc!(libc::SYS_accept4, fd, 0, 0, flags)
+}
+
+/// `sendmsg(2)` of `data`, with `fd` attached as `SCM_RIGHTS` when given.
+pub fn send_with_fd(sock: i32, data: &[u8], fd: Option<i32>) -> Res {
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // Room for one cmsghdr (16 bytes) and one int, aligned.
+    let mut cbuf = [0u64; 4];
+    // SAFETY: an all-zero msghdr is valid; the pointers set below live until the call returns.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        let space = 24usize; // CMSG_SPACE(sizeof(int)) on x86_64
+        let c = cbuf.as_mut_ptr() as *mut libc::cmsghdr;
+        // SAFETY: `cbuf` is 32 bytes, 8-aligned: room for the header and the int after it.
+        unsafe {
+            (*c).cmsg_len = 20; // CMSG_LEN(sizeof(int))
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            core::ptr::write_unaligned((c as *mut u8).add(16) as *mut i32, fd);
+        }
+        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space;
+    }
+    sc!(libc::SYS_sendmsg, sock, &msg as *const libc::msghdr, libc::MSG_NOSIGNAL)
+}
+
+/// `recvmsg(2)` into `buf`; returns the length and the fd passed with it (`SCM_RIGHTS`, made
+/// close-on-exec), if any.
+pub fn recv_with_fd(sock: i32, buf: &mut [u8]) -> Result<(usize, Option<i32>), i32> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid; the pointers set below live until the call returns.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = core::mem::size_of_val(&cbuf);
+    let n = sc!(libc::SYS_recvmsg, sock, &mut msg as *mut libc::msghdr, libc::MSG_CMSG_CLOEXEC)? as usize;
+    let mut fd = None;
+    if msg.msg_controllen >= 20 {
+        let c = cbuf.as_ptr() as *const libc::cmsghdr;
+        // SAFETY: the kernel wrote at least one cmsghdr (controllen >= its size) into `cbuf`.
+        unsafe {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                fd = Some(core::ptr::read_unaligned((c as *const u8).add(16) as *const i32));
+            }
+        }
+    }
+    Ok((n, fd))
+}
+
+/// `poll(2)` on one fd for `events`; `Ok(true)` when ready.
+pub fn poll_one(fd: i32, events: i16, timeout_ms: i32) -> Result<bool, i32> {
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    let n = sc!(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, timeout_ms)?;
+    Ok(n > 0)
+}
+
+/// `rt_sigqueueinfo(2)`: `sig` to process `pid` with the value `value` (`SI_QUEUE`).
+pub fn sigqueue(pid: i32, sig: i32, value: u64) -> Res {
+    let mut info = [0u8; 128];
+    info[0..4].copy_from_slice(&sig.to_ne_bytes());
+    info[8..12].copy_from_slice(&(libc::SI_QUEUE).to_ne_bytes());
+    info[16..20].copy_from_slice(&getpid().to_ne_bytes());
+    info[20..24].copy_from_slice(&getuid().to_ne_bytes());
+    info[24..32].copy_from_slice(&value.to_ne_bytes());
+    sc!(libc::SYS_rt_sigqueueinfo, pid, sig, info.as_ptr())
+}

@@ -203,29 +203,36 @@ fn print_inspect(img: &VerifiedImage) -> Result<()> {
 
 /// Checks the host, writes the plan and execs the engine: returns only on failure.
 fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids) -> Result<()> {
-    check_host(img)?;
+    for (pid, p) in img.processes() {
+        check_host(p).with_context(|| if pid == img.manifest.process.pid { String::new() } else { format!("process {pid} of the tree") })?;
+    }
+    let tree = !img.members.is_empty();
     let debug = std::env::var_os("PMIG_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
     let engine = engine_path()?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     let p = &img.manifest.process;
     let exact = match ids {
+        ns::Ids::Virtual if tree => bail!("the image holds a tree of {} processes, which needs exact ids (not --ids virtual)", img.members.len() + 1),
         ns::Ids::Virtual => false,
         _ => match ns::enter(&img.manifest) {
             Ok(()) => true,
             Err(why) if ids == ns::Ids::Exact => bail!("exact ids are not available here: {why}"),
+            Err(why) if tree => bail!("the image holds a tree of {} processes, which needs exact ids, and they are not available here: {why}", img.members.len() + 1),
             Err(why) => {
                 say!("pmig-resume: {why}: restoring with virtual ids (the program's libc calls see its saved pid and thread ids; raw system calls see new ones)");
                 false
             }
         },
     };
-    let prepared = plan::prepare(image, img, debug, exact)?;
     if exact {
         let owner = (me == 0 && as_owner && p.uid != 0).then_some((p.uid, p.gid));
-        let never = ns::run(&img.manifest, &engine, prepared.plan_fd, owner, debug)?;
+        let prepare = |i: &VerifiedImage, objects: &[pmig_abi::PlanObject]| plan::prepare(image, i, debug, true, objects).map(|p| p.plan_fd);
+        let engine = std::ffi::CString::new(engine.as_os_str().as_encoded_bytes()).context("the engine's path has a NUL byte")?;
+        let never = ns::run(&ns::Build { img, prepare: &prepare, engine, as_owner: owner }, debug)?;
         match never {}
     }
+    let prepared = plan::prepare(image, img, debug, false, &[])?;
     if me == 0 && as_owner && p.uid != 0 {
         // SAFETY: plain credential system calls; each result is checked.
         unsafe {

@@ -21,11 +21,10 @@
 //! When a namespace cannot be had (a container that forbids them) the caller falls back to
 //! virtual ids, saying so; with `--ids exact` it refuses instead.
 
-use anyhow::{bail, Context, Result};
-use pmig_image::Manifest;
+use anyhow::{bail, Result};
+use pmig_abi::PlanObject;
+use pmig_image::{FileKind, Manifest, VerifiedImage};
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 /// What a restore asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,17 +122,28 @@ fn send(fd: i32, kind: u32, value: u32) {
     unsafe { libc::write(fd, msg.as_ptr() as *const libc::c_void, 8) };
 }
 
-/// Steps 3 and 4: fork init, which makes the program's process with the saved pid and execs
-/// the engine in it; this process supervises. Returns only on failure before init started.
-pub fn run(m: &Manifest, engine: &Path, plan_fd: i32, as_owner: Option<(u32, u32)>, debug: bool) -> Result<std::convert::Infallible> {
+/// What each process of the restored tree needs before it execs its engine.
+pub struct Build<'a> {
+    /// The verified image (a tree's root, with its members).
+    pub img: &'a VerifiedImage,
+    /// Writes the plan of one process's image, with the objects it inherits; returns its fd.
+    pub prepare: &'a dyn Fn(&VerifiedImage, &[PlanObject]) -> Result<i32>,
+    pub engine: CString,
+    /// As root with `--as-owner`: the uid and gid to take.
+    pub as_owner: Option<(u32, u32)>,
+}
+
+/// Steps 3 and 4: fork init, which makes the program's processes with their saved pids (the
+/// tree's root, which makes its children, and so on) and execs the engine in each; this
+/// process supervises. Returns only on failure before init started.
+pub fn run(b: &Build<'_>, debug: bool) -> Result<std::convert::Infallible> {
+    let root_pid = b.img.manifest.process.pid;
     let mut p = [0i32; 2];
     // SAFETY: pipe2 writes two fds into the array we own.
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         bail!("cannot make a pipe: {}", std::io::Error::last_os_error());
     }
     let pipe = Pipe { r: p[0], w: p[1] };
-    let engine_c = CString::new(engine.as_os_str().as_bytes()).context("the engine's path has a NUL byte")?;
-    let plan_arg = CString::new(plan_fd.to_string()).unwrap_or_default();
     // Every signal waits for the supervisor (blocked before the fork, so none is lost).
     // SAFETY: sigset operations on a local set; sigprocmask on this single-threaded process.
     unsafe {
@@ -142,36 +152,31 @@ pub fn run(m: &Manifest, engine: &Path, plan_fd: i32, as_owner: Option<(u32, u32
         libc::sigprocmask(libc::SIG_SETMASK, &all, core::ptr::null_mut());
     }
     // SAFETY: pmig-resume is single-threaded here; the child only makes raw calls and execs.
-    let me = unsafe { libc::getpid() };
-    // SAFETY: see above.
     let init = unsafe { libc::fork() };
     if init < 0 {
         bail!("cannot fork the namespace's init: {}", std::io::Error::last_os_error());
     }
     if init == 0 {
         // SAFETY: in the child: only this code runs, and it ends in exec or _exit.
-        unsafe { init_main(m.process.pid, &pipe, &engine_c, &plan_arg, as_owner, me) }
+        unsafe { init_main(b, &pipe) }
     }
     // SAFETY: closing our copy of the write end.
     unsafe { libc::close(pipe.w) };
     if debug {
-        eprintln!("pmig-resume: restoring with exact ids: pid {} in a new pid namespace (init is pid {init} here)", m.process.pid);
+        eprintln!(
+            "pmig-resume: restoring with exact ids: pid {root_pid}{} in a new pid namespace (init is pid {init} here)",
+            if b.img.members.is_empty() { String::new() } else { format!(" and {} more process(es) of its tree", b.img.members.len()) }
+        );
     }
-    supervise(init, pipe.r, (m.process.pid == 1).then_some(init))
+    supervise(init, pipe.r, (root_pid == 1).then_some(init))
 }
 
 /// Init (pid 1 of the new namespace).
 ///
 /// # Safety
 /// Only in the child of `fork` in `run`.
-unsafe fn init_main(
-    pid: i32,
-    pipe: &Pipe,
-    engine: &CString,
-    plan_arg: &CString,
-    as_owner: Option<(u32, u32)>,
-    _parent: i32,
-) -> ! {
+unsafe fn init_main(b: &Build<'_>, pipe: &Pipe) -> ! {
+    let pid = b.img.manifest.process.pid;
     let fail = |what: u32, e: i32| -> ! {
         send(pipe.w, MSG_FAILED, (what << 16) | e as u32);
         // SAFETY: _exit has no preconditions.
@@ -197,19 +202,12 @@ unsafe fn init_main(
         if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), pflags, core::ptr::null()) != 0 {
             fail(2, errno());
         }
-        let tid = pid;
-        let args = pmig_abi::CloneArgs {
-            exit_signal: libc::SIGCHLD as u64,
-            set_tid: &tid as *const i32 as u64,
-            set_tid_size: if pid == 1 { 0 } else { 1 },
-            ..Default::default()
-        };
-        let child = if pid == 1 { 0 } else { libc::syscall(libc::SYS_clone3, &args as *const _, core::mem::size_of_val(&args)) };
+        let child = if pid == 1 { 0 } else { clone_with_pid(pid) };
         if child < 0 {
             fail(3, errno());
         }
         if child == 0 {
-            program_main(pipe, engine, plan_arg, as_owner, pid != 1);
+            build_process(b, pipe, pid, pid != 1);
         }
         send(pipe.w, MSG_STARTED, child as u32);
         // Init holds nothing of the program's: no fd but the report pipe (moved to fd 3).
@@ -248,51 +246,204 @@ unsafe fn init_main(
     }
 }
 
-/// The process that becomes the program: execs the engine.
+/// `clone3` a process (a copy of this one) with pid `pid` in the new namespace: 0 in the
+/// child, its pid in the parent, or -1.
 ///
 /// # Safety
-/// Only in the child of init's `clone3`.
-unsafe fn program_main(pipe: &Pipe, engine: &CString, plan_arg: &CString, as_owner: Option<(u32, u32)>, has_init: bool) -> ! {
+/// The caller must be single-threaded (the child is a copy that goes on from here).
+unsafe fn clone_with_pid(pid: i32) -> i64 {
+    let tid = pid;
+    let args = pmig_abi::CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: &tid as *const i32 as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: the caller guarantees a single-threaded process; clone3 without CLONE_VM copies it.
+    unsafe { libc::syscall(libc::SYS_clone3, &args as *const pmig_abi::CloneArgs, core::mem::size_of_val(&args)) }
+}
+
+/// The pipes the tree's processes share (held by two or more of them, with both ends inside
+/// the tree): made once, with their queued bytes, before any member exists, so that every
+/// process inherits them. Returns the objects each process's plan names.
+fn tree_pipes(img: &VerifiedImage) -> std::result::Result<Vec<PlanObject>, String> {
+    use std::collections::BTreeMap;
+    /// Processes holding it, has a read end, has a write end, capacity, queued bytes.
+    type Seen = (Vec<i32>, bool, bool, u32, Vec<u8>);
+    let mut pipes: BTreeMap<u64, Seen> = BTreeMap::new();
+    for (pid, p) in img.processes() {
+        for f in &p.manifest.files {
+            if let FileKind::Pipe { ino, read_end, fifo: None, capacity, data } = &f.kind {
+                if !p.manifest.fds.iter().any(|d| p.manifest.files.get(d.file as usize).is_some_and(|x| std::ptr::eq(x, f))) {
+                    continue;
+                }
+                let e = pipes.entry(*ino).or_insert_with(|| (Vec::new(), false, false, *capacity, Vec::new()));
+                if !e.0.contains(&pid) {
+                    e.0.push(pid);
+                }
+                e.1 |= *read_end;
+                e.2 |= !*read_end;
+                if e.4.is_empty() && !data.is_empty() {
+                    e.4 = data.clone();
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (ino, (procs, r, w, capacity, data)) in pipes {
+        if procs.len() < 2 || !r || !w {
+            continue;
+        }
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two fds into the local array; fcntl and write on them.
+        unsafe {
+            if libc::pipe2(fds.as_mut_ptr(), 0) != 0 {
+                return Err(format!("cannot make a pipe: {}", std::io::Error::last_os_error()));
+            }
+            libc::fcntl(fds[1], libc::F_SETPIPE_SZ, capacity as libc::c_int);
+            if !data.is_empty() && libc::write(fds[1], data.as_ptr() as *const libc::c_void, data.len()) != data.len() as isize {
+                return Err(format!("cannot put a pipe's {} queued bytes back", data.len()));
+            }
+        }
+        out.push(PlanObject { ino, fd: fds[0], kind: pmig_abi::OBJECT_PIPE_READ });
+        out.push(PlanObject { ino, fd: fds[1], kind: pmig_abi::OBJECT_PIPE_WRITE });
+    }
+    Ok(out)
+}
+
+/// Dies as a zombie of the tree did: exits with its status, or of its signal.
+fn die_as(status: i32) -> ! {
+    // SAFETY: plain calls on this process; it ends here.
+    unsafe {
+        // Not a capability more than its parent: a zombie the restore raised any for could
+        // not be inspected by it (its exit status in /proc would read 0).
+        if libc::geteuid() != 0 {
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+            let hdr = [0x2008_0522u32, 0];
+            let data = [0u32; 6];
+            libc::syscall(libc::SYS_capset, hdr.as_ptr(), data.as_ptr());
+        }
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            let lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &lim);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, core::ptr::null_mut());
+            libc::raise(sig);
+        }
+        libc::_exit(libc::WEXITSTATUS(status))
+    }
+}
+
+/// In the process that becomes `pid` of the tree (made with its saved pid): makes its own
+/// children of the tree, then execs the engine on its plan.
+///
+/// # Safety
+/// Only in a child made by `clone_with_pid` (or init itself when the root's pid is 1).
+unsafe fn build_process(b: &Build<'_>, pipe: &Pipe, pid: i32, has_init: bool) -> ! {
     let fail = |what: u32, e: i32| -> ! {
         send(pipe.w, MSG_FAILED, (what << 16) | e as u32);
         // SAFETY: _exit has no preconditions.
         unsafe { libc::_exit(127) }
     };
-    // SAFETY: credential and capability calls on this process; pointers to locals.
+    let root = pid == b.img.manifest.process.pid;
+    // SAFETY: credential, capability and process-group calls on this process; pointers to
+    // locals.
     unsafe {
         if has_init {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         }
-        if let Some((uid, gid)) = as_owner {
-            libc::prctl(libc::PR_SET_KEEPCAPS, 1);
-            if libc::setgroups(0, core::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
-                fail(4, errno());
+        if root {
+            if let Some((uid, gid)) = b.as_owner {
+                libc::prctl(libc::PR_SET_KEEPCAPS, 1);
+                if libc::setgroups(0, core::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    fail(4, errno());
+                }
+            }
+            if libc::geteuid() != 0 || b.as_owner.is_some() {
+                // The engine and libpmig need CAP_CHECKPOINT_RESTORE for set_tid; the exec
+                // keeps it only as an ambient capability (inheritable and permitted first).
+                // The tree's other processes inherit it from here.
+                let hdr = [0x2008_0522u32, 0];
+                let mut data = [0u32; 6];
+                libc::syscall(libc::SYS_capget, hdr.as_ptr(), data.as_mut_ptr());
+                let (word, bit) = ((CAP_CHECKPOINT_RESTORE / 32) as usize, 1u32 << (CAP_CHECKPOINT_RESTORE % 32));
+                data[word * 3] |= bit; // effective
+                data[word * 3 + 1] |= bit; // permitted
+                data[word * 3 + 2] |= bit; // inheritable
+                if libc::syscall(libc::SYS_capset, hdr.as_ptr(), data.as_ptr()) != 0
+                    || libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, CAP_CHECKPOINT_RESTORE as u64, 0, 0) != 0
+                {
+                    fail(5, errno());
+                }
             }
         }
-        if libc::geteuid() != 0 || as_owner.is_some() {
-            // The engine and libpmig need CAP_CHECKPOINT_RESTORE for set_tid; the exec keeps
-            // it only as an ambient capability (inheritable and permitted first).
-            let hdr = [0x2008_0522u32, 0];
-            let mut data = [0u32; 6];
-            libc::syscall(libc::SYS_capget, hdr.as_ptr(), data.as_mut_ptr());
-            let (word, bit) = ((CAP_CHECKPOINT_RESTORE / 32) as usize, 1u32 << (CAP_CHECKPOINT_RESTORE % 32));
-            data[word * 3] |= bit; // effective
-            data[word * 3 + 1] |= bit; // permitted
-            data[word * 3 + 2] |= bit; // inheritable
-            if libc::syscall(libc::SYS_capset, hdr.as_ptr(), data.as_ptr()) != 0
-                || libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, CAP_CHECKPOINT_RESTORE as u64, 0, 0) != 0
-            {
-                fail(5, errno());
-            }
-        }
-        // Signals stay blocked through the exec: the engine blocks them all anyway, and the
-        // restored threads take their own masks from their saved frames; one sent meanwhile
-        // (a checkpoint request) stays pending for the restored program.
-        let argv = [c"pmig-restore-engine".as_ptr(), plan_arg.as_ptr(), core::ptr::null()];
-        let envp = [core::ptr::null::<libc::c_char>()];
-        libc::execve(engine.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        fail(6, errno())
     }
+    // The pipes the tree shares, made by the root for everyone.
+    static OBJECTS: std::sync::OnceLock<Vec<PlanObject>> = std::sync::OnceLock::new();
+    if root {
+        match tree_pipes(b.img) {
+            Ok(o) => {
+                let _ = OBJECTS.set(o);
+            }
+            Err(e) => {
+                eprintln!("pmig-resume: restore failed: {e}");
+                fail(7, 0);
+            }
+        }
+    }
+    let objects = OBJECTS.get().map(Vec::as_slice).unwrap_or(&[]);
+    // Its own process group or session, when it led one.
+    if let Some(m) = b.img.members.iter().find(|m| m.state.pid == pid) {
+        // SAFETY: setsid/setpgid on this process.
+        unsafe {
+            if m.state.sid == pid {
+                libc::setsid();
+            } else if m.state.pgid == pid {
+                libc::setpgid(0, 0);
+            }
+        }
+    }
+    for m in b.img.members.iter().filter(|m| m.state.ppid == pid) {
+        // SAFETY: this process is single-threaded (a copy of pmig-resume).
+        let c = unsafe { clone_with_pid(m.state.pid) };
+        if c < 0 {
+            eprintln!("pmig-resume: cannot make process {} ({}) of the tree with its pid: {}", m.state.pid, m.state.comm, std::io::Error::last_os_error());
+            fail(3, errno());
+        }
+        if c == 0 {
+            match m.state.state {
+                pmig_image::MemberKind::Zombie { status } => die_as(status),
+                // SAFETY: in the child clone_with_pid made.
+                _ => unsafe { build_process(b, pipe, m.state.pid, true) },
+            }
+        }
+    }
+    let img = if root { b.img } else {
+        match b.img.members.iter().find(|m| m.state.pid == pid).and_then(|m| m.image.as_ref()) {
+            Some(i) => i,
+            None => fail(7, 0),
+        }
+    };
+    let plan_fd = match (b.prepare)(img, objects) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("pmig-resume: cannot prepare the restore of process {pid}: {e:#}");
+            fail(7, 0);
+        }
+    };
+    let plan_arg = CString::new(plan_fd.to_string()).unwrap_or_default();
+    // Signals stay blocked through the exec: the engine blocks them all anyway, and the
+    // restored threads take their own masks from their saved frames; one sent meanwhile
+    // (a checkpoint request) stays pending for the restored program.
+    let argv = [c"pmig-restore-engine".as_ptr(), plan_arg.as_ptr(), core::ptr::null()];
+    let envp = [core::ptr::null::<libc::c_char>()];
+    // SAFETY: argv and envp are NULL-terminated arrays of NUL-terminated strings.
+    unsafe { libc::execve(b.engine.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    fail(6, errno())
 }
 
 fn failed_phase(what: u32) -> &'static str {
@@ -303,6 +454,7 @@ fn failed_phase(what: u32) -> &'static str {
         4 => "taking the owner's ids",
         5 => "raising CAP_CHECKPOINT_RESTORE for the restore",
         6 => "starting the restore engine",
+        7 => "preparing the restore plan",
         _ => "starting the restore",
     }
 }

@@ -92,13 +92,14 @@ fn make_object(m: &Manifest, o: &ObjectState) -> Result<i32> {
 }
 
 /// Writes the plan. `exact`: the engine and libpmig ask for the saved tids.
-pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool) -> Result<Prepared> {
+pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inherited: &[PlanObject]) -> Result<Prepared> {
     let m = &img.manifest;
     let image_fd = inherit(File::open(image).context("cannot reopen the image")?)?;
     let mut objects = Vec::with_capacity(m.objects.len());
     for o in &m.objects {
-        objects.push(PlanObject { ino: o.ino, fd: make_object(m, o)?, _pad: 0 });
+        objects.push(PlanObject { ino: o.ino, fd: make_object(m, o)?, kind: pmig_abi::OBJECT_SHARED_MEMORY });
     }
+    objects.extend_from_slice(inherited);
 
     let mut files: HashMap<(String, bool), i32> = HashMap::new();
     let mut segments: HashMap<i32, (i32, bool)> = HashMap::new();
@@ -146,7 +147,7 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool) -> R
                 regions.push(PlanRegion { start: r.start, end: r.end, prot: r.prot, kind: region_kind::SYSV, fd: id, flags, offset: 0 });
                 if new {
                     for run in &r.runs {
-                        runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.header.pages_off + run.data_off });
+                        runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.base + img.header.pages_off + run.data_off });
                     }
                 }
                 continue;
@@ -155,7 +156,7 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool) -> R
         let flags = if r.runs.is_empty() { 0 } else { REGION_FILL };
         regions.push(PlanRegion { start: r.start, end: r.end, prot: r.prot, kind, fd, flags, offset });
         for run in &r.runs {
-            runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.header.pages_off + run.data_off });
+            runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.base + img.header.pages_off + run.data_off });
         }
     }
 

@@ -60,6 +60,9 @@ pub const BADPTR: &str = env!("PMIG_TEST_PROG_BADPTR");
 /// `static_prog`: statically linked (no libc); prints `ran` and exits 0.
 pub const STATIC_PROG: &str = env!("PMIG_TEST_PROG_STATIC_PROG");
 
+/// `tree.c`: a parent, two workers on pipes, a grandchild per step, a zombie.
+pub const TREE: &str = env!("PMIG_TEST_PROG_TREE");
+
 /// Debian's perl.
 pub const PERL: &str = "/usr/bin/perl";
 

@@ -76,10 +76,10 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
             let _ = sys::lseek(fd, f.pos, libc::SEEK_SET);
         }),
         FileKind::Tty { path } | FileKind::CharDevice { path } => open(path, reopen_flags(f.flags) | libc::O_NOCTTY),
-        FileKind::Deleted { ino, .. } | FileKind::Memfd { ino, .. } if ctx.objects.iter().any(|o| o.0 == *ino) => {
+        FileKind::Deleted { ino, .. } | FileKind::Memfd { ino, .. } if ctx.objects.iter().any(|o| o.0 == *ino && o.2 == pmig_abi::OBJECT_SHARED_MEMORY) => {
             // Also mapped shared: pmig-resume made the object (with this content) for the
             // mapping; open a new description of that same object.
-            let ofd = ctx.objects.iter().find(|o| o.0 == *ino).map(|o| o.1).unwrap_or(-1);
+            let ofd = ctx.objects.iter().find(|o| o.0 == *ino && o.2 == pmig_abi::OBJECT_SHARED_MEMORY).map(|o| o.1).unwrap_or(-1);
             let acc = if f.flags & libc::O_ACCMODE == libc::O_RDONLY { libc::O_RDONLY } else { libc::O_RDWR };
             open(&format!("/proc/self/fd/{ofd}"), acc | libc::O_CLOEXEC).inspect(|&fd| {
                 let _ = sys::lseek(fd, f.pos, libc::SEEK_SET);

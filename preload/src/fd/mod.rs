@@ -60,8 +60,9 @@ pub struct RestoreCtx {
     pub pairs: Vec<(u64, i32)>,
     /// Time between the checkpoint and this restore, per clock (timers ran on).
     pub gap: crate::timer::Gap,
-    /// Shared memory objects pmig-resume made for shared mappings: `(inode at checkpoint, fd)`.
-    pub objects: Vec<(u64, i32)>,
+    /// Objects pmig-resume made and this process inherits: `(inode at checkpoint, fd, kind)`
+    /// (`pmig_abi::OBJECT_*`: shared memory, the ends of pipes the tree shares).
+    pub objects: Vec<(u64, i32, u32)>,
 }
 
 impl RestoreCtx {
@@ -158,7 +159,7 @@ pub fn unsupported(files: &[FileState], fds: &[FdState]) -> Option<String> {
 /// Recreates the saved fds. `keep` are fds the restorer still needs (moved out of the way
 /// first, their new numbers returned in place). Every other fd not saved is closed; fds 0–2
 /// that were a terminal, pipe or socket stay what they are now (the resumer's own).
-pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crate::timer::Gap, objects: Vec<(u64, i32)>) {
+pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crate::timer::Gap, objects: Vec<(u64, i32, u32)>) {
     let top = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
     let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap, objects };
     for k in keep.iter_mut() {
@@ -176,7 +177,10 @@ pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crat
     let mut keep: Vec<i32> = keep.to_vec();
     keep.extend(ctx.objects.iter().map(|o| o.1));
     let keep = &keep[..];
-    let inherited = |f: &FdState| f.fd <= 2 && files[f.file as usize].kind.inherited_as_stdio();
+    // A pipe the tree shares is the tree's, even on fds 0-2.
+    let tree_pipes: Vec<u64> = ctx.objects.iter().filter(|o| o.2 != pmig_abi::OBJECT_SHARED_MEMORY).map(|o| o.0).collect();
+    let tree_pipe = |k: &FileKind| matches!(k, FileKind::Pipe { ino, fifo: None, .. } if tree_pipes.contains(ino));
+    let inherited = |f: &FdState| f.fd <= 2 && files[f.file as usize].kind.inherited_as_stdio() && !tree_pipe(&files[f.file as usize].kind);
     if let Ok(open) = list_fds(keep) {
         for fd in open {
             if !fds.iter().any(|f| f.fd == fd && inherited(f)) {
@@ -231,7 +235,7 @@ pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crat
             }
         }
     }
-    for (_, fd) in ctx.pairs.drain(..).chain(ctx.objects.drain(..)) {
+    for (_, fd) in ctx.pairs.drain(..).chain(ctx.objects.drain(..).map(|o| (o.0, o.1))) {
         let _ = sys::close(fd);
     }
 }

@@ -81,6 +81,12 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
             let _ = sys::close(holder);
             return Ok(fd);
         }
+        // A pipe other processes of the tree share: pmig-resume made it (with its bytes) and
+        // this process inherited both ends.
+        let want = if *read_end { pmig_abi::OBJECT_PIPE_READ } else { pmig_abi::OBJECT_PIPE_WRITE };
+        if let Some(o) = ctx.objects.iter().find(|o| o.0 == *ino && o.2 == want) {
+            return sys::fcntl(o.1, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map(|f| f as i32).map_err(|e| format!("{}", Errno(e)));
+        }
         let at = match ctx.pipes.iter().position(|p| p.0 == *ino) {
             Some(at) => at,
             None => {

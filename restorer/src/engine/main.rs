@@ -381,7 +381,7 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
         core::slice::from_raw_parts((PLAN_ADDR + h.objects_off) as *const pmig_abi::PlanObject, h.n_objects as usize)
     };
     for (i, r) in regions.iter().enumerate() {
-        if r.kind != rk::SYSV && r.fd >= 0 && !regions[..i].iter().any(|o| o.fd == r.fd) && !objects.iter().any(|o| o.fd == r.fd) {
+        if r.kind != rk::SYSV && r.fd >= 0 && !regions[..i].iter().any(|o| o.fd == r.fd) && !objects.iter().any(|o| o.fd == r.fd && o.kind == pmig_abi::OBJECT_SHARED_MEMORY) {
             sys(nr::CLOSE, r.fd as u64, 0, 0, 0, 0, 0);
         }
     }

@@ -1,0 +1,445 @@
+//! Process trees: one checkpoint for the process `pmig-run` started (the root) and every
+//! process it forked or that one of them exec'd (its members), at one instant.
+//!
+//! Every process of the tree runs libpmig (a forked child starts its own checkpoint thread;
+//! an exec'd program loads libpmig again from the environment). The root's checkpoint thread
+//! drives the checkpoint over a `SOCK_SEQPACKET` UNIX socket with an abstract name made of its
+//! pid and a random nonce:
+//!
+//! 1. the root stops its own threads (it can fork no more), lists its descendants through
+//!    `/proc/PID/task/TID/children`, and asks each live one with a queued checkpoint signal
+//!    whose value carries pmig's mark and the nonce; each member connects (the root checks
+//!    its pid with `SO_PEERCRED`), stops its threads and says so; the root lists again until
+//!    no process is new (a fork that raced the first listing is caught there). Zombies are
+//!    recorded with their exit status;
+//! 2. with every process stopped, the root hands each member in turn the image file being
+//!    written (`SCM_RIGHTS`, the open file description shared, positioned at the next page
+//!    boundary): the member writes its complete image there and says how long it is. The
+//!    root writes its own image last, its manifest listing the members (`Manifest::tree`);
+//! 3. once the file is durable the root tells every member to go on (or, with `--exit`, to
+//!    exit). A member that fails or does not answer fails the checkpoint, naming it, and the
+//!    whole tree goes on; a member whose root goes away goes on too.
+//!
+//! **Runs with the caller's other threads stopped** (both sides): raw system calls, the arena
+//! for allocation, no locks.
+
+use crate::errno::Errno;
+use crate::log::debug;
+use crate::{config, sys, thread};
+use core::sync::atomic::Ordering::*;
+use pmig_image::{MemberKind, MemberState};
+
+/// Messages (fixed 256 bytes: kind, value, text).
+const MSG_LEN: usize = 256;
+const HELLO: u32 = 1;
+const PARKED: u32 = 2;
+const FAIL: u32 = 3;
+const DUMP: u32 = 4;
+const DONE: u32 = 5;
+const RELEASE: u32 = 6;
+const EXIT: u32 = 7;
+
+/// How long a member may take to stop, and to write its image.
+const STOP_TIMEOUT_MS: u64 = 10_000;
+const DUMP_TIMEOUT_MS: i32 = 600_000;
+
+fn msg(kind: u32, value: u64, text: &str) -> [u8; MSG_LEN] {
+    let mut m = [0u8; MSG_LEN];
+    m[0..4].copy_from_slice(&kind.to_ne_bytes());
+    m[8..16].copy_from_slice(&value.to_ne_bytes());
+    let t = text.as_bytes();
+    let n = t.len().min(MSG_LEN - 16);
+    m[16..16 + n].copy_from_slice(&t[..n]);
+    m
+}
+
+fn parse(m: &[u8]) -> (u32, u64, String) {
+    let kind = u32::from_ne_bytes([m[0], m[1], m[2], m[3]]);
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&m[8..16]);
+    let text = &m[16..];
+    let end = text.iter().position(|&c| c == 0).unwrap_or(text.len());
+    (kind, u64::from_ne_bytes(v), String::from_utf8_lossy(&text[..end]).into_owned())
+}
+
+/// Sends one message; `fd` goes with it.
+fn send(sock: i32, kind: u32, value: u64, text: &str, fd: Option<i32>) -> Result<(), i32> {
+    sys::send_with_fd(sock, &msg(kind, value, text), fd).map(|_| ())
+}
+
+/// Waits up to `timeout_ms` for one message: `(kind, value, text, fd)`; `None` on timeout or
+/// when the peer is gone.
+fn recv(sock: i32, timeout_ms: i32) -> Option<(u32, u64, String, Option<i32>)> {
+    loop {
+        match sys::poll_one(sock, libc::POLLIN, timeout_ms) {
+            Ok(true) => break,
+            Ok(false) => return None,
+            Err(libc::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
+    let mut buf = [0u8; MSG_LEN];
+    match sys::recv_with_fd(sock, &mut buf) {
+        Ok((n, fd)) if n == MSG_LEN => {
+            let (k, v, t) = parse(&buf);
+            Some((k, v, t, fd))
+        }
+        _ => None,
+    }
+}
+
+/// The abstract socket address of the root `root` for the checkpoint `nonce`.
+fn address(root: i32, nonce: u32) -> Vec<u8> {
+    let name = format!("pmig-tree-{root}-{nonce:08x}");
+    let mut a = Vec::with_capacity(3 + name.len());
+    a.extend_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+    a.push(0);
+    a.extend_from_slice(name.as_bytes());
+    a
+}
+
+/// A process found below the root.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub comm: String,
+    pub zombie: bool,
+    /// The wait status of a zombie (`exit_code` of `/proc/PID/stat`).
+    pub exit_code: i32,
+}
+
+/// `/proc/PID/stat` of `pid`, parsed.
+fn stat_of(pid: i32) -> Option<Found> {
+    let text = sys::read_file_vec(&sys::cstr(&format!("/proc/{pid}/stat"))).ok()?;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    // After ')': state is field 3 (index 0), ppid 4, pgrp 5, session 6, exit_code 52.
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    Some(Found {
+        pid,
+        ppid: num(1) as i32,
+        pgid: num(2) as i32,
+        sid: num(3) as i32,
+        comm,
+        zombie: f.first() == Some(&"Z"),
+        exit_code: num(49) as i32,
+    })
+}
+
+/// Every descendant of this process, parents before their children.
+pub fn descendants() -> Vec<Found> {
+    let mut out: Vec<Found> = Vec::new();
+    let mut queue = vec![sys::getpid()];
+    while let Some(p) = queue.pop() {
+        let mut tids = Vec::new();
+        let _ = sys::for_each_numbered_entry(&sys::cstr(&format!("/proc/{p}/task")), |t, _| tids.push(t));
+        for t in tids {
+            let Ok(text) = sys::read_file_vec(&sys::cstr(&format!("/proc/{p}/task/{t}/children"))) else { continue };
+            for c in String::from_utf8_lossy(&text).split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                if out.iter().any(|f| f.pid == c) {
+                    continue;
+                }
+                if let Some(f) = stat_of(c) {
+                    if !f.zombie {
+                        queue.push(c);
+                    }
+                    out.push(f);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A member taking part.
+struct Member {
+    found: Found,
+    sock: i32,
+}
+
+/// The root's side of one tree checkpoint.
+pub struct Session {
+    listen: i32,
+    members: Vec<Member>,
+    zombies: Vec<Found>,
+    /// The checkpoint signal and this checkpoint's nonce (requests are sent again).
+    signal: i32,
+    nonce: u32,
+}
+
+impl Session {
+    /// Step 1: asks every descendant to stop, and waits until all have (the caller's own
+    /// threads are stopped already). `Ok(None)` when the process has no children. `exclude`:
+    /// pmig's own helpers (the ssh client of a move), not part of the program.
+    pub fn stop_tree(cfg: &config::Config, exclude: &[i32]) -> Result<Option<Session>, String> {
+        let descendants = || {
+            let mut d = descendants();
+            d.retain(|f| !exclude.contains(&f.pid));
+            d
+        };
+        let first = descendants();
+        if first.is_empty() {
+            return Ok(None);
+        }
+        let mut nonce = [0u8; 4];
+        // SAFETY: getrandom writes 4 bytes into the local array.
+        unsafe { pmig_abi::arch::syscall6(libc::SYS_getrandom as u64, nonce.as_mut_ptr() as u64, 4, 0, 0, 0, 0) };
+        let nonce = u32::from_ne_bytes(nonce) | 1;
+        let listen = sys::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
+            .map_err(|e| format!("cannot make the tree's socket: {}", Errno(e)))? as i32;
+        let mut s = Session { listen, members: Vec::new(), zombies: Vec::new(), signal: cfg.signal, nonce };
+        sys::bind(listen, &address(sys::getpid(), nonce))
+            .and_then(|_| sys::listen(listen, 128))
+            .map_err(|e| format!("cannot listen on the tree's socket: {}", Errno(e)))?;
+        let mut asked: Vec<Found> = Vec::new();
+        let mut found = first;
+        loop {
+            let mut new = 0;
+            for f in found {
+                if asked.iter().any(|a| a.pid == f.pid) || s.zombies.iter().any(|z| z.pid == f.pid) {
+                    continue;
+                }
+                new += 1;
+                if f.zombie {
+                    s.add_zombie(f);
+                    continue;
+                }
+                debug!("tree: asking {} ({}) to stop", f.pid, f.comm);
+                if sys::sigqueue(f.pid, cfg.signal, config::TREE_MAGIC << 32 | nonce as u64).is_err() {
+                    // Gone meanwhile: the next listing shows it as a zombie or not at all.
+                    continue;
+                }
+                asked.push(f);
+            }
+            if new == 0 {
+                break;
+            }
+            s.wait_parked(&mut asked)?;
+            found = descendants();
+        }
+        debug!("tree: {} member(s) stopped, {} zombie(s)", s.members.len(), s.zombies.len());
+        Ok(Some(s))
+    }
+
+    /// Accepts members until every one in `asked` has said it stopped.
+    fn wait_parked(&mut self, asked: &mut Vec<Found>) -> Result<(), String> {
+        let started = sys::monotonic_ms();
+        loop {
+            let waiting: Vec<&Found> = asked.iter().filter(|a| !self.members.iter().any(|m| m.found.pid == a.pid)).collect();
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            let left = STOP_TIMEOUT_MS.saturating_sub(sys::monotonic_ms() - started);
+            if left == 0 {
+                // One that exited meanwhile is a zombie now; one still running never answered.
+                let mut silent = Vec::new();
+                for w in &waiting {
+                    match stat_of(w.pid) {
+                        Some(f) if f.zombie => self.add_zombie(f),
+                        Some(f) => silent.push(f),
+                        None => {}
+                    }
+                }
+                if let Some(f) = silent.first() {
+                    return Err(format!(
+                        "process {} ({}) of the tree did not take part in the checkpoint within {} s (is it running under pmig? a static program, or one started with a cleared environment, is not)",
+                        f.pid,
+                        f.comm,
+                        STOP_TIMEOUT_MS / 1000
+                    ));
+                }
+                asked.retain(|a| self.members.iter().any(|m| m.found.pid == a.pid));
+                return Ok(());
+            }
+            if !matches!(sys::poll_one(self.listen, libc::POLLIN, left.min(200) as i32), Ok(true)) {
+                // A request can be missed by a child caught between fork and its own
+                // checkpoint thread: ask again every second; one that exited is a zombie now.
+                let waited = sys::monotonic_ms() - started;
+                if waited / 1000 != (waited.saturating_sub(200)) / 1000 {
+                    for w in waiting.iter() {
+                        match stat_of(w.pid) {
+                            Some(z) if z.zombie => self.add_zombie(z),
+                            None => {}
+                            Some(_) => {
+                                let _ = sys::sigqueue(w.pid, self.signal, config::TREE_MAGIC << 32 | self.nonce as u64);
+                            }
+                        }
+                    }
+                    let (zombies, members) = (&self.zombies, &self.members);
+                    asked.retain(|a| !zombies.iter().any(|z| z.pid == a.pid) || members.iter().any(|m| m.found.pid == a.pid));
+                }
+                continue;
+            }
+            let Ok(c) = sys::accept4(self.listen, libc::SOCK_CLOEXEC) else { continue };
+            let c = c as i32;
+            let mut cred = [0u8; 12];
+            let pid = match sys::getsockopt(c, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred) {
+                Ok(12) => i32::from_ne_bytes([cred[0], cred[1], cred[2], cred[3]]),
+                _ => 0,
+            };
+            let Some(f) = asked.iter().find(|a| a.pid == pid).cloned() else {
+                let _ = sys::close(c);
+                continue;
+            };
+            let answer = recv(c, STOP_TIMEOUT_MS as i32).and_then(|m| (m.0 == HELLO).then_some(())).and_then(|_| recv(c, STOP_TIMEOUT_MS as i32));
+            if let Some((PARKED, ..)) = answer {
+                self.members.push(Member { found: f, sock: c });
+                continue;
+            }
+            let _ = sys::close(c);
+            // A process that exited while it was being stopped (a short-lived child) is a
+            // zombie now, or gone: that is what the tree holds.
+            sys::sleep_ms(5);
+            match stat_of(f.pid) {
+                Some(z) if z.zombie => {
+                    asked.retain(|a| a.pid != f.pid);
+                    self.add_zombie(z);
+                }
+                None => asked.retain(|a| a.pid != f.pid),
+                Some(_) => {
+                    return Err(match answer {
+                        Some((FAIL, _, why, _)) => format!("process {} ({}) of the tree could not stop: {why}", f.pid, f.comm),
+                        _ => format!("process {} ({}) of the tree stopped answering", f.pid, f.comm),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Records a zombie once.
+    fn add_zombie(&mut self, z: Found) {
+        if !self.zombies.iter().any(|y| y.pid == z.pid) {
+            self.zombies.push(z);
+        }
+    }
+
+    /// pmig's own fds of this session (left out of the root's image).
+    pub fn fds(&self) -> Vec<i32> {
+        core::iter::once(self.listen).chain(self.members.iter().map(|m| m.sock)).collect()
+    }
+
+    /// Step 2: each member writes its image into `fd` (at the next page boundary); returns
+    /// the tree's table for the root's manifest.
+    pub fn dump_members(&mut self, fd: i32) -> Result<Vec<MemberState>, String> {
+        let mut table = Vec::new();
+        self.members.sort_by_key(|m| m.found.pid);
+        for m in &self.members {
+            let end = sys::lseek(fd, 0, libc::SEEK_END).map_err(|e| format!("cannot size the image: {}", Errno(e)))?;
+            let offset = end.div_ceil(4096) * 4096;
+            sys::lseek(fd, offset as i64, libc::SEEK_SET).map_err(|e| format!("cannot seek in the image: {}", Errno(e)))?;
+            let f = &m.found;
+            send(m.sock, DUMP, offset, "", Some(fd)).map_err(|e| format!("process {} ({}) of the tree: {}", f.pid, f.comm, Errno(e)))?;
+            match recv(m.sock, DUMP_TIMEOUT_MS) {
+                Some((DONE, len, ..)) => {
+                    debug!("tree: {} ({}) wrote {len} bytes at {offset}", f.pid, f.comm);
+                    table.push(MemberState {
+                        pid: f.pid,
+                        ppid: f.ppid,
+                        pgid: f.pgid,
+                        sid: f.sid,
+                        comm: f.comm.clone(),
+                        state: MemberKind::Live { offset, len },
+                    });
+                }
+                Some((FAIL, _, why, _)) => return Err(format!("process {} ({}) of the tree: {why}", f.pid, f.comm)),
+                _ => return Err(format!("process {} ({}) of the tree stopped answering while writing its image", f.pid, f.comm)),
+            }
+        }
+        for z in &self.zombies {
+            table.push(MemberState {
+                pid: z.pid,
+                ppid: z.ppid,
+                pgid: z.pgid,
+                sid: z.sid,
+                comm: z.comm.clone(),
+                state: MemberKind::Zombie { status: z.exit_code },
+            });
+        }
+        // Whatever follows (the root's image) starts on a page boundary too.
+        let end = sys::lseek(fd, 0, libc::SEEK_END).map_err(|e| format!("cannot size the image: {}", Errno(e)))?;
+        sys::lseek(fd, (end.div_ceil(4096) * 4096) as i64, libc::SEEK_SET).map_err(|e| format!("cannot seek in the image: {}", Errno(e)))?;
+        Ok(table)
+    }
+
+    /// Step 3: every member goes on (`exit`: exits), and the session ends.
+    pub fn finish(self, exit: bool) {
+        for m in &self.members {
+            let _ = send(m.sock, if exit { EXIT } else { RELEASE }, 0, "", None);
+            let _ = sys::close(m.sock);
+        }
+        let _ = sys::close(self.listen);
+    }
+}
+
+/// A member's side of the root's checkpoint `nonce`: stop, write the image when asked, then go
+/// on or exit as told. Runs in the member's checkpoint thread.
+pub fn take_part(cfg: &'static config::Config, nonce: u32) {
+    let sock = match sys::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) {
+        Ok(s) => s as i32,
+        Err(_) => return,
+    };
+    if sys::connect(sock, &address(cfg.root_pid, nonce)).is_err() {
+        debug!("tree: the root's checkpoint socket is gone");
+        let _ = sys::close(sock);
+        return;
+    }
+    let mut cred = [0u8; 12];
+    let peer = match sys::getsockopt(sock, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred) {
+        Ok(12) => i32::from_ne_bytes([cred[0], cred[1], cred[2], cred[3]]),
+        _ => 0,
+    };
+    if peer != cfg.root_pid || send(sock, HELLO, sys::getpid() as u64, "", None).is_err() {
+        let _ = sys::close(sock);
+        return;
+    }
+    if let Err(e) = thread::suspend_all(cfg.suspend_signal) {
+        let _ = send(sock, FAIL, 0, e, None);
+        let _ = sys::close(sock);
+        return;
+    }
+    if send(sock, PARKED, 0, "", None).is_err() {
+        thread::release_all();
+        let _ = sys::close(sock);
+        return;
+    }
+    crate::checkpoint::member_dump(cfg, sock);
+    let _ = sys::close(sock);
+}
+
+/// In the member, inside `save_and_call`: waits for the root's orders. Returns when the
+/// member must go on; exits the process when told to.
+pub fn serve(cfg: &config::Config, sock: i32, dump: &mut dyn FnMut(i32) -> Result<u64, String>) {
+    loop {
+        match recv(sock, -1) {
+            Some((DUMP, _, _, Some(fd))) => {
+                let r = dump(fd);
+                let _ = sys::close(fd);
+                let _ = match r {
+                    Ok(len) => send(sock, DONE, len, "", None),
+                    Err(e) => send(sock, FAIL, 0, &e, None),
+                };
+            }
+            Some((EXIT, ..)) => {
+                debug!("tree: exiting with the tree (--exit)");
+                let _ = cfg;
+                sys::exit_group(0);
+            }
+            // Released, or the root is gone: go on.
+            _ => return,
+        }
+    }
+}
+
+/// Whether a request of the root is pending (and takes it).
+pub fn pending_request() -> Option<u32> {
+    match config::TREE_NONCE.swap(0, AcqRel) {
+        0 => None,
+        n => Some(n),
+    }
+}

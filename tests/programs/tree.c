@@ -1,0 +1,107 @@
+/*
+ * tree.c — a small process tree: the parent forks two workers, talks to each through a pair
+ * of pipes (a request, an answer), and keeps a third child as a zombie (it exited at once with
+ * status 7; the parent reaps it only at the end). One worker forks a grandchild of its own that
+ * sleeps and is reaped by it each step. Every step the parent sends each worker the step
+ * number and checks the answer: the step squared plus the worker's number, computed by the
+ * worker, which also checks that its parent is still the parent and its pid is its own. At the
+ * end the parent closes the request pipes, the workers exit 0, and the parent reaps all three
+ * children and checks their statuses.
+ *
+ * Usage: tree STEPS
+ */
+#include "common.h"
+
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void worker(int n, int req, int ans, pid_t parent, pid_t me)
+{
+    long step;
+    for (;;) {
+        ssize_t r = read(req, &step, sizeof step);
+        if (r == 0)
+            _exit(0);
+        if (r != sizeof step) {
+            if (r < 0 && errno == EINTR)
+                continue;
+            _exit(10);
+        }
+        long answer = step * step + n;
+        if (getppid() != parent || (pid_t)syscall(SYS_getpid) != me)
+            answer = -1;
+        if (n == 1) {
+            /* A grandchild each step, reaped at once. */
+            pid_t g = fork();
+            if (g == 0)
+                _exit(5);
+            int st = 0;
+            if (g < 0 || waitpid(g, &st, 0) != g || !WIFEXITED(st) || WEXITSTATUS(st) != 5)
+                answer = -2;
+        }
+        if (write(ans, &answer, sizeof answer) != sizeof answer)
+            _exit(11);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    long steps = parse_steps(argc, argv, "STEPS");
+    pid_t parent = getpid();
+    int req[2][2], ans[2][2];
+    pid_t kids[2];
+    for (int i = 0; i < 2; i++) {
+        if (pipe(req[i]) != 0 || pipe(ans[i]) != 0)
+            return 4;
+        kids[i] = fork();
+        if (kids[i] < 0)
+            return 4;
+        if (kids[i] == 0) {
+            close(req[i][1]);
+            close(ans[i][0]);
+            if (i == 1) {
+                close(req[0][1]);
+                close(ans[0][0]);
+            }
+            worker(i, req[i][0], ans[i][1], parent, getpid());
+        }
+        close(req[i][0]);
+        close(ans[i][1]);
+    }
+    pid_t zombie = fork();
+    if (zombie == 0)
+        _exit(7);
+    if (zombie < 0)
+        return 4;
+
+    for (long step = 1; step <= steps; step++) {
+        for (int i = 0; i < 2; i++) {
+            if (write(req[i][1], &step, sizeof step) != sizeof step)
+                corrupt("step %ld: cannot write to worker %d: %s", step, i, strerror(errno));
+            long answer = 0;
+            ssize_t r;
+            while ((r = read(ans[i][0], &answer, sizeof answer)) < 0 && errno == EINTR)
+                ;
+            if (r != sizeof answer)
+                corrupt("step %ld: worker %d did not answer (%zd: %s)", step, i, r, strerror(errno));
+            if (answer != step * step + i)
+                corrupt("step %ld: worker %d answered %ld, not %ld", step, i, answer, step * step + i);
+        }
+        step_line(step);
+        if (step < steps)
+            sleep_ms(STEP_MS);
+    }
+    for (int i = 0; i < 2; i++)
+        close(req[i][1]);
+    for (int i = 0; i < 2; i++) {
+        int st = 0;
+        if (waitpid(kids[i], &st, 0) != kids[i] || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            corrupt("worker %d (pid %d) ended badly (status %#x)", i, kids[i], st);
+    }
+    int st = 0;
+    if (waitpid(zombie, &st, 0) != zombie || !WIFEXITED(st) || WEXITSTATUS(st) != 7)
+        corrupt("the zombie child %d did not keep its exit status 7 (status %#x)", zombie, st);
+    return 0;
+}
