@@ -116,7 +116,9 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<L
             "[heap]" => RegionKind::Heap,
             "" => RegionKind::Anon,
             p if p.starts_with("[anon:") => RegionKind::Anon,
-            "/dev/zero (deleted)" => RegionKind::Anon,
+            // MAP_SHARED anonymous memory is a shmem object (its inode names it: a process tree's
+            // members share it); a private /dev/zero mapping is anonymous memory.
+            "/dev/zero (deleted)" if !m.shared => RegionKind::Anon,
             p if p.starts_with('[') => return Err(format!("the mapping {p} at {:#x} is not supported yet", m.start)),
             p if p.starts_with("/SYSV") => {
                 let Some((key, size, mode)) = sysv_segment(m.inode as i32) else {

@@ -76,7 +76,7 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
         say!("warning: cannot read the shared object table from the plan");
         table.clear();
     }
-    let objects = table.iter().map(|o| (o.ino, o.fd, o.kind)).collect();
+    let objects = table.iter().filter(|o| o.fd >= 0).map(|o| (o.ino, o.fd, o.kind)).collect();
     fd::restore(&m.files, &m.fds, &mut keep, gap, objects);
     process::restore(&m.process);
     signal::restore_actions(&m.signals);

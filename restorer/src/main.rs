@@ -229,7 +229,7 @@ fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids) -> R
         let owner = (me == 0 && as_owner && p.uid != 0).then_some((p.uid, p.gid));
         let prepare = |i: &VerifiedImage, objects: &[pmig_abi::PlanObject]| plan::prepare(image, i, debug, true, objects).map(|p| p.plan_fd);
         let engine = std::ffi::CString::new(engine.as_os_str().as_encoded_bytes()).context("the engine's path has a NUL byte")?;
-        let never = ns::run(&ns::Build { img, prepare: &prepare, engine, as_owner: owner }, debug)?;
+        let never = ns::run(&ns::Build { img, image, prepare: &prepare, engine, as_owner: owner }, debug)?;
         match never {}
     }
     let prepared = plan::prepare(image, img, debug, false, &[])?;

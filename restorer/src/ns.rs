@@ -124,8 +124,9 @@ fn send(fd: i32, kind: u32, value: u32) {
 
 /// What each process of the restored tree needs before it execs its engine.
 pub struct Build<'a> {
-    /// The verified image (a tree's root, with its members).
+    /// The verified image (a tree's root, with its members), and its file.
     pub img: &'a VerifiedImage,
+    pub image: &'a std::path::Path,
     /// Writes the plan of one process's image, with the objects it inherits; returns its fd.
     pub prepare: &'a dyn Fn(&VerifiedImage, &[PlanObject]) -> Result<i32>,
     pub engine: CString,
@@ -311,6 +312,69 @@ fn tree_pipes(img: &VerifiedImage) -> std::result::Result<Vec<PlanObject>, Strin
     Ok(out)
 }
 
+/// The shared memory objects (`MAP_SHARED` anonymous memory, memfds, deleted files) two or
+/// more processes of the tree map: made once, filled here from every process's saved pages
+/// (all taken at the same instant), before any process exists, so every process maps the same
+/// object and no process's engine writes into it while another already runs.
+fn tree_objects(image: &std::path::Path, img: &VerifiedImage) -> std::result::Result<Vec<PlanObject>, String> {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::FileExt;
+    let mut seen: BTreeMap<u64, (Vec<i32>, u64, String)> = BTreeMap::new();
+    for (pid, p) in img.processes() {
+        for o in &p.manifest.objects {
+            let e = seen.entry(o.ino).or_insert_with(|| (Vec::new(), 0, o.name.clone()));
+            if !e.0.contains(&pid) {
+                e.0.push(pid);
+            }
+            e.1 = e.1.max(o.size);
+        }
+    }
+    let file = std::fs::File::open(image).map_err(|e| format!("cannot reopen the image: {e}"))?;
+    let mut out = Vec::new();
+    for (ino, (procs, size, name)) in seen {
+        if procs.len() < 2 {
+            continue;
+        }
+        let cname = CString::new(name.replace('\0', "")).unwrap_or_default();
+        // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), 0) };
+        if fd < 0 {
+            return Err(format!("memfd_create for shared object {name}: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is the memfd just made; the File owns it until into_raw_fd below.
+        let mem = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut size = size;
+        for (_, p) in img.processes() {
+            let m = &p.manifest;
+            if let Some(c) = m.files.iter().find_map(|f| match &f.kind {
+                FileKind::Memfd { ino: i, content, .. } | FileKind::Deleted { ino: i, content, .. } if *i == ino => Some(content),
+                _ => None,
+            }) {
+                mem.write_all_at(c, 0).map_err(|e| format!("cannot fill shared object {name}: {e}"))?;
+                size = size.max(c.len() as u64);
+            }
+        }
+        mem.set_len(size).map_err(|e| format!("cannot size shared object {name}: {e}"))?;
+        for (_, p) in img.processes() {
+            let m = &p.manifest;
+            for r in &m.regions {
+                let pmig_image::RegionKind::SharedObject { object, offset } = r.kind else { continue };
+                if m.objects.get(object as usize).map(|o| o.ino) != Some(ino) {
+                    continue;
+                }
+                for run in &r.runs {
+                    let mut buf = vec![0u8; run.len as usize];
+                    file.read_exact_at(&mut buf, p.base + p.header.pages_off + run.data_off)
+                        .and_then(|_| mem.write_all_at(&buf, offset + (run.addr - r.start)))
+                        .map_err(|e| format!("cannot fill shared object {name}: {e}"))?;
+                }
+            }
+        }
+        out.push(PlanObject { ino, fd: std::os::fd::IntoRawFd::into_raw_fd(mem), kind: pmig_abi::OBJECT_SHARED_MEMORY });
+    }
+    Ok(out)
+}
+
 /// Dies as a zombie of the tree did: exits with its status, or of its signal.
 fn die_as(status: i32) -> ! {
     // SAFETY: plain calls on this process; it ends here.
@@ -385,7 +449,10 @@ unsafe fn build_process(b: &Build<'_>, pipe: &Pipe, pid: i32, has_init: bool) ->
     // The pipes the tree shares, made by the root for everyone.
     static OBJECTS: std::sync::OnceLock<Vec<PlanObject>> = std::sync::OnceLock::new();
     if root {
-        match tree_pipes(b.img) {
+        match tree_pipes(b.img).and_then(|mut o| {
+            o.extend(tree_objects(b.image, b.img)?);
+            Ok(o)
+        }) {
             Ok(o) => {
                 let _ = OBJECTS.set(o);
             }

@@ -91,15 +91,27 @@ fn make_object(m: &Manifest, o: &ObjectState) -> Result<i32> {
     inherit(f)
 }
 
+/// The name under which a checkpoint records `MAP_SHARED | MAP_ANONYMOUS` memory (as the
+/// kernel shows it: `/dev/zero (deleted)`).
+const SHARED_ANON_NAME: &str = "/dev/zero";
+
 /// Writes the plan. `exact`: the engine and libpmig ask for the saved tids.
 pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inherited: &[PlanObject]) -> Result<Prepared> {
     let m = &img.manifest;
     let image_fd = inherit(File::open(image).context("cannot reopen the image")?)?;
     let mut objects = Vec::with_capacity(m.objects.len());
+    // Objects the tree shares are made (and filled) once for all its processes.
+    let shared = |ino: u64| inherited.iter().find(|o| o.ino == ino && o.kind == pmig_abi::OBJECT_SHARED_MEMORY).map(|o| o.fd);
     for o in &m.objects {
-        objects.push(PlanObject { ino: o.ino, fd: make_object(m, o)?, kind: pmig_abi::OBJECT_SHARED_MEMORY });
+        let fd = match shared(o.ino) {
+            Some(fd) => fd,
+            // MAP_SHARED anonymous memory no other process shares: mapped anonymous again.
+            None if o.name == SHARED_ANON_NAME => -1,
+            None => make_object(m, o)?,
+        };
+        objects.push(PlanObject { ino: o.ino, fd, kind: pmig_abi::OBJECT_SHARED_MEMORY });
     }
-    objects.extend_from_slice(inherited);
+    objects.extend(inherited.iter().filter(|o| o.kind != pmig_abi::OBJECT_SHARED_MEMORY));
 
     let mut files: HashMap<(String, bool), i32> = HashMap::new();
     let mut segments: HashMap<i32, (i32, bool)> = HashMap::new();
@@ -129,7 +141,11 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
             }
             RegionKind::SharedObject { object, offset } => {
                 let o = objects.get(*object as usize).context("a region maps a missing shared object")?;
-                (region_kind::FILE_SHARED, o.fd, *offset)
+                if o.fd < 0 {
+                    (region_kind::SHARED_ANON, -1, 0)
+                } else {
+                    (region_kind::FILE_SHARED, o.fd, *offset)
+                }
             }
             RegionKind::SysvShm { key, shmid, size, mode } => {
                 let (id, new) = match segments.get(shmid) {
@@ -153,9 +169,11 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
                 continue;
             }
         };
-        let flags = if r.runs.is_empty() { 0 } else { REGION_FILL };
+        // A tree's shared object was filled before any of its processes existed.
+        let filled = matches!(&r.kind, RegionKind::SharedObject { object, .. } if m.objects.get(*object as usize).is_some_and(|o| shared(o.ino).is_some()));
+        let flags = if r.runs.is_empty() || filled { 0 } else { REGION_FILL };
         regions.push(PlanRegion { start: r.start, end: r.end, prot: r.prot, kind, fd, flags, offset });
-        for run in &r.runs {
+        for run in r.runs.iter().filter(|_| !filled) {
             runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.base + img.header.pages_off + run.data_off });
         }
     }

@@ -6,16 +6,27 @@
  * number and checks the answer: the step squared plus the worker's number, computed by the
  * worker, which also checks that its parent is still the parent and its pid is its own. At the
  * end the parent closes the request pipes, the workers exit 0, and the parent reaps all three
- * children and checks their statuses.
+ * children and checks their statuses. A MAP_SHARED anonymous page made before the forks holds a
+ * counter per worker (each worker adds one per request, the parent checks it: the page must
+ * stay one page shared by all) and a process-shared POSIX semaphore each worker posts once
+ * per request and the parent waits on (a futex in shared memory, woken across processes).
  *
  * Usage: tree STEPS
  */
 #include "common.h"
 
+#include <semaphore.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+struct shared {
+    long count[2];
+    sem_t done;
+};
+static struct shared *sh;
 
 static void worker(int n, int req, int ans, pid_t parent, pid_t me)
 {
@@ -29,6 +40,7 @@ static void worker(int n, int req, int ans, pid_t parent, pid_t me)
                 continue;
             _exit(10);
         }
+        __atomic_add_fetch(&sh->count[n], 1, __ATOMIC_SEQ_CST);
         long answer = step * step + n;
         if (getppid() != parent || (pid_t)syscall(SYS_getpid) != me)
             answer = -1;
@@ -43,6 +55,7 @@ static void worker(int n, int req, int ans, pid_t parent, pid_t me)
         }
         if (write(ans, &answer, sizeof answer) != sizeof answer)
             _exit(11);
+        sem_post(&sh->done);
     }
 }
 
@@ -50,6 +63,9 @@ int main(int argc, char **argv)
 {
     long steps = parse_steps(argc, argv, "STEPS");
     pid_t parent = getpid();
+    sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED || sem_init(&sh->done, 1, 0) != 0)
+        return 4;
     int req[2][2], ans[2][2];
     pid_t kids[2];
     for (int i = 0; i < 2; i++) {
@@ -88,6 +104,12 @@ int main(int argc, char **argv)
                 corrupt("step %ld: worker %d did not answer (%zd: %s)", step, i, r, strerror(errno));
             if (answer != step * step + i)
                 corrupt("step %ld: worker %d answered %ld, not %ld", step, i, answer, step * step + i);
+            while (sem_wait(&sh->done) != 0)
+                if (errno != EINTR)
+                    corrupt("step %ld: sem_wait: %s", step, strerror(errno));
+            long c = __atomic_load_n(&sh->count[i], __ATOMIC_SEQ_CST);
+            if (c != step)
+                corrupt("step %ld: worker %d's counter in shared memory reads %ld (the page is no longer shared?)", step, i, c);
         }
         step_line(step);
         if (step < steps)
