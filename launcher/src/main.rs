@@ -10,8 +10,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
-const USAGE: &str = "usage: pmig-run [--image PATH | --to HOST:PORT --token-file FILE [--compress]] [--exit]
-                [--signal SIG] [--drop-unsupported] [--allow-static] [--] PROGRAM [ARGS...]
+#[path = "man.rs"]
+mod man;
+
+const USAGE: &str = "usage: pmig-run [--image PATH | --to HOST:PORT --token-file FILE [--compress] [--shared-fs]]
+                [--exit] [--signal SIG] [--drop-unsupported] [--allow-static] [--] PROGRAM [ARGS...]
 
 Runs PROGRAM under pmig. `kill -SIG <pid>` (default SIGUSR2) then writes a checkpoint image
 that `pmig-resume IMAGE` turns back into the running program, here or on another host.
@@ -19,7 +22,8 @@ that `pmig-resume IMAGE` turns back into the running program, here or on another
   --image PATH   where the image goes (default: ./PROGRAM-PID.pmig)
   --exit         exit (status 0) once the image is safely written, to move the program
                  (a checkpoint that fails leaves the program running)
-  --to HOST:PORT send the checkpoint straight to `pmig-resume --listen` there (no image
+  --to HOST:PORT
+                 send the checkpoint straight to `pmig-resume --listen` there (no image
                  file here); the program exits once the receiver has the whole image and
                  checked it, and goes on here if the transfer fails
   --to ssh://[USER@]HOST[:PORT]
@@ -27,7 +31,7 @@ that `pmig-resume IMAGE` turns back into the running program, here or on another
                  program then runs there in the background, its output in a log file
                  ($PMIG_SSH replaces the ssh command, $PMIG_REMOTE_RESUME pmig-resume's path)
   --token-file FILE
-                 the secret shared with the receiver (needed with --to)
+                 the secret shared with the receiver (needed with --to HOST:PORT)
   --compress     LZ4-compress the transfer (for slow links)
   --shared-fs    the hosts share a file system: carry no files (the target must see the
                  program's files at the same paths)
@@ -35,9 +39,90 @@ that `pmig-resume IMAGE` turns back into the running program, here or on another
   --drop-unsupported
                  checkpoint even if the program holds something pmig cannot restore yet;
                  such fds are left out (closed after restore), with a warning
-  --allow-static run a statically linked PROGRAM anyway (refused by default: pmig cannot
+  --allow-static
+                 run a statically linked PROGRAM anyway (refused by default: pmig cannot
                  be loaded into it), for one that only starts dynamically linked programs
+  PMIG_PRELOAD=PATH
+                 the libpmig.so to preload (default: next to pmig-run, or in
+                 ../lib/pmig/ from it)
   PMIG_DEBUG=1   log each checkpoint and restore phase to stderr";
+
+/// What the command line asks for.
+#[derive(Debug)]
+struct Args {
+    image: Option<PathBuf>,
+    exit_after: bool,
+    drop_unsupported: bool,
+    allow_static: bool,
+    to: Option<String>,
+    token_file: Option<PathBuf>,
+    compress: bool,
+    shared_fs: bool,
+    signal: i32,
+    /// The program and its arguments.
+    prog: OsString,
+    rest: Vec<OsString>,
+}
+
+/// Reads the command line: options, then the program and its own arguments untouched.
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let mut a = Args {
+        image: None,
+        exit_after: false,
+        drop_unsupported: false,
+        allow_static: false,
+        to: None,
+        token_file: None,
+        compress: false,
+        shared_fs: false,
+        signal: libc::SIGUSR2,
+        prog: OsString::new(),
+        rest: Vec::new(),
+    };
+    let value = |p: &mut lexopt::Parser, name: &str| p.value().map_err(|_| format!("{name} needs a value"));
+    loop {
+        let arg = p.next().map_err(|e| e.to_string())?;
+        match arg {
+            Some(Long("help") | Short('h')) => {
+                println!("{USAGE}");
+                exit(0)
+            }
+            Some(Long("version") | Short('V')) => {
+                println!("{}", man::version("pmig-run"));
+                exit(0)
+            }
+            Some(Long("help-man")) => {
+                print!("{}", man::man_page("pmig-run", "run a program so that it can be checkpointed and moved", USAGE, "pmig-resume"));
+                exit(0)
+            }
+            Some(Long("exit")) => a.exit_after = true,
+            Some(Long("drop-unsupported")) => a.drop_unsupported = true,
+            Some(Long("allow-static")) => a.allow_static = true,
+            Some(Long("compress")) => a.compress = true,
+            Some(Long("shared-fs")) => a.shared_fs = true,
+            Some(Long("image")) => a.image = Some(value(&mut p, "--image")?.into()),
+            Some(Long("to")) => a.to = Some(value(&mut p, "--to")?.to_string_lossy().into_owned()),
+            Some(Long("token-file")) => a.token_file = Some(value(&mut p, "--token-file")?.into()),
+            Some(Long("signal")) => {
+                let v = value(&mut p, "--signal")?;
+                let s = v.to_string_lossy();
+                a.signal = parse_signal(&s).ok_or_else(|| format!("unknown signal {s:?}"))?;
+                if a.signal == libc::SIGKILL || a.signal == libc::SIGSTOP {
+                    return Err("SIGKILL and SIGSTOP cannot be caught, so they cannot trigger a checkpoint".into());
+                }
+            }
+            Some(Value(prog)) => {
+                a.prog = prog;
+                a.rest = p.raw_args().map_err(|e| e.to_string())?.collect();
+                return Ok(a);
+            }
+            Some(other) => return Err(other.unexpected().to_string()),
+            None => return Err("no program given".into()),
+        }
+    }
+}
 
 fn die(msg: &str) -> ! {
     eprintln!("pmig-run: {msg}");
@@ -223,56 +308,11 @@ fn find_library() -> PathBuf {
 }
 
 fn main() {
-    let mut args = std::env::args_os().skip(1).peekable();
-    let mut image: Option<PathBuf> = None;
-    let mut exit_after = false;
-    let mut drop_unsupported = false;
-    let mut allow_static = false;
-    let mut to: Option<String> = None;
-    let mut token_file: Option<PathBuf> = None;
-    let mut compress = false;
-    let mut shared_fs = false;
-    let mut signal = libc::SIGUSR2;
-    while let Some(a) = args.peek() {
-        let a = a.to_string_lossy().into_owned();
-        match a.as_str() {
-            "--" => {
-                args.next();
-                break;
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                exit(0)
-            }
-            "--exit" => exit_after = true,
-            "--drop-unsupported" => drop_unsupported = true,
-            "--allow-static" => allow_static = true,
-            "--compress" => compress = true,
-            "--shared-fs" => shared_fs = true,
-            "--image" | "--signal" | "--to" | "--token-file" => {
-                args.next();
-                let v = args.peek().unwrap_or_else(|| die(&format!("{a} needs a value\n{USAGE}"))).clone();
-                if a == "--image" {
-                    image = Some(PathBuf::from(v));
-                } else if a == "--to" {
-                    to = Some(v.to_string_lossy().into_owned());
-                } else if a == "--token-file" {
-                    token_file = Some(PathBuf::from(v));
-                } else {
-                    let s = v.to_string_lossy();
-                    signal = parse_signal(&s).unwrap_or_else(|| die(&format!("unknown signal {s:?}")));
-                    if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-                        die("SIGKILL and SIGSTOP cannot be caught, so they cannot trigger a checkpoint");
-                    }
-                }
-            }
-            s if s.starts_with('-') => die(&format!("unknown option {s}\n{USAGE}")),
-            _ => break,
-        }
-        args.next();
-    }
-    let prog: OsString = args.next().unwrap_or_else(|| die(&format!("no program given\n{USAGE}")));
-    let rest: Vec<OsString> = args.collect();
+    let Args { image, exit_after, drop_unsupported, allow_static, to, token_file, compress, shared_fs, signal, prog, rest } =
+        parse_args(std::env::args_os().skip(1)).unwrap_or_else(|e| {
+            eprintln!("{}", man::usage_error("pmig-run", USAGE, &e));
+            exit(2)
+        });
     let prog_s = prog.to_string_lossy().into_owned();
     let resolved =
         find_program(&prog_s).unwrap_or_else(|| die(&format!("{prog_s}: no such program (or not executable)")));
@@ -351,6 +391,33 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(a: &[&str]) -> Result<Args, String> {
+        parse_args(a.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn options_stop_at_the_program_whose_arguments_are_its_own() {
+        let a = args(&["--exit", "--image=/tmp/x.pmig", "--signal", "USR1", "prog", "--image", "y", "--"]).unwrap();
+        assert!(a.exit_after);
+        assert_eq!(a.image, Some(PathBuf::from("/tmp/x.pmig")));
+        assert_eq!(a.signal, libc::SIGUSR1);
+        assert_eq!(a.prog, "prog");
+        assert_eq!(a.rest, ["--image", "y", "--"]);
+        let a = args(&["--to", "h:1", "--token-file", "t", "--compress", "--shared-fs", "--drop-unsupported", "--allow-static", "--", "--prog"]).unwrap();
+        assert!(a.compress && a.shared_fs && a.drop_unsupported && a.allow_static);
+        assert_eq!((a.to.as_deref(), a.token_file), (Some("h:1"), Some(PathBuf::from("t"))));
+        assert_eq!(a.prog, "--prog");
+    }
+
+    #[test]
+    fn bad_command_lines_say_what_is_wrong() {
+        assert_eq!(args(&["--bogus", "prog"]).unwrap_err(), "invalid option '--bogus'");
+        assert_eq!(args(&["--image"]).unwrap_err(), "--image needs a value");
+        assert_eq!(args(&["--exit"]).unwrap_err(), "no program given");
+        assert_eq!(args(&["--signal", "9", "p"]).unwrap_err(), "SIGKILL and SIGSTOP cannot be caught, so they cannot trigger a checkpoint");
+        assert_eq!(args(&["--signal", "NOPE", "p"]).unwrap_err(), "unknown signal \"NOPE\"");
+    }
 
     #[test]
     fn signals_parse() {
