@@ -1,6 +1,7 @@
 //! `pmig-run`: start a program under pmig.
 //!
-//! Sets `LD_PRELOAD` to `libpmig.so` (found next to this binary, or at `$PMIG_PRELOAD`), passes
+//! Sets `LD_PRELOAD` to `libpmig.so` (found next to this binary or in `../lib/pmig/` from it,
+//! or at `$PMIG_PRELOAD`), passes
 //! the settings in `PMIG_*` variables, prints how to checkpoint, and execs the program, so the
 //! program keeps the pid `pmig-run` was started with.
 
@@ -297,14 +298,17 @@ fn find_library() -> PathBuf {
         return p;
     }
     let exe = std::env::current_exe().unwrap_or_else(|e| die(&format!("cannot find my own path: {e}")));
-    let lib = exe.parent().unwrap_or(Path::new("/")).join("libpmig.so");
-    if !lib.is_file() {
-        die(&format!(
-            "cannot find libpmig.so next to pmig-run (looked for {}); install it there or set PMIG_PRELOAD to its path",
-            lib.display()
-        ));
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    // Beside pmig-run (a build directory), or where install.sh puts it (PREFIX/lib/pmig).
+    let places = [dir.join("libpmig.so"), dir.join("../lib/pmig/libpmig.so")];
+    match places.iter().find(|p| p.is_file()) {
+        Some(lib) => lib.clone(),
+        None => die(&format!(
+            "cannot find libpmig.so next to pmig-run (looked for {} and {}); install it there or set PMIG_PRELOAD to its path",
+            places[0].display(),
+            places[1].display()
+        )),
     }
-    lib
 }
 
 fn main() {

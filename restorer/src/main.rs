@@ -294,11 +294,13 @@ fn engine_path() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let me = std::env::current_exe().context("cannot find my own path")?;
-    let p = me.parent().unwrap_or(Path::new("/")).join("pmig-restore-engine");
-    if !p.is_file() {
-        bail!("the restore engine is missing: expected {} next to pmig-resume", p.display());
+    let dir = me.parent().unwrap_or(Path::new("/"));
+    // Beside pmig-resume (a build directory), or where install.sh puts it (PREFIX/lib/pmig).
+    let places = [dir.join("pmig-restore-engine"), dir.join("../lib/pmig/pmig-restore-engine")];
+    match places.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.clone()),
+        None => bail!("the restore engine is missing: expected {} or {}", places[0].display(), places[1].display()),
     }
-    Ok(p)
 }
 
 /// `(name, start, end)` of each piece of a vdso block.
