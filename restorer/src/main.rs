@@ -15,6 +15,7 @@ macro_rules! say {
     }};
 }
 
+mod addrs;
 mod ns;
 mod plan;
 mod receive;
@@ -29,7 +30,7 @@ use std::process::{exit, Command};
 #[path = "../../launcher/src/man.rs"]
 mod man;
 
-const USAGE: &str = "usage: pmig-resume [--ids auto|exact|virtual] IMAGE|-
+const USAGE: &str = "usage: pmig-resume [--ids auto|exact|virtual] [--allow-unbound] IMAGE|-
        pmig-resume --inspect IMAGE|-
        pmig-resume --listen [ADDR:]PORT --token-file FILE [--keep-listening] [--as-owner] [--root DIR]
 
@@ -62,6 +63,11 @@ process's stdin, stdout and stderr in place of the saved terminal, pipe or socke
                  exits with the program's status); virtual: the program runs with this
                  process's pid and libc's getpid/gettid answer the saved ids; auto
                  (default): exact where namespaces can be had, else virtual, saying so
+  --allow-unbound
+                 restore even if an address the program listened on is in use here
+                 (typically by the original, still running): the program goes on
+                 without that socket (closed), with a warning. Without it such a
+                 restore is refused, naming the address, before anything is touched
   PMIG_ENGINE=PATH
                  the restore engine to run (default: next to pmig-resume, or in
                  ../lib/pmig/ from it)
@@ -80,6 +86,7 @@ struct Args {
     ssh_receiver: bool,
     log: Option<PathBuf>,
     ids: ns::Ids,
+    allow_unbound: bool,
 }
 
 /// Reads the command line; options and the one image may come in any order.
@@ -97,6 +104,7 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Args
         ssh_receiver: false,
         log: None,
         ids: ns::Ids::Auto,
+        allow_unbound: false,
     };
     let value = |p: &mut lexopt::Parser, name: &str| p.value().map_err(|_| format!("{name} needs a value"));
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
@@ -117,6 +125,7 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Args
             Long("keep-listening") => a.keep = true,
             Long("as-owner") => a.as_owner = true,
             Long("ssh-receiver") => a.ssh_receiver = true,
+            Long("allow-unbound") => a.allow_unbound = true,
             Long("listen") => a.listen = Some(value(&mut p, "--listen")?.string().map_err(|e| e.to_string())?),
             Long("token-file") => a.token_file = Some(value(&mut p, "--token-file")?.into()),
             Long("root") => a.root = Some(value(&mut p, "--root")?.into()),
@@ -134,7 +143,7 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Args
 }
 
 fn main() {
-    let Args { inspect, image, listen, token_file, keep, as_owner, root, ssh_receiver, log, ids } =
+    let Args { inspect, image, listen, token_file, keep, as_owner, root, ssh_receiver, log, ids, allow_unbound } =
         parse_args(std::env::args_os().skip(1)).unwrap_or_else(|e| {
             say!("{}", man::usage_error("pmig-resume", USAGE, &e));
             exit(2)
@@ -171,6 +180,7 @@ fn main() {
                 if inspect {
                     return print_inspect(&img);
                 }
+                check_addresses(&img, allow_unbound)?;
                 restore(&s.path, &img, false, ids).map(|_| drop(s.file))
             })
             .with_context(|| "standard input".to_string()),
@@ -180,6 +190,7 @@ fn main() {
             if inspect {
                 return print_inspect(&img);
             }
+            check_addresses(&img, allow_unbound)?;
             restore(&path, &img, false, ids)
         })()
         .with_context(|| i.clone()),
@@ -224,6 +235,31 @@ fn detach(img: &VerifiedImage, log: Option<&Path>) -> Result<()> {
         libc::dup2(out.as_raw_fd(), 2);
     }
     Ok(())
+}
+
+/// Refuses to restore a program whose listening addresses another process holds here
+/// (the original, still running, typically), naming them; with `--allow-unbound`, warns and
+/// goes on. Only for images from a file or stdin: a program sent with `--to` leaves its
+/// host once the receiver has it, so its addresses are free by the time it is restored.
+fn check_addresses(img: &VerifiedImage, allow_unbound: bool) -> Result<()> {
+    let taken = addrs::taken(&img.manifest);
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let list = taken
+        .iter()
+        .map(|t| format!("{} {} (fd {})", t.proto, t.addr, t.fds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (what, is) = if taken.len() == 1 { ("address", "is") } else { ("addresses", "are") };
+    if allow_unbound {
+        say!("pmig-resume: warning: the program's {what} {list} {is} in use here (EADDRINUSE): it goes on without {} (--allow-unbound)", if taken.len() == 1 { "that socket" } else { "those sockets" });
+        return Ok(());
+    }
+    bail!(
+        "the program listened on {what} {list}, which {is} in use here (EADDRINUSE), probably by the original program, still running; stop it first, or restore without {} with --allow-unbound",
+        if taken.len() == 1 { "that socket" } else { "them" }
+    )
 }
 
 fn fail(msg: &str) -> ! {
@@ -401,6 +437,7 @@ mod tests {
         assert_eq!((a.listen.as_deref(), a.token_file), (Some("7070"), Some(PathBuf::from("t"))));
         assert!(a.keep && a.as_owner && a.image.is_none());
         assert_eq!(a.root, Some(PathBuf::from("/r")));
+        assert!(args(&["--allow-unbound", "i"]).unwrap().allow_unbound);
         let a = args(&["--ssh-receiver", "--log", "l", "--ids=virtual"]).unwrap();
         assert!(a.ssh_receiver);
         assert_eq!((a.log, a.ids), (Some(PathBuf::from("l")), ns::Ids::Virtual));
@@ -417,7 +454,7 @@ mod tests {
     #[test]
     fn the_man_page_lists_every_option() {
         let m = man::man_page("pmig-resume", "x", USAGE, "pmig-run");
-        for o in ["inspect", "listen", "token\\-file", "keep\\-listening", "as\\-owner", "ssh\\-receiver", "log", "root", "ids"] {
+        for o in ["allow\\-unbound", "inspect", "listen", "token\\-file", "keep\\-listening", "as\\-owner", "ssh\\-receiver", "log", "root", "ids"] {
             assert!(m.contains(&format!(".TP\n\\fB\\-\\-{o}\\fR")), "{o} missing from\n{m}");
         }
     }
