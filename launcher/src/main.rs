@@ -19,6 +19,8 @@ const USAGE: &str = "usage: pmig-run [--image PATH | --to HOST:PORT --token-file
 
 Runs PROGRAM under pmig. `kill -SIG <pid>` (default SIGUSR2) then writes a checkpoint image
 that `pmig-resume IMAGE` turns back into the running program, here or on another host.
+pmig's own messages go to the program's stderr, or to IMAGE.log when that is a file the
+program writes at an offset (a resumed program would write over them); this line says so.
 
   --image PATH   where the image goes (default: ./PROGRAM-PID.pmig)
   --exit         exit (status 0) once the image is safely written, to move the program
@@ -289,6 +291,16 @@ fn refusal(prog: &Path, found: &Path, why: &NoPreload) -> String {
     }
 }
 
+/// Whether a line added to stderr stays there: anything but a file written at an offset
+/// (`2>file`, not `2>>file`), as libpmig decides.
+fn stderr_keeps_lines() -> bool {
+    let Ok(md) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    let t = md.file_type();
+    // SAFETY: F_GETFL on fd 2 only reads its flags.
+    let flags = unsafe { libc::fcntl(2, libc::F_GETFL) };
+    !t.is_file() || flags >= 0 && flags & libc::O_APPEND != 0
+}
+
 fn find_library() -> PathBuf {
     if let Some(p) = std::env::var_os("PMIG_PRELOAD") {
         let p = PathBuf::from(p);
@@ -359,13 +371,17 @@ fn main() {
         preload.push(":");
         preload.push(old);
     }
+    // libpmig writes its lines beside the image when stderr is a file written at an offset,
+    // which a resumed program would write over (preload/src/log.rs): say so here, where the
+    // user reads the program's output.
+    let elsewhere = if stderr_keeps_lines() { String::new() } else { format!("; pmig's messages go to {}.log", image.display()) };
     match &to {
         Some(t) => eprintln!(
-            "pmig: running {prog_s} as pid {pid}; move it to {t} with: kill -{} {pid}",
+            "pmig: running {prog_s} as pid {pid}; move it to {t} with: kill -{} {pid}{elsewhere}",
             signal_name(signal)
         ),
         None => eprintln!(
-            "pmig: running {prog_s} as pid {pid}; checkpoint with: kill -{} {pid}  (image: {})",
+            "pmig: running {prog_s} as pid {pid}; checkpoint with: kill -{} {pid}  (image: {}){elsewhere}",
             signal_name(signal),
             image.display()
         ),

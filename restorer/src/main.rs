@@ -37,6 +37,8 @@ const USAGE: &str = "usage: pmig-resume [--ids auto|exact|virtual] [--allow-unbo
 Turns this process into the program saved in IMAGE (written by a checkpoint of a program run
 under pmig-run), which then goes on where it stopped, with this process's pid, and with this
 process's stdin, stdout and stderr in place of the saved terminal, pipe or socket ones.
+What pmig says while restoring (fds it could not make again, ...) goes to this process's
+stderr.
 
   -              read the image from standard input (cat app.pmig | ssh host pmig-resume -)
   --inspect      print what the image holds and exit, restoring nothing
