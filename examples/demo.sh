@@ -4,8 +4,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+tests/deps.sh --demo   # gcc, for the example program
 cargo build --workspace --quiet
-bin=$root/target/debug
+bin=${CARGO_TARGET_DIR:-$root/target}/debug
 work=$(mktemp -d /tmp/pmig-demo.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 gcc -O1 -o "$work/counter" examples/counter.c

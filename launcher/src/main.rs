@@ -1,6 +1,7 @@
 //! `pmig-run`: start a program under pmig.
 //!
-//! Sets `LD_PRELOAD` to `libpmig.so` (found next to this binary, or at `$PMIG_PRELOAD`), passes
+//! Sets `LD_PRELOAD` to `libpmig.so` (found next to this binary or in `../lib/pmig/` from it,
+//! or at `$PMIG_PRELOAD`), passes
 //! the settings in `PMIG_*` variables, prints how to checkpoint, and execs the program, so the
 //! program keeps the pid `pmig-run` was started with.
 
@@ -10,16 +11,22 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
-const USAGE: &str = "usage: pmig-run [--image PATH | --to HOST:PORT --token-file FILE [--compress]] [--exit]
-                [--signal SIG] [--drop-unsupported] [--allow-static] [--] PROGRAM [ARGS...]
+#[path = "man.rs"]
+mod man;
+
+const USAGE: &str = "usage: pmig-run [--image PATH | --to HOST:PORT --token-file FILE [--compress] [--shared-fs]]
+                [--exit] [--signal SIG] [--drop-unsupported] [--allow-static] [--] PROGRAM [ARGS...]
 
 Runs PROGRAM under pmig. `kill -SIG <pid>` (default SIGUSR2) then writes a checkpoint image
 that `pmig-resume IMAGE` turns back into the running program, here or on another host.
+pmig's own messages go to the program's stderr, or to IMAGE.log when that is a file the
+program writes at an offset (a resumed program would write over them); this line says so.
 
   --image PATH   where the image goes (default: ./PROGRAM-PID.pmig)
   --exit         exit (status 0) once the image is safely written, to move the program
                  (a checkpoint that fails leaves the program running)
-  --to HOST:PORT send the checkpoint straight to `pmig-resume --listen` there (no image
+  --to HOST:PORT
+                 send the checkpoint straight to `pmig-resume --listen` there (no image
                  file here); the program exits once the receiver has the whole image and
                  checked it, and goes on here if the transfer fails
   --to ssh://[USER@]HOST[:PORT]
@@ -27,7 +34,7 @@ that `pmig-resume IMAGE` turns back into the running program, here or on another
                  program then runs there in the background, its output in a log file
                  ($PMIG_SSH replaces the ssh command, $PMIG_REMOTE_RESUME pmig-resume's path)
   --token-file FILE
-                 the secret shared with the receiver (needed with --to)
+                 the secret shared with the receiver (needed with --to HOST:PORT)
   --compress     LZ4-compress the transfer (for slow links)
   --shared-fs    the hosts share a file system: carry no files (the target must see the
                  program's files at the same paths)
@@ -35,9 +42,90 @@ that `pmig-resume IMAGE` turns back into the running program, here or on another
   --drop-unsupported
                  checkpoint even if the program holds something pmig cannot restore yet;
                  such fds are left out (closed after restore), with a warning
-  --allow-static run a statically linked PROGRAM anyway (refused by default: pmig cannot
+  --allow-static
+                 run a statically linked PROGRAM anyway (refused by default: pmig cannot
                  be loaded into it), for one that only starts dynamically linked programs
+  PMIG_PRELOAD=PATH
+                 the libpmig.so to preload (default: next to pmig-run, or in
+                 ../lib/pmig/ from it)
   PMIG_DEBUG=1   log each checkpoint and restore phase to stderr";
+
+/// What the command line asks for.
+#[derive(Debug)]
+struct Args {
+    image: Option<PathBuf>,
+    exit_after: bool,
+    drop_unsupported: bool,
+    allow_static: bool,
+    to: Option<String>,
+    token_file: Option<PathBuf>,
+    compress: bool,
+    shared_fs: bool,
+    signal: i32,
+    /// The program and its arguments.
+    prog: OsString,
+    rest: Vec<OsString>,
+}
+
+/// Reads the command line: options, then the program and its own arguments untouched.
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let mut a = Args {
+        image: None,
+        exit_after: false,
+        drop_unsupported: false,
+        allow_static: false,
+        to: None,
+        token_file: None,
+        compress: false,
+        shared_fs: false,
+        signal: libc::SIGUSR2,
+        prog: OsString::new(),
+        rest: Vec::new(),
+    };
+    let value = |p: &mut lexopt::Parser, name: &str| p.value().map_err(|_| format!("{name} needs a value"));
+    loop {
+        let arg = p.next().map_err(|e| e.to_string())?;
+        match arg {
+            Some(Long("help") | Short('h')) => {
+                println!("{USAGE}");
+                exit(0)
+            }
+            Some(Long("version") | Short('V')) => {
+                println!("{}", man::version("pmig-run"));
+                exit(0)
+            }
+            Some(Long("help-man")) => {
+                print!("{}", man::man_page("pmig-run", "run a program so that it can be checkpointed and moved", USAGE, "pmig-resume"));
+                exit(0)
+            }
+            Some(Long("exit")) => a.exit_after = true,
+            Some(Long("drop-unsupported")) => a.drop_unsupported = true,
+            Some(Long("allow-static")) => a.allow_static = true,
+            Some(Long("compress")) => a.compress = true,
+            Some(Long("shared-fs")) => a.shared_fs = true,
+            Some(Long("image")) => a.image = Some(value(&mut p, "--image")?.into()),
+            Some(Long("to")) => a.to = Some(value(&mut p, "--to")?.to_string_lossy().into_owned()),
+            Some(Long("token-file")) => a.token_file = Some(value(&mut p, "--token-file")?.into()),
+            Some(Long("signal")) => {
+                let v = value(&mut p, "--signal")?;
+                let s = v.to_string_lossy();
+                a.signal = parse_signal(&s).ok_or_else(|| format!("unknown signal {s:?}"))?;
+                if a.signal == libc::SIGKILL || a.signal == libc::SIGSTOP {
+                    return Err("SIGKILL and SIGSTOP cannot be caught, so they cannot trigger a checkpoint".into());
+                }
+            }
+            Some(Value(prog)) => {
+                a.prog = prog;
+                a.rest = p.raw_args().map_err(|e| e.to_string())?.collect();
+                return Ok(a);
+            }
+            Some(other) => return Err(other.unexpected().to_string()),
+            None => return Err("no program given".into()),
+        }
+    }
+}
 
 fn die(msg: &str) -> ! {
     eprintln!("pmig-run: {msg}");
@@ -203,6 +291,16 @@ fn refusal(prog: &Path, found: &Path, why: &NoPreload) -> String {
     }
 }
 
+/// Whether a line added to stderr stays there: anything but a file written at an offset
+/// (`2>file`, not `2>>file`), as libpmig decides.
+fn stderr_keeps_lines() -> bool {
+    let Ok(md) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    let t = md.file_type();
+    // SAFETY: F_GETFL on fd 2 only reads its flags.
+    let flags = unsafe { libc::fcntl(2, libc::F_GETFL) };
+    !t.is_file() || flags >= 0 && flags & libc::O_APPEND != 0
+}
+
 fn find_library() -> PathBuf {
     if let Some(p) = std::env::var_os("PMIG_PRELOAD") {
         let p = PathBuf::from(p);
@@ -212,67 +310,25 @@ fn find_library() -> PathBuf {
         return p;
     }
     let exe = std::env::current_exe().unwrap_or_else(|e| die(&format!("cannot find my own path: {e}")));
-    let lib = exe.parent().unwrap_or(Path::new("/")).join("libpmig.so");
-    if !lib.is_file() {
-        die(&format!(
-            "cannot find libpmig.so next to pmig-run (looked for {}); install it there or set PMIG_PRELOAD to its path",
-            lib.display()
-        ));
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    // Beside pmig-run (a build directory), or where install.sh puts it (PREFIX/lib/pmig).
+    let places = [dir.join("libpmig.so"), dir.join("../lib/pmig/libpmig.so")];
+    match places.iter().find(|p| p.is_file()) {
+        Some(lib) => lib.clone(),
+        None => die(&format!(
+            "cannot find libpmig.so next to pmig-run (looked for {} and {}); install it there or set PMIG_PRELOAD to its path",
+            places[0].display(),
+            places[1].display()
+        )),
     }
-    lib
 }
 
 fn main() {
-    let mut args = std::env::args_os().skip(1).peekable();
-    let mut image: Option<PathBuf> = None;
-    let mut exit_after = false;
-    let mut drop_unsupported = false;
-    let mut allow_static = false;
-    let mut to: Option<String> = None;
-    let mut token_file: Option<PathBuf> = None;
-    let mut compress = false;
-    let mut shared_fs = false;
-    let mut signal = libc::SIGUSR2;
-    while let Some(a) = args.peek() {
-        let a = a.to_string_lossy().into_owned();
-        match a.as_str() {
-            "--" => {
-                args.next();
-                break;
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                exit(0)
-            }
-            "--exit" => exit_after = true,
-            "--drop-unsupported" => drop_unsupported = true,
-            "--allow-static" => allow_static = true,
-            "--compress" => compress = true,
-            "--shared-fs" => shared_fs = true,
-            "--image" | "--signal" | "--to" | "--token-file" => {
-                args.next();
-                let v = args.peek().unwrap_or_else(|| die(&format!("{a} needs a value\n{USAGE}"))).clone();
-                if a == "--image" {
-                    image = Some(PathBuf::from(v));
-                } else if a == "--to" {
-                    to = Some(v.to_string_lossy().into_owned());
-                } else if a == "--token-file" {
-                    token_file = Some(PathBuf::from(v));
-                } else {
-                    let s = v.to_string_lossy();
-                    signal = parse_signal(&s).unwrap_or_else(|| die(&format!("unknown signal {s:?}")));
-                    if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-                        die("SIGKILL and SIGSTOP cannot be caught, so they cannot trigger a checkpoint");
-                    }
-                }
-            }
-            s if s.starts_with('-') => die(&format!("unknown option {s}\n{USAGE}")),
-            _ => break,
-        }
-        args.next();
-    }
-    let prog: OsString = args.next().unwrap_or_else(|| die(&format!("no program given\n{USAGE}")));
-    let rest: Vec<OsString> = args.collect();
+    let Args { image, exit_after, drop_unsupported, allow_static, to, token_file, compress, shared_fs, signal, prog, rest } =
+        parse_args(std::env::args_os().skip(1)).unwrap_or_else(|e| {
+            eprintln!("{}", man::usage_error("pmig-run", USAGE, &e));
+            exit(2)
+        });
     let prog_s = prog.to_string_lossy().into_owned();
     let resolved =
         find_program(&prog_s).unwrap_or_else(|| die(&format!("{prog_s}: no such program (or not executable)")));
@@ -315,13 +371,17 @@ fn main() {
         preload.push(":");
         preload.push(old);
     }
+    // libpmig writes its lines beside the image when stderr is a file written at an offset,
+    // which a resumed program would write over (preload/src/log.rs): say so here, where the
+    // user reads the program's output.
+    let elsewhere = if stderr_keeps_lines() { String::new() } else { format!("; pmig's messages go to {}.log", image.display()) };
     match &to {
         Some(t) => eprintln!(
-            "pmig: running {prog_s} as pid {pid}; move it to {t} with: kill -{} {pid}",
+            "pmig: running {prog_s} as pid {pid}; move it to {t} with: kill -{} {pid}{elsewhere}",
             signal_name(signal)
         ),
         None => eprintln!(
-            "pmig: running {prog_s} as pid {pid}; checkpoint with: kill -{} {pid}  (image: {})",
+            "pmig: running {prog_s} as pid {pid}; checkpoint with: kill -{} {pid}  (image: {}){elsewhere}",
             signal_name(signal),
             image.display()
         ),
@@ -351,6 +411,33 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(a: &[&str]) -> Result<Args, String> {
+        parse_args(a.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn options_stop_at_the_program_whose_arguments_are_its_own() {
+        let a = args(&["--exit", "--image=/tmp/x.pmig", "--signal", "USR1", "prog", "--image", "y", "--"]).unwrap();
+        assert!(a.exit_after);
+        assert_eq!(a.image, Some(PathBuf::from("/tmp/x.pmig")));
+        assert_eq!(a.signal, libc::SIGUSR1);
+        assert_eq!(a.prog, "prog");
+        assert_eq!(a.rest, ["--image", "y", "--"]);
+        let a = args(&["--to", "h:1", "--token-file", "t", "--compress", "--shared-fs", "--drop-unsupported", "--allow-static", "--", "--prog"]).unwrap();
+        assert!(a.compress && a.shared_fs && a.drop_unsupported && a.allow_static);
+        assert_eq!((a.to.as_deref(), a.token_file), (Some("h:1"), Some(PathBuf::from("t"))));
+        assert_eq!(a.prog, "--prog");
+    }
+
+    #[test]
+    fn bad_command_lines_say_what_is_wrong() {
+        assert_eq!(args(&["--bogus", "prog"]).unwrap_err(), "invalid option '--bogus'");
+        assert_eq!(args(&["--image"]).unwrap_err(), "--image needs a value");
+        assert_eq!(args(&["--exit"]).unwrap_err(), "no program given");
+        assert_eq!(args(&["--signal", "9", "p"]).unwrap_err(), "SIGKILL and SIGSTOP cannot be caught, so they cannot trigger a checkpoint");
+        assert_eq!(args(&["--signal", "NOPE", "p"]).unwrap_err(), "unknown signal \"NOPE\"");
+    }
 
     #[test]
     fn signals_parse() {

@@ -61,7 +61,10 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
             sys::exit_group(122);
         }
     };
-    let mut keep = [mb.plan_fd, mb.image_fd];
+    // pmig's lines go to pmig-resume's stderr until the program runs: held above every fd
+    // the restore places or moves, so it stays put (see `log`).
+    let top = m.fds.iter().map(|f| f.fd).max().unwrap_or(2);
+    let mut keep = [mb.plan_fd, mb.image_fd, log::hold_stderr(top + 64)];
     let gap = crate::timer::Gap::new(
         sys::realtime_ns().saturating_sub(m.host.time_ns),
         m.host.monotonic_ns,
@@ -113,6 +116,7 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     let pending: Vec<sys::SigInfo> =
         m.process.pending_signals.iter().filter_map(|i| <sys::SigInfo>::try_from(i.as_slice()).ok()).collect();
     signal::requeue(&pending, 0);
+    log::release();
     for k in keep {
         let _ = sys::close(k);
     }

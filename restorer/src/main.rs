@@ -15,6 +15,7 @@ macro_rules! say {
     }};
 }
 
+mod addrs;
 mod ns;
 mod plan;
 mod receive;
@@ -26,78 +27,129 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
-const USAGE: &str = "usage: pmig-resume [--inspect] IMAGE|-
+#[path = "../../launcher/src/man.rs"]
+mod man;
+
+const USAGE: &str = "usage: pmig-resume [--ids auto|exact|virtual] [--allow-unbound] IMAGE|-
+       pmig-resume --inspect IMAGE|-
        pmig-resume --listen [ADDR:]PORT --token-file FILE [--keep-listening] [--as-owner] [--root DIR]
 
 Turns this process into the program saved in IMAGE (written by a checkpoint of a program run
 under pmig-run), which then goes on where it stopped, with this process's pid, and with this
 process's stdin, stdout and stderr in place of the saved terminal, pipe or socket ones.
+What pmig says while restoring (fds it could not make again, ...) goes to this process's
+stderr.
 
-  -                 read the image from standard input (cat app.pmig | ssh host pmig-resume -)
-  --inspect         print what the image holds and exit, restoring nothing
+  -              read the image from standard input (cat app.pmig | ssh host pmig-resume -)
+  --inspect      print what the image holds and exit, restoring nothing
   --listen [ADDR:]PORT
-                    wait for one program sent by `pmig-run --to` and become it; prints one
-                    line when ready. A bare port listens on loopback (127.0.0.1); give an
-                    address only on a network you trust.
-  --token-file FILE the secret a sender must prove it knows (required with --listen)
-  --keep-listening  stay, and fork one restorer per arriving program
-  --as-owner        as root, also take programs of other users (restored as their owner)
-  --ssh-receiver    (run by `pmig-run --to ssh://HOST` through ssh) take one program on
-                    standard input/output, then run it in the background, its output in
-                    --log FILE (default ./pmig-PROGRAM.log)
-  --root DIR        put the files a sender carries (those missing or different here) under
-                    DIR instead of at their own paths; without it a sender whose files
-                    differ here is refused (pmig never replaces a file)
+                 wait for one program sent by `pmig-run --to` and become it; prints one
+                 line when ready. A bare port listens on loopback (127.0.0.1); give an
+                 address only on a network you trust.
+  --token-file FILE
+                 the secret a sender must prove it knows (required with --listen)
+  --keep-listening
+                 stay, and fork one restorer per arriving program
+  --as-owner     as root, also take programs of other users (restored as their owner)
+  --ssh-receiver (run by `pmig-run --to ssh://HOST` through ssh) take one program on
+                 standard input/output, then run it in the background, its output in
+                 --log FILE (default ./pmig-PROGRAM.log)
+  --log FILE     with --ssh-receiver: where the program's output goes
+  --root DIR     put the files a sender carries (those missing or different here) under
+                 DIR instead of at their own paths; without it a sender whose files
+                 differ here is refused (pmig never replaces a file)
   --ids auto|exact|virtual
-                    exact: the program keeps its pid and thread ids for real (a new pid
-                    namespace, and a user namespace when not root; this process stays as
-                    the program's handle: signals sent to it reach the program, and it
-                    exits with the program's status); virtual: the program runs with this
-                    process's pid and libc's getpid/gettid answer the saved ids; auto
-                    (default): exact where namespaces can be had, else virtual, saying so
-  PMIG_DEBUG=1      log each restore phase to stderr";
+                 exact: the program keeps its pid and thread ids for real (a new pid
+                 namespace, and a user namespace when not root; this process stays as
+                 the program's handle: signals sent to it reach the program, and it
+                 exits with the program's status); virtual: the program runs with this
+                 process's pid and libc's getpid/gettid answer the saved ids; auto
+                 (default): exact where namespaces can be had, else virtual, saying so
+  --allow-unbound
+                 restore even if an address the program listened on is in use here
+                 (typically by the original, still running): the program goes on
+                 without that socket (closed), with a warning. Without it such a
+                 restore is refused, naming the address, before anything is touched
+  PMIG_ENGINE=PATH
+                 the restore engine to run (default: next to pmig-resume, or in
+                 ../lib/pmig/ from it)
+  PMIG_DEBUG=1   log each restore phase to stderr";
 
-fn main() {
-    let mut args = std::env::args().skip(1);
-    let mut inspect = false;
-    let mut image: Option<String> = None;
-    let mut listen: Option<String> = None;
-    let mut token_file: Option<PathBuf> = None;
-    let mut keep = false;
-    let mut as_owner = false;
-    let mut root: Option<PathBuf> = None;
-    let mut ssh_receiver = false;
-    let mut log: Option<PathBuf> = None;
-    let mut ids = ns::Ids::Auto;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "-h" | "--help" => {
+/// What the command line asks for.
+#[derive(Debug)]
+struct Args {
+    inspect: bool,
+    image: Option<String>,
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
+    keep: bool,
+    as_owner: bool,
+    root: Option<PathBuf>,
+    ssh_receiver: bool,
+    log: Option<PathBuf>,
+    ids: ns::Ids,
+    allow_unbound: bool,
+}
+
+/// Reads the command line; options and the one image may come in any order.
+fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Args, String> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let mut a = Args {
+        inspect: false,
+        image: None,
+        listen: None,
+        token_file: None,
+        keep: false,
+        as_owner: false,
+        root: None,
+        ssh_receiver: false,
+        log: None,
+        ids: ns::Ids::Auto,
+        allow_unbound: false,
+    };
+    let value = |p: &mut lexopt::Parser, name: &str| p.value().map_err(|_| format!("{name} needs a value"));
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("help") | Short('h') => {
                 println!("{USAGE}");
-                return;
+                exit(0)
             }
-            "--inspect" => inspect = true,
-            "--keep-listening" => keep = true,
-            "--as-owner" => as_owner = true,
-            "--ssh-receiver" => ssh_receiver = true,
-            "--listen" | "--token-file" | "--root" | "--log" | "--ids" => {
-                let v = args.next().unwrap_or_else(|| fail(&format!("{a} needs a value\n{USAGE}")));
-                if a == "--ids" {
-                    ids = ns::Ids::parse(&v).unwrap_or_else(|| fail(&format!("--ids takes auto, exact or virtual, not {v}")));
-                } else if a == "--log" {
-                    log = Some(PathBuf::from(v));
-                } else if a == "--root" {
-                    root = Some(PathBuf::from(v));
-                } else if a == "--listen" {
-                    listen = Some(v);
-                } else {
-                    token_file = Some(PathBuf::from(v));
-                }
+            Long("version") | Short('V') => {
+                println!("{}", man::version("pmig-resume"));
+                exit(0)
             }
-            s if s.starts_with('-') && s != "-" => fail(&format!("unknown option {s}\n{USAGE}")),
-            s if image.is_none() => image = Some(s.to_string()),
-            _ => fail(&format!("more than one image given\n{USAGE}")),
+            Long("help-man") => {
+                print!("{}", man::man_page("pmig-resume", "become a program saved by pmig, here or on another host", USAGE, "pmig-run"));
+                exit(0)
+            }
+            Long("inspect") => a.inspect = true,
+            Long("keep-listening") => a.keep = true,
+            Long("as-owner") => a.as_owner = true,
+            Long("ssh-receiver") => a.ssh_receiver = true,
+            Long("allow-unbound") => a.allow_unbound = true,
+            Long("listen") => a.listen = Some(value(&mut p, "--listen")?.string().map_err(|e| e.to_string())?),
+            Long("token-file") => a.token_file = Some(value(&mut p, "--token-file")?.into()),
+            Long("root") => a.root = Some(value(&mut p, "--root")?.into()),
+            Long("log") => a.log = Some(value(&mut p, "--log")?.into()),
+            Long("ids") => {
+                let v = value(&mut p, "--ids")?.to_string_lossy().into_owned();
+                a.ids = ns::Ids::parse(&v).ok_or_else(|| format!("--ids takes auto, exact or virtual, not {v}"))?;
+            }
+            Value(v) if a.image.is_none() => a.image = Some(v.string().map_err(|e| e.to_string())?),
+            Value(_) => return Err("more than one image given".into()),
+            other => return Err(other.unexpected().to_string()),
         }
     }
+    Ok(a)
+}
+
+fn main() {
+    let Args { inspect, image, listen, token_file, keep, as_owner, root, ssh_receiver, log, ids, allow_unbound } =
+        parse_args(std::env::args_os().skip(1)).unwrap_or_else(|e| {
+            say!("{}", man::usage_error("pmig-resume", USAGE, &e));
+            exit(2)
+        });
     if ssh_receiver {
         let r = receive::Receiver { token: Vec::new(), as_owner: false, root: root.clone(), check_uid: false, ready: make_ready };
         let result = r.receive(&mut receive::Stdio).and_then(|(s, img)| {
@@ -120,13 +172,17 @@ fn main() {
             r.listen(&addr, keep).and_then(|(s, img)| restore(&s.path, &img, as_owner, ids).map(|_| drop(s.file)))
         }
         (Some(_), Some(_)) => fail("give either an image or --listen, not both"),
-        (None, None) => fail(&format!("no image given\n{USAGE}")),
+        (None, None) => {
+            say!("{}", man::usage_error("pmig-resume", USAGE, "no image given"));
+            exit(2)
+        }
         (None, Some(i)) if i == "-" => receive::from_stdin()
             .and_then(|s| {
                 let img = verify_file(&s.path).context("cannot use this image")?;
                 if inspect {
                     return print_inspect(&img);
                 }
+                check_addresses(&img, allow_unbound)?;
                 restore(&s.path, &img, false, ids).map(|_| drop(s.file))
             })
             .with_context(|| "standard input".to_string()),
@@ -136,6 +192,7 @@ fn main() {
             if inspect {
                 return print_inspect(&img);
             }
+            check_addresses(&img, allow_unbound)?;
             restore(&path, &img, false, ids)
         })()
         .with_context(|| i.clone()),
@@ -180,6 +237,31 @@ fn detach(img: &VerifiedImage, log: Option<&Path>) -> Result<()> {
         libc::dup2(out.as_raw_fd(), 2);
     }
     Ok(())
+}
+
+/// Refuses to restore a program whose listening addresses another process holds here
+/// (the original, still running, typically), naming them; with `--allow-unbound`, warns and
+/// goes on. Only for images from a file or stdin: a program sent with `--to` leaves its
+/// host once the receiver has it, so its addresses are free by the time it is restored.
+fn check_addresses(img: &VerifiedImage, allow_unbound: bool) -> Result<()> {
+    let taken = addrs::taken(&img.manifest);
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let list = taken
+        .iter()
+        .map(|t| format!("{} {} (fd {})", t.proto, t.addr, t.fds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (what, is) = if taken.len() == 1 { ("address", "is") } else { ("addresses", "are") };
+    if allow_unbound {
+        say!("pmig-resume: warning: the program's {what} {list} {is} in use here (EADDRINUSE): it goes on without {} (--allow-unbound)", if taken.len() == 1 { "that socket" } else { "those sockets" });
+        return Ok(());
+    }
+    bail!(
+        "the program listened on {what} {list}, which {is} in use here (EADDRINUSE), probably by the original program, still running; stop it first, or restore without {} with --allow-unbound",
+        if taken.len() == 1 { "that socket" } else { "them" }
+    )
 }
 
 fn fail(msg: &str) -> ! {
@@ -257,11 +339,13 @@ fn engine_path() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let me = std::env::current_exe().context("cannot find my own path")?;
-    let p = me.parent().unwrap_or(Path::new("/")).join("pmig-restore-engine");
-    if !p.is_file() {
-        bail!("the restore engine is missing: expected {} next to pmig-resume", p.display());
+    let dir = me.parent().unwrap_or(Path::new("/"));
+    // Beside pmig-resume (a build directory), or where install.sh puts it (PREFIX/lib/pmig).
+    let places = [dir.join("pmig-restore-engine"), dir.join("../lib/pmig/pmig-restore-engine")];
+    match places.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.clone()),
+        None => bail!("the restore engine is missing: expected {} or {}", places[0].display(), places[1].display()),
     }
-    Ok(p)
 }
 
 /// `(name, start, end)` of each piece of a vdso block.
@@ -341,4 +425,46 @@ fn check_host(img: &VerifiedImage) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<Args, String> {
+        parse_args(a.iter().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn options_and_the_image_come_in_any_order() {
+        let a = args(&["img.pmig", "--ids", "exact"]).unwrap();
+        assert_eq!((a.image.as_deref(), a.ids), (Some("img.pmig"), ns::Ids::Exact));
+        let a = args(&["--inspect", "-"]).unwrap();
+        assert!(a.inspect);
+        assert_eq!(a.image.as_deref(), Some("-"));
+        let a = args(&["--listen=7070", "--token-file", "t", "--keep-listening", "--as-owner", "--root", "/r"]).unwrap();
+        assert_eq!((a.listen.as_deref(), a.token_file), (Some("7070"), Some(PathBuf::from("t"))));
+        assert!(a.keep && a.as_owner && a.image.is_none());
+        assert_eq!(a.root, Some(PathBuf::from("/r")));
+        assert!(args(&["--allow-unbound", "i"]).unwrap().allow_unbound);
+        let a = args(&["--ssh-receiver", "--log", "l", "--ids=virtual"]).unwrap();
+        assert!(a.ssh_receiver);
+        assert_eq!((a.log, a.ids), (Some(PathBuf::from("l")), ns::Ids::Virtual));
+    }
+
+    #[test]
+    fn bad_command_lines_say_what_is_wrong() {
+        assert_eq!(args(&["--nope"]).unwrap_err(), "invalid option '--nope'");
+        assert_eq!(args(&["a", "b"]).unwrap_err(), "more than one image given");
+        assert_eq!(args(&["--ids", "all"]).unwrap_err(), "--ids takes auto, exact or virtual, not all");
+        assert_eq!(args(&["--listen"]).unwrap_err(), "--listen needs a value");
+    }
+
+    #[test]
+    fn the_man_page_lists_every_option() {
+        let m = man::man_page("pmig-resume", "x", USAGE, "pmig-run");
+        for o in ["allow\\-unbound", "inspect", "listen", "token\\-file", "keep\\-listening", "as\\-owner", "ssh\\-receiver", "log", "root", "ids"] {
+            assert!(m.contains(&format!(".TP\n\\fB\\-\\-{o}\\fR")), "{o} missing from\n{m}");
+        }
+    }
 }

@@ -405,7 +405,8 @@ pub fn fail_with(msg: &str, procs: &mut [&mut Proc]) -> ! {
 /// `libpmig.so` beside `pmig-run` is the one tested.
 pub fn pmig_env(cmd: &mut Command) {
     cmd.env("PMIG_DEBUG", crate::pmig_debug_value())
-        .env_remove("PMIG_PRELOAD");
+        .env_remove("PMIG_PRELOAD")
+        .env_remove("PMIG_ENGINE");
 }
 
 /// Fails if a file named like `<image>.<something>` (a temporary file of the

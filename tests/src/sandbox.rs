@@ -103,6 +103,14 @@ impl Sandbox {
         sandbox
     }
 
+    /// A sandbox running everything as the current user with `bins` (e.g. an installed
+    /// pmig) instead of the build directory's.
+    pub fn with_bins(bins: Bins) -> Sandbox {
+        let mut sandbox = Sandbox::new();
+        sandbox.bins = bins;
+        sandbox
+    }
+
     /// The sandbox's root directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
