@@ -244,7 +244,15 @@ fn detach(img: &VerifiedImage, log: Option<&Path>) -> Result<()> {
 /// goes on. Only for images from a file or stdin: a program sent with `--to` leaves its
 /// host once the receiver has it, so its addresses are free by the time it is restored.
 fn check_addresses(img: &VerifiedImage, allow_unbound: bool) -> Result<()> {
-    let taken = addrs::taken(&img.manifest);
+    // Every process of a tree (an address two of them hold is named once).
+    let mut taken: Vec<addrs::Taken> = Vec::new();
+    for (_, p) in img.processes() {
+        for t in addrs::taken(&p.manifest) {
+            if !taken.iter().any(|x| x.proto == t.proto && x.addr == t.addr) {
+                taken.push(t);
+            }
+        }
+    }
     if taken.is_empty() {
         return Ok(());
     }
