@@ -30,13 +30,17 @@ fn ours(sig: c_int) -> bool {
     }
 }
 
-/// `set` without pmig's signals, if it has any of them; `None` (the program's set goes to
-/// libc as it is) also when `set` is null or unreadable.
+/// The program's `set` for `how`, made to keep pmig's two signals as pmig needs them: the
+/// suspend signal never blocked (it stops each thread for a checkpoint), the checkpoint signal
+/// always blocked in the program's threads (only pmig's checkpoint thread takes it, so a
+/// thread that execs passes it on blocked, and a request that arrives while the new program
+/// has no handler yet waits instead of killing it). `None` (the program's set goes to libc as
+/// it is) when `set` is null or unreadable.
 ///
 /// # Safety
 /// `set` comes from the program: it is read without faulting (`umem`), except where the
 /// kernel refuses that, when it must be null or valid as libc requires.
-unsafe fn without_ours(set: *const sigset_t) -> Option<sigset_t> {
+unsafe fn kept_ours(how: c_int, set: *const sigset_t) -> Option<sigset_t> {
     let c = config::get()?;
     if set.is_null() || config::ACTIVE_PID.load(Relaxed) != crate::sys::getpid() {
         return None;
@@ -45,10 +49,36 @@ unsafe fn without_ours(set: *const sigset_t) -> Option<sigset_t> {
     let mut copy = unsafe { crate::umem::read(set) }?;
     // SAFETY: `copy` is a valid sigset_t we own.
     unsafe {
-        libc::sigdelset(&mut copy, c.signal);
         libc::sigdelset(&mut copy, c.suspend_signal);
+        match how {
+            libc::SIG_SETMASK => {
+                libc::sigaddset(&mut copy, c.signal);
+            }
+            libc::SIG_UNBLOCK => {
+                libc::sigdelset(&mut copy, c.signal);
+            }
+            _ => {}
+        }
     }
     Some(copy)
+}
+
+/// Hides pmig's checkpoint signal from the old mask reported to the program.
+///
+/// # Safety
+/// `old` comes from the program (null, or written by libc just now).
+unsafe fn hide_ours(old: *mut sigset_t) {
+    let Some(c) = config::get() else { return };
+    if old.is_null() || config::ACTIVE_PID.load(Relaxed) != crate::sys::getpid() {
+        return;
+    }
+    // SAFETY: read and written without faulting.
+    if let Some(mut v) = unsafe { crate::umem::read(old) } {
+        // SAFETY: `v` is a valid sigset_t we own.
+        unsafe { libc::sigdelset(&mut v, c.signal) };
+        // SAFETY: as above.
+        let _ = unsafe { crate::umem::write(old, &v) };
+    }
 }
 
 redhook::hook! {
@@ -83,25 +113,35 @@ redhook::hook! {
 
 redhook::hook! {
     unsafe fn sigprocmask(how: c_int, set: *const sigset_t, old: *mut sigset_t) -> c_int => pmig_sigprocmask {
-        // SAFETY: `without_ours` reads `set` without faulting.
-        match unsafe { without_ours(set) } {
+        // SAFETY: `kept_ours` reads `set` without faulting.
+        let r = match unsafe { kept_ours(how, set) } {
             // SAFETY: forwarded to libc with a valid set of our own.
             Some(copy) => unsafe { redhook::real!(sigprocmask)(how, &copy, old) },
             // SAFETY: forwarded unchanged to libc.
             None => unsafe { redhook::real!(sigprocmask)(how, set, old) },
+        };
+        if r == 0 {
+            // SAFETY: `old` is the program's pointer libc just wrote.
+            unsafe { hide_ours(old) };
         }
+        r
     }
 }
 
 redhook::hook! {
     unsafe fn pthread_sigmask(how: c_int, set: *const sigset_t, old: *mut sigset_t) -> c_int => pmig_pthread_sigmask {
-        // SAFETY: `without_ours` reads `set` without faulting.
-        match unsafe { without_ours(set) } {
+        // SAFETY: `kept_ours` reads `set` without faulting.
+        let r = match unsafe { kept_ours(how, set) } {
             // SAFETY: forwarded to libc with a valid set of our own.
             Some(copy) => unsafe { redhook::real!(pthread_sigmask)(how, &copy, old) },
             // SAFETY: forwarded unchanged to libc.
             None => unsafe { redhook::real!(pthread_sigmask)(how, set, old) },
+        };
+        if r == 0 {
+            // SAFETY: `old` is the program's pointer libc just wrote.
+            unsafe { hide_ours(old) };
         }
+        r
     }
 }
 

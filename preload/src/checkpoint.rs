@@ -9,6 +9,7 @@
 //! that call: after a restore, the engine resumes it and `save_and_call` returns a pointer to
 //! the engine's mailbox instead of the dump's status, and the restore half takes over.
 
+use crate::errno::Errno;
 use crate::log::{debug, say, StackBuf};
 use crate::{alloc, config, fd, memory, process, signal, sys, thread};
 use core::cell::UnsafeCell;
@@ -121,18 +122,6 @@ fn checkpoint_once(cfg: &'static config::Config) {
             return;
         }
     };
-    if tree.is_some() && cfg.to.is_some() {
-        if let Some(t) = tree {
-            t.finish(false);
-        }
-        failed(cfg, format_args!("moving a process tree with --to is not supported yet (checkpoint it to an image file and copy that)"));
-        alloc::arena_off();
-        thread::release_all();
-        if let Some(c) = connection.as_mut() {
-            c.close();
-        }
-        return;
-    }
     CKPT_FS.store(arch::fs_base(), Relaxed);
     let (h, l) = sys::get_robust_list();
     CKPT_ROBUST[0].store(h, Relaxed);
@@ -379,9 +368,50 @@ fn dump(
         if let Some(c) = connection {
             crate::transfer::carry(&mut manifest, c)?;
         }
+        // A tree's members write their images into a memfd first; it goes ahead of the root's.
+        let mut members_fd = -1;
+        let mut members_len = 0u64;
+        let mut tree = tree;
+        if let Some(t) = tree.as_mut() {
+            members_fd = sys::memfd_create(b"pmig-tree\0", libc::MFD_CLOEXEC).map_err(|e| format!("memfd_create: {}", Errno(e)))? as i32;
+            let r = t.dump_members(members_fd);
+            match r {
+                Ok(table) => manifest.tree = table,
+                Err(e) => {
+                    let _ = sys::close(members_fd);
+                    return Err(e);
+                }
+            }
+            members_len = sys::lseek(members_fd, 0, libc::SEEK_CUR).map_err(|e| format!("{}", Errno(e)))?;
+        }
         let (bytes, header) = self::layout(&manifest, layout.pages_len)?;
-        let total = header.trailer_off() + 4096;
+        let total = members_len + header.trailer_off() + 4096;
         let mut sink = crate::transfer::WireSink::new(conn, rfd, cfg.compress, total);
+        if members_fd >= 0 {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut off = 0u64;
+            while off < members_len {
+                let want = ((members_len - off) as usize).min(buf.len());
+                let n = match sys::pread(members_fd, &mut buf[..want], off) {
+                    Ok(0) => {
+                        // A hole at the end (the page-boundary seek): zeros.
+                        buf[..want].fill(0);
+                        want
+                    }
+                    Ok(n) => n as usize,
+                    Err(e) => {
+                        let _ = sys::close(members_fd);
+                        return Err(format!("reading the tree's images back: {}", Errno(e)));
+                    }
+                };
+                if let Err(e) = sink.put(&buf[..n]) {
+                    let _ = sys::close(members_fd);
+                    return Err(e);
+                }
+                off += n as u64;
+            }
+            let _ = sys::close(members_fd);
+        }
         let len = stream_image(&mut sink, &manifest, &bytes, &header)?;
         let verdict = sink.finish()?;
         debug!("receiver: {verdict}");

@@ -105,6 +105,7 @@ extern "C" fn init() {
         config::ACTIVE_PID.store(0, Relaxed);
         return;
     }
+    signal::block_checkpoint_signal(sig);
     if let Err(e) = checkpoint::start() {
         say!("cannot start the checkpoint thread: {e}; checkpoints are disabled");
         config::ACTIVE_PID.store(0, Relaxed);

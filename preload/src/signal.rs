@@ -64,11 +64,23 @@ pub fn bit(sig: i32) -> u64 {
 /// hang, and would otherwise keep the old credentials.
 pub const GLIBC_INTERNAL: u64 = (1 << (32 - 1)) | (1 << (33 - 1));
 
-/// Blocks every signal in the calling thread but glibc's internal ones (pmig's threads run
-/// no handler of the program's).
+/// Blocks every signal in the calling thread but glibc's internal ones and, in the checkpoint
+/// thread, the checkpoint signal: pmig's threads run no handler of the program's, and the
+/// checkpoint signal is taken by the checkpoint thread only (the program's threads keep it
+/// blocked, see `block_checkpoint_signal`).
 pub fn block_all() {
-    let all = !GLIBC_INTERNAL;
+    let open = GLIBC_INTERNAL | config::get().map_or(0, |c| bit(c.signal));
+    let all = !open;
     let _ = sys::rt_sigprocmask(libc::SIG_SETMASK, Some(&all), None);
+}
+
+/// Blocks the checkpoint signal in the calling thread (the program's main thread, at start;
+/// every thread it makes inherits that). A process-directed signal then reaches only the
+/// checkpoint thread; a thread that execs passes it on blocked, so a request that arrives
+/// before the new program's libpmig has installed its handler waits instead of killing it.
+pub fn block_checkpoint_signal(sig: i32) {
+    let b = bit(sig);
+    let _ = sys::rt_sigprocmask(libc::SIG_BLOCK, Some(&b), None);
 }
 
 /// Every signal's disposition.

@@ -132,6 +132,16 @@ fn stat_of(pid: i32) -> Option<Found> {
     })
 }
 
+/// Whether process `pid` catches the checkpoint signal `sig`, or blocks it (a program just
+/// exec'd by a process of pmig's, whose libpmig has not run yet).
+fn takes_requests(pid: i32, sig: i32) -> bool {
+    let Ok(text) = sys::read_file_vec(&sys::cstr(&format!("/proc/{pid}/status"))) else { return false };
+    let text = String::from_utf8_lossy(&text);
+    let mask = |key: &str| crate::process::status_field(&text, key).and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
+    let bit = 1u64 << (sig - 1);
+    (mask("SigCgt:") | mask("SigBlk:")) & bit != 0
+}
+
 /// Every descendant of this process, parents before their children.
 pub fn descendants() -> Vec<Found> {
     let mut out: Vec<Found> = Vec::new();
@@ -208,6 +218,18 @@ impl Session {
                 new += 1;
                 if f.zombie {
                     s.add_zombie(f);
+                    continue;
+                }
+                // Only a process of pmig's takes the request: it catches the checkpoint signal,
+                // or (a program it exec'd, before its libpmig runs) has it blocked. Sent to any
+                // other process it would end it.
+                if !takes_requests(f.pid, cfg.signal) {
+                    if stat_of(f.pid).is_some_and(|z| !z.zombie) {
+                        return Err(format!(
+                            "process {} ({}) of the tree is not running under pmig (a static program, or one started with a cleared environment); it cannot be checkpointed with the tree",
+                            f.pid, f.comm
+                        ));
+                    }
                     continue;
                 }
                 debug!("tree: asking {} ({}) to stop", f.pid, f.comm);
@@ -368,12 +390,26 @@ impl Session {
     }
 
     /// Step 3: every member goes on (`exit`: exits), and the session ends.
-    pub fn finish(self, exit: bool) {
-        for m in &self.members {
+    pub fn finish(mut self, exit: bool) {
+        self.end(exit);
+    }
+
+    fn end(&mut self, exit: bool) {
+        for m in self.members.drain(..) {
             let _ = send(m.sock, if exit { EXIT } else { RELEASE }, 0, "", None);
             let _ = sys::close(m.sock);
         }
-        let _ = sys::close(self.listen);
+        if self.listen >= 0 {
+            let _ = sys::close(self.listen);
+            self.listen = -1;
+        }
+    }
+}
+
+impl Drop for Session {
+    /// A session given up (a member failed): every member stopped so far goes on.
+    fn drop(&mut self) {
+        self.end(false);
     }
 }
 

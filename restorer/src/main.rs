@@ -293,8 +293,11 @@ fn print_inspect(img: &VerifiedImage) -> Result<()> {
 
 /// Checks the host, writes the plan and execs the engine: returns only on failure.
 fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids) -> Result<()> {
-    for (pid, p) in img.processes() {
-        check_host(p).with_context(|| if pid == img.manifest.process.pid { String::new() } else { format!("process {pid} of the tree") })?;
+    check_host(img)?;
+    for m in &img.members {
+        if let Some(p) = &m.image {
+            check_host(p).with_context(|| format!("process {} ({}) of the tree", m.state.pid, m.state.comm))?;
+        }
     }
     let tree = !img.members.is_empty();
     let debug = std::env::var_os("PMIG_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");

@@ -97,6 +97,12 @@ fn migrate_threads_over_tcp_compressed() {
     migrate(&Program::new("pthreads", programs::PTHREADS, STEPS, &[]), &["--compress"]);
 }
 
+/// A process tree (tree.c: workers on pipes, shared memory, a zombie) moves whole.
+#[test]
+fn migrate_tree_over_tcp() {
+    migrate(&Program::new("tree", programs::TREE, STEPS, &[]), &["--compress"]);
+}
+
 #[test]
 fn migrate_python_over_tcp() {
     migrate(&Program::python_threads(STEPS), &["--compress"]);

@@ -82,3 +82,154 @@ fn bash_command_substitution_chain() {
     prog.argv = vec!["/bin/bash".into(), "-c".into(), script.into(), "bash".into(), STEPS.to_string().into()];
     Chain::new(&sb, &prog, ChainOpts::default()).run();
 }
+
+/// python3 `multiprocessing.Pool(2)` mapping in a loop (pipes, a semaphore in shared memory
+/// between the processes, worker processes the pool forked).
+#[test]
+fn python_multiprocessing_pool_chain() {
+    let sb = Sandbox::new();
+    let script = r#"
+import multiprocessing as mp, sys, time
+def sq(x): return x * x
+if __name__ == '__main__':
+    n = int(sys.argv[1])
+    with mp.Pool(2) as pool:
+        for step in range(1, n + 1):
+            got = pool.map(sq, range(step % 7 + 3))
+            if got != [x * x for x in range(step % 7 + 3)]:
+                print('CORRUPT step', step, got, flush=True); sys.exit(3)
+            print('step', step, flush=True)
+            time.sleep(0.03)
+"#;
+    let mut prog = Program::new("python-pool", programs::PYTHON3, STEPS, &[]);
+    prog.argv = vec![programs::PYTHON3.into(), "-c".into(), script.into(), STEPS.to_string().into()];
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
+}
+
+/// python3 `subprocess.Popen` with pipes: a `cat` child it writes a line to and reads it back
+/// from, every step (pipes between the processes, the child an exec'd program).
+#[test]
+fn python_subprocess_pipes_chain() {
+    let sb = Sandbox::new();
+    let script = r#"
+import subprocess, sys, time
+n = int(sys.argv[1])
+p = subprocess.Popen(['cat'], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+for step in range(1, n + 1):
+    p.stdin.write(f'line {step}\n'); p.stdin.flush()
+    got = p.stdout.readline()
+    if got != f'line {step}\n':
+        print('CORRUPT step', step, repr(got), flush=True); sys.exit(3)
+    print('step', step, flush=True)
+    time.sleep(0.03)
+p.stdin.close()
+if p.wait() != 0:
+    print('CORRUPT cat exited', p.returncode, flush=True); sys.exit(3)
+"#;
+    let mut prog = Program::new("python-subprocess", programs::PYTHON3, STEPS, &[]);
+    prog.argv = vec![programs::PYTHON3.into(), "-c".into(), script.into(), STEPS.to_string().into()];
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
+}
+
+/// `make -j2` building a small C project (make, its jobserver pipe, gcc drivers and their
+/// cc1/as/ld children), checkpointed mid-build and resumed elsewhere: the build finishes, and
+/// the program it built prints what an uninterrupted build's prints.
+#[test]
+fn make_j2_finishes_after_restore() {
+    use pmig_tests::{wait_until, Proc, Terminal};
+    let sb = Sandbox::new();
+    let src = sb.workdir("project");
+    let n = 24;
+    let mut main = String::from("#include <stdio.h>\n");
+    let mut objs = Vec::new();
+    for i in 0..n {
+        // Enough code that each compile takes a moment.
+        let mut body = format!("long f{i}(long x) {{ long s = {i};\n");
+        for k in 0..300 {
+            body.push_str(&format!("  s = s * 31 + (x ^ {k}) % {};\n", k + 7));
+        }
+        body.push_str("  return s; }\n");
+        std::fs::write(src.join(format!("f{i}.c")), body).unwrap();
+        main.push_str(&format!("long f{i}(long);\n"));
+        objs.push(format!("f{i}.o"));
+    }
+    main.push_str("int main(void) { long t = 0;\n");
+    for i in 0..n {
+        main.push_str(&format!("  t += f{i}({i});\n"));
+    }
+    main.push_str("  printf(\"%ld\\n\", t); return 0; }\n");
+    std::fs::write(src.join("main.c"), main).unwrap();
+    std::fs::write(
+        src.join("Makefile"),
+        format!("prog: main.o {}\n\tgcc -o $@ $^\n%.o: %.c\n\tgcc -O2 -c -o $@ $<\n", objs.join(" ")),
+    )
+    .unwrap();
+    // The expected output, from an uninterrupted build in a copy.
+    let copy = sb.workdir("copy");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let ok = std::process::Command::new("make").args(["-s", "-j2"]).current_dir(&copy).status().unwrap();
+    assert!(ok.success());
+    let want = std::process::Command::new(copy.join("prog")).output().unwrap().stdout;
+
+    let image = sb.image("make.pmig");
+    let mut cmd = sb.command(&sb.bins().run, &src);
+    cmd.arg("--exit").arg("--image").arg(&image).args(["--", "/usr/bin/make", "-s", "-j2"]);
+    pmig_env(&mut cmd);
+    let mut run = Proc::spawn("pmig-run make -j2", cmd, Terminal::Pipe);
+    let built = |k: usize| (0..n).filter(|i| src.join(format!("f{i}.o")).exists()).count() >= k;
+    wait_until(Duration::from_secs(60), "make to build 3 objects", || built(3).then_some(())).unwrap_or_else(|e| panic!("{e}\n{}", run.describe()));
+    assert!(!built(n), "the build ended before the checkpoint; make the project bigger");
+    run.signal(libc::SIGUSR2).unwrap();
+    let st = run.wait_exit(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}\n{}", run.describe()));
+    assert!(st.success(), "make under pmig must exit 0 after the checkpoint\n{}", run.describe());
+    assert!(!src.join("prog").exists(), "the build must not have finished before the checkpoint");
+    let inspect = std::process::Command::new(&sb.bins().resume).arg("--inspect").arg(&image).output().unwrap();
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains("gcc") || text.contains("cc1"), "the checkpoint must have caught compilers running under make:\n{text}");
+    eprintln!("{}", text.lines().filter(|l| l.starts_with("tree:") || l.starts_with("  ") && l.contains("running")).collect::<Vec<_>>().join("\n"));
+
+    let mut cmd = sb.command(&sb.bins().resume, &sb.workdir("resume"));
+    cmd.arg(&image);
+    pmig_env(&mut cmd);
+    let mut resumed = Proc::spawn("pmig-resume (make)", cmd, Terminal::Pipe);
+    let st = resumed.wait_exit(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}\n{}", resumed.describe()));
+    assert!(st.success(), "the resumed make must finish the build\n{}", resumed.describe());
+    let got = std::process::Command::new(src.join("prog")).output().unwrap().stdout;
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want), "the built program must print what an uninterrupted build's prints");
+}
+
+/// A child that is not under pmig (started with libpmig taken out of its environment) makes
+/// the tree's checkpoint fail, naming it; every process goes on (nothing is killed), even with
+/// `--exit`, and no image is written.
+#[test]
+fn a_child_outside_pmig_fails_the_checkpoint_and_nothing_stops() {
+    use pmig_tests::{wait_until, Input, Proc, StepCheck, Terminal};
+    let sb = Sandbox::new();
+    let image = sb.image("outside.pmig");
+    let script = "env -u LD_PRELOAD sleep 1000 & kid=$!; i=0; while [ $i -lt \"$1\" ]; do i=$((i+1)); echo step $i; sleep 0.05; done; \
+                  kill -0 $kid || echo CORRUPT the child outside pmig died; kill $kid";
+    let mut cmd = sb.command(&sb.bins().run, &sb.workdir("run"));
+    cmd.arg("--exit").arg("--image").arg(&image).args(["--", "/bin/bash", "-c", script, "bash", "150"]);
+    pmig_env(&mut cmd);
+    let mut p = Proc::spawn("pmig-run bash (child outside pmig)", cmd, Terminal::Pipe);
+    let mut steps = StepCheck::new(1, 150, Input::Idle);
+    for _ in 0..5 {
+        let l = p.next_line(Duration::from_secs(10)).unwrap().expect("a step");
+        steps.accept(&l).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    }
+    p.signal(libc::SIGUSR2).unwrap();
+    wait_until(Duration::from_secs(30), "the checkpoint to fail naming the sleep child", || {
+        let err = p.stderr_text();
+        (err.contains("checkpoint failed") && err.contains("(sleep)")).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    let (lines, status) = p.finish(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    for l in lines {
+        steps.accept(&l).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    }
+    assert!(status.success() && steps.complete(), "the tree must go on to its end after the failed checkpoint\n{}", p.describe());
+    assert!(!image.exists(), "a failed checkpoint writes no image");
+}
