@@ -40,7 +40,9 @@ process's stdin, stdout and stderr in place of the saved terminal, pipe or socke
                     line when ready. A bare port listens on loopback (127.0.0.1); give an
                     address only on a network you trust.
   --token-file FILE the secret a sender must prove it knows (required with --listen)
-  --keep-listening  stay, and fork one restorer per arriving program
+  --keep-listening  stay, and start one restorer per arriving program (senders are served
+                    concurrently in either mode; without it, the first program that arrives
+                    whole is restored and the others are refused)
   --as-owner        as root, also take programs of other users (restored as their owner)
   --ssh-receiver    (run by `pmig-run --to ssh://HOST` through ssh) take one program on
                     standard input/output, then run it in the background, its output in
@@ -55,6 +57,7 @@ process's stdin, stdout and stderr in place of the saved terminal, pipe or socke
                     exits with the program's status); virtual: the program runs with this
                     process's pid and libc's getpid/gettid answer the saved ids; auto
                     (default): exact where namespaces can be had, else virtual, saying so
+  --received FD     (used by --listen) restore the image a receiver took, in memfd FD
   PMIG_DEBUG=1      log each restore phase to stderr";
 
 fn main() {
@@ -69,6 +72,9 @@ fn main() {
     let mut ssh_receiver = false;
     let mut log: Option<PathBuf> = None;
     let mut ids = ns::Ids::Auto;
+    let mut received: Option<i32> = None;
+    // What a receiver hands on to the `pmig-resume --received` it execs.
+    let mut resume_args: Vec<std::ffi::OsString> = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
             "-h" | "--help" => {
@@ -79,9 +85,14 @@ fn main() {
             "--keep-listening" => keep = true,
             "--as-owner" => as_owner = true,
             "--ssh-receiver" => ssh_receiver = true,
-            "--listen" | "--token-file" | "--root" | "--log" | "--ids" => {
+            "--listen" | "--token-file" | "--root" | "--log" | "--ids" | "--received" => {
                 let v = args.next().unwrap_or_else(|| fail(&format!("{a} needs a value\n{USAGE}")));
-                if a == "--ids" {
+                if matches!(a.as_str(), "--ids" | "--root") {
+                    resume_args.extend([a.clone().into(), v.clone().into()]);
+                }
+                if a == "--received" {
+                    received = Some(v.parse().unwrap_or_else(|_| fail(&format!("--received takes a file descriptor, not {v}"))));
+                } else if a == "--ids" {
                     ids = ns::Ids::parse(&v).unwrap_or_else(|| fail(&format!("--ids takes auto, exact or virtual, not {v}")));
                 } else if a == "--log" {
                     log = Some(PathBuf::from(v));
@@ -109,6 +120,22 @@ fn main() {
         }
         return;
     }
+    if as_owner {
+        resume_args.push("--as-owner".into());
+    }
+    if let Some(fd) = received {
+        // From a receiver (`Receiver::listen`), which has verified the image and written its
+        // carried files: both are done again here (the files are found in place).
+        let path = PathBuf::from(format!("/proc/self/fd/{fd}"));
+        let result = verify_file(&path).context("the received image").and_then(|mut img| {
+            make_ready(&mut img, root.as_deref())?;
+            restore(&path, &img, as_owner, ids)
+        });
+        if let Err(e) = result {
+            fail(&format!("{e:#}"));
+        }
+        return;
+    }
     let result = match (listen, image) {
         (Some(addr), None) => {
             let Some(tf) = token_file else { fail("--listen needs --token-file FILE: a receiver runs whatever arrives, so it only takes programs from senders that know its secret") };
@@ -117,7 +144,7 @@ fn main() {
                 fail(&format!("the token file {} is empty", tf.display()));
             }
             let r = receive::Receiver { token, as_owner, root: root.clone(), check_uid: true, ready: make_ready };
-            r.listen(&addr, keep).and_then(|(s, img)| restore(&s.path, &img, as_owner, ids).map(|_| drop(s.file)))
+            r.listen(&addr, keep, &resume_args).map(|never| match never {})
         }
         (Some(_), Some(_)) => fail("give either an image or --listen, not both"),
         (None, None) => fail(&format!("no image given\n{USAGE}")),
