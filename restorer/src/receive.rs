@@ -319,19 +319,20 @@ struct Tcp {
 
 impl Read for Tcp {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        let timed_out = || match self.deadline {
+            Some(_) => format!("past the handshake deadline ({} s)", HANDSHAKE_TIMEOUT.as_secs()),
+            None => format!("silent for {} s", IDLE_TIMEOUT.as_secs()),
+        };
         let wait = match self.deadline {
             Some(d) => d.saturating_duration_since(Instant::now()),
             None => IDLE_TIMEOUT,
         };
         if wait.is_zero() {
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("nothing valid within {} s", HANDSHAKE_TIMEOUT.as_secs())));
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, timed_out()));
         }
         self.sock.set_read_timeout(Some(wait))?;
         match (&self.sock).read(b) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("silent for {} s", wait.as_secs_f64().round()),
-            )),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, timed_out())),
             r => r,
         }
     }
