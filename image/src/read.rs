@@ -17,17 +17,32 @@ pub struct VerifiedImage {
     pub file_len: u64,
 }
 
-fn read_at(f: &mut File, off: u64, len: u64) -> Result<Vec<u8>, ImageError> {
+fn read_at(f: &mut impl ReadSeek, off: u64, len: u64) -> Result<Vec<u8>, ImageError> {
     f.seek(SeekFrom::Start(off))?;
     let mut v = vec![0u8; len as usize];
     f.read_exact(&mut v)?;
     Ok(v)
 }
 
+/// What an image is read from: a file, or bytes in memory.
+pub trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
 /// Opens, parses and fully verifies the image at `path` (every checksum, every bound).
 pub fn verify_file(path: &Path) -> Result<VerifiedImage, ImageError> {
     let mut f = File::open(path)?;
     let file_len = f.metadata()?.len();
+    verify(&mut f, file_len)
+}
+
+/// Parses and fully verifies the image held in `bytes`.
+pub fn verify_bytes(bytes: &[u8]) -> Result<VerifiedImage, ImageError> {
+    verify(&mut std::io::Cursor::new(bytes), bytes.len() as u64)
+}
+
+/// Parses and fully verifies the image of `file_len` bytes that `f` reads.
+pub fn verify(f: &mut impl ReadSeek, file_len: u64) -> Result<VerifiedImage, ImageError> {
+    let mut f = f;
     if file_len == 0 {
         return Err(ImageError::Truncated("the file is empty".into()));
     }
@@ -105,7 +120,7 @@ fn check_layout(h: &Header, m: &Manifest, t: &Trailer) -> Result<(), ImageError>
     Ok(())
 }
 
-fn check_pages(f: &mut File, hd: &Header, m: &Manifest, t: &Trailer) -> Result<(), ImageError> {
+fn check_pages(f: &mut impl ReadSeek, hd: &Header, m: &Manifest, t: &Trailer) -> Result<(), ImageError> {
     let mut buf = vec![0u8; 1 << 20];
     for (run, &want) in m.runs().zip(&t.run_crcs) {
         f.seek(SeekFrom::Start(hd.pages_off + run.data_off))?;
