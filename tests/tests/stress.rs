@@ -177,3 +177,194 @@ fn receiver_survives_a_flood_while_programs_arrive() {
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     c.read_exact(&mut hello).expect("a HELLO after the flood");
 }
+
+/// A program under `pmig-run --image` (checkpoints that let it go on), with `PMIG_DEBUG=1`
+/// so that each checkpoint logs its start and end.
+fn run_stress(sb: &Sandbox, image: &Path, mode: &[&str]) -> (Proc, StepCheck) {
+    let mut cmd = sb.command(&sb.bins().run, &sb.workdir("run"));
+    cmd.arg("--image").arg(image).arg("--").arg(programs::STRESS).arg("100000").args(mode);
+    pmig_env(&mut cmd);
+    cmd.env("PMIG_DEBUG", "1");
+    let mut p = Proc::spawn(&format!("pmig-run (stress {})", mode.join(" ")), cmd, Terminal::Pipe);
+    let mut steps = StepCheck::new(1, 100000, Input::Idle);
+    read_steps(&mut p, &mut steps, 3);
+    (p, steps)
+}
+
+/// `(started, written, failed)` checkpoints so far, from the program's debug log.
+fn checkpoints(p: &mut Proc) -> (usize, usize, usize) {
+    let log = p.stderr_text();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    (count("checkpoint requested"), count("; going on"), count("failed"))
+}
+
+/// Reads the step lines the program printed so far (checking them), without waiting.
+fn drain_steps(p: &mut Proc, steps: &mut StepCheck) {
+    for l in p.drain_now().unwrap_or_else(|e| fail_with(&e, &mut [p])) {
+        if let Err(e) = steps.accept(&l) {
+            fail_with(&e, &mut [p]);
+        }
+    }
+}
+
+/// `(fds, VmRSS KiB, VmSize KiB)` of `pid`.
+fn footprint(pid: i32) -> (usize, u64, u64) {
+    let (fds, _, rss) = usage(pid);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let size = status.lines().find_map(|l| l.strip_prefix("VmSize:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    (fds, rss, size)
+}
+
+/// Checkpoints `n` times, each after the previous one is written; fails on a failed one.
+fn checkpoint_n(p: &mut Proc, steps: &mut StepCheck, n: usize) {
+    for _ in 0..n {
+        let (_, before, _) = checkpoints(p);
+        p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [p]));
+        let done = wait_until(TIMEOUT, "the checkpoint written", || {
+            let (_, written, failed) = checkpoints(p);
+            (written > before || failed > 0).then_some(failed)
+        });
+        match done {
+            Ok(0) => {}
+            Ok(_) => fail_with("a checkpoint failed", &mut [p]),
+            Err(e) => fail_with(&e, &mut [p]),
+        }
+        drain_steps(p, steps);
+    }
+}
+
+/// The image restores, and the program goes on from a step after `after`: returns the first
+/// step the restored program prints.
+fn restored_first_step(sb: &Sandbox, image: &Path) -> u32 {
+    let mut cmd = sb.command(&sb.bins().resume, &sb.workdir("resume"));
+    cmd.arg(image);
+    pmig_env(&mut cmd);
+    cmd.env("PMIG_DEBUG", "1");
+    let mut r = Proc::spawn("pmig-resume (stress)", cmd, Terminal::Pipe);
+    let line = r.next_line(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    let Some(step) = line.as_deref().and_then(|l| l.strip_prefix("step ")).and_then(|n| n.parse().ok()) else {
+        fail_with(&format!("the restored program printed {line:?}, not a step"), &mut [&mut r])
+    };
+    // A few steps more: the restored program runs.
+    let mut after = StepCheck::new(step, 100000, Input::Idle);
+    after.accept(&format!("step {step}")).unwrap();
+    read_steps(&mut r, &mut after, step + 3);
+    // The checkpoint signals that were pending when the image was taken are pmig's, not the
+    // program's: the restored program must not get them (and checkpoint itself) again.
+    let log = r.stderr_text();
+    assert!(!log.contains("checkpoint requested"), "the restored program started a checkpoint no one asked for:\n{log}");
+    step
+}
+
+/// 200 checkpoints in a row of a program with 32 busy threads: each is written, the program
+/// never stops or sees its memory change, and it holds no more fds and hardly more memory
+/// after than after the first ten (measured from /proc).
+#[test]
+fn two_hundred_checkpoints_of_32_busy_threads() {
+    let sb = Sandbox::new();
+    let image = sb.image("busy.pmig");
+    let (mut p, mut steps) = run_stress(&sb, &image, &["threads", "32"]);
+    let pid = p.pid();
+    checkpoint_n(&mut p, &mut steps, 10);
+    let (fds0, rss0, size0) = footprint(pid);
+    let started = Instant::now();
+    checkpoint_n(&mut p, &mut steps, 190);
+    let took = started.elapsed();
+    let (fds, rss, size) = footprint(pid);
+    let (req, written, _) = checkpoints(&mut p);
+    assert_eq!((req, written), (200, 200), "every request must be served by one checkpoint");
+    assert!(p.poll_status().is_none(), "the program must go on: {}", p.describe());
+    assert_eq!(fds, fds0, "the program's fds grew over 190 checkpoints");
+    assert!(rss <= rss0 + 8 * 1024, "the program's VmRSS grew from {rss0} to {rss} KiB over 190 checkpoints");
+    assert!(size <= size0 + 64 * 1024, "the program's VmSize grew from {size0} to {size} KiB over 190 checkpoints");
+    eprintln!("190 checkpoints in {took:?}; fds {fds0} -> {fds}, VmRSS {rss0} -> {rss} KiB, VmSize {size0} -> {size} KiB");
+    let now = steps.last();
+    read_steps(&mut p, &mut steps, now + 3);
+    let first = restored_first_step(&sb, &image);
+    assert!(first > 3, "the last image must hold the program as it was late, not at step {first}");
+}
+
+/// Waits until every checkpoint started is written and none is about to start (still so
+/// three steps later); returns how many were written. Fails on a failed one.
+fn wait_quiet(p: &mut Proc, steps: &mut StepCheck) -> usize {
+    let quiet = wait_until(TIMEOUT, "the checkpoints to be done", || {
+        let (req, written, failed) = checkpoints(p);
+        if failed > 0 {
+            return Some(Err("a checkpoint failed"));
+        }
+        if req == 0 || req != written {
+            return None;
+        }
+        let now = steps.last();
+        read_steps(p, steps, now + 3);
+        (checkpoints(p) == (req, written, 0)).then_some(Ok(req))
+    });
+    match quiet {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => fail_with(e, &mut [p]),
+        Err(e) => fail_with(&e, &mut [p]),
+    }
+}
+
+/// 50 `kill -USR2` in a burst, then 50 more 5 ms apart (landing before, during and after
+/// checkpoints). Standard signals merge while pending, and a request that arrives during a
+/// checkpoint is served by the next one (by design), so "no request lost" means: every
+/// checkpoint started is written, none fails, and the last image holds the program as it
+/// was at the last signal or later (its restored copy starts after the last step printed
+/// before that signal was sent). The program's fds and memory stay as they were.
+#[test]
+fn a_burst_of_50_requests_is_served() {
+    let sb = Sandbox::new();
+    let image = sb.image("burst.pmig");
+    let (mut p, mut steps) = run_stress(&sb, &image, &["threads", "4"]);
+    checkpoint_n(&mut p, &mut steps, 2);
+    let (fds0, rss0, _) = footprint(p.pid());
+    for round in 0..2 {
+        let before = checkpoints(&mut p).1;
+        let now = steps.last();
+        read_steps(&mut p, &mut steps, now + 1);
+        let mut last_seen = steps.last();
+        for _ in 0..50 {
+            if round == 1 {
+                std::thread::sleep(Duration::from_millis(5));
+                drain_steps(&mut p, &mut steps);
+                last_seen = steps.last();
+            }
+            p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+        }
+        let served = wait_quiet(&mut p, &mut steps) - before;
+        assert!((1..=50).contains(&served), "round {round}: {served} checkpoints for 50 requests");
+        eprintln!("round {round}: {served} checkpoints for 50 requests");
+        let first = restored_first_step(&sb, &image);
+        assert!(
+            first > last_seen,
+            "round {round}: the last checkpoint ({served} for 50 requests) holds step {}, from before the last signal (sent after step {last_seen})",
+            first - 1
+        );
+    }
+    let (fds, rss, _) = footprint(p.pid());
+    assert_eq!(fds, fds0, "the program's fds changed over the bursts");
+    assert!(rss <= rss0 + 8 * 1024, "VmRSS grew from {rss0} to {rss} KiB over the bursts");
+}
+
+/// Checkpoints while the program forks without pause, its children exec'ing or exiting at
+/// once: every checkpoint is written, no child fails, the program's fds stay as they were,
+/// and the last image restores and runs (with its forking thread).
+#[test]
+fn checkpoints_while_the_program_forks_and_execs() {
+    let sb = Sandbox::new();
+    let image = sb.image("forks.pmig");
+    let (mut p, mut steps) = run_stress(&sb, &image, &["forks"]);
+    let pid = p.pid();
+    checkpoint_n(&mut p, &mut steps, 5);
+    let (fds0, rss0, _) = footprint(pid);
+    checkpoint_n(&mut p, &mut steps, 45);
+    let (fds, rss, _) = footprint(pid);
+    assert!(p.poll_status().is_none(), "the program must go on: {}", p.describe());
+    assert_eq!(fds, fds0, "the program's fds grew over 45 checkpoints");
+    assert!(rss <= rss0 + 8 * 1024, "VmRSS grew from {rss0} to {rss} KiB over 45 checkpoints");
+    let now = steps.last();
+    read_steps(&mut p, &mut steps, now + 3);
+    assert!(!p.stderr_text().contains("lost child"), "the running program lost a child to a checkpoint: {}", p.describe());
+    restored_first_step(&sb, &image);
+}
