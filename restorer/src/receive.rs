@@ -3,6 +3,10 @@
 //! verified before anything acts on it; a receiver refuses a sender that cannot prove it knows
 //! the shared token before reading a single image byte, logs every refusal with the peer's
 //! address, and stays up for the next sender. See `pmig_image::wire` for the protocol.
+//!
+//! `--listen` serves every connection in a thread of its own, within deadlines and caps
+//! (see [`Served`]), so no peer can hold up another; a received image is restored by `exec`
+//! of `pmig-resume --received FD`, in a process with one thread again.
 
 use anyhow::{bail, Context, Result};
 use pmig_image::wire::{self, Auth, AUTH_LEN, FLAG_LZ4};
