@@ -16,6 +16,7 @@
 //! newer than it knows, before anything acts on the content.
 #![forbid(unsafe_code)]
 
+pub mod fuzz;
 mod inspect;
 mod manifest;
 mod read;
@@ -23,7 +24,7 @@ pub mod wire;
 
 pub use inspect::describe;
 pub use manifest::*;
-pub use read::{verify_file, VerifiedImage, VerifiedMember};
+pub use read::{verify, verify_bytes, verify_file, ReadSeek, VerifiedImage, VerifiedMember};
 
 /// First 8 bytes of every image.
 pub const MAGIC: [u8; 8] = *b"PMIGIMG\0";
@@ -161,9 +162,10 @@ pub struct Footer {
 }
 
 impl Footer {
-    /// Total length of an image whose trailer has this placement.
+    /// Total length of an image whose trailer has this placement (`u64::MAX` for a placement
+    /// past 2^64, which no file matches: a hostile footer must not overflow).
     pub fn total_len(&self) -> u64 {
-        self.trailer_off + self.trailer_len + FOOTER_LEN
+        self.trailer_off.saturating_add(self.trailer_len).saturating_add(FOOTER_LEN)
     }
 
     pub fn to_bytes(&self) -> [u8; FOOTER_LEN as usize] {
@@ -202,10 +204,25 @@ pub fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ImageError> {
     bincode::serde::encode_to_vec(v, config()).map_err(|e| ImageError::Encode(e.to_string()))
 }
 
+/// Decodes `b` with bincode's limit on claimed lengths set to the next power of two at least
+/// twice `b`'s length (4 KiB at least): a length field cannot make the decoder allocate more
+/// than the bytes could hold (bincode reserves a string's claimed length before reading it).
+fn decode_bounded<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<(T, usize), bincode::error::DecodeError> {
+    let log2 = (b.len().max(2048) * 2).next_power_of_two().trailing_zeros();
+    macro_rules! limits {
+        ($($n:literal)*) => {
+            match log2 {
+                $($n => bincode::serde::decode_from_slice(b, bincode::config::standard().with_limit::<{ 1usize << $n }>()),)*
+                _ => bincode::serde::decode_from_slice(b, config()),
+            }
+        };
+    }
+    limits!(12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29)
+}
+
 /// Decodes a serde value the way images do; the whole slice must be used.
 pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T, ImageError> {
-    let (v, used) = bincode::serde::decode_from_slice(b, config())
-        .map_err(|e| ImageError::Corrupted(format!("cannot decode the {what}: {e}")))?;
+    let (v, used) = decode_bounded(b).map_err(|e| ImageError::Corrupted(format!("cannot decode the {what}: {e}")))?;
     if used != b.len() {
         return Err(ImageError::Corrupted(format!("the {what} has {} unexpected trailing bytes", b.len() - used)));
     }

@@ -43,7 +43,7 @@ impl VerifiedImage {
     }
 }
 
-fn read_at(f: &mut File, off: u64, len: u64) -> Result<Vec<u8>, ImageError> {
+fn read_at(f: &mut impl ReadSeek, off: u64, len: u64) -> Result<Vec<u8>, ImageError> {
     f.seek(SeekFrom::Start(off))?;
     let mut v = vec![0u8; len as usize];
     f.read_exact(&mut v)?;
@@ -55,6 +55,21 @@ fn read_at(f: &mut File, off: u64, len: u64) -> Result<Vec<u8>, ImageError> {
 pub fn verify_file(path: &Path) -> Result<VerifiedImage, ImageError> {
     let mut f = File::open(path)?;
     let file_len = f.metadata()?.len();
+    verify(&mut f, file_len)
+}
+
+/// What an image is read from: a file, or bytes in memory.
+pub trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
+/// Parses and fully verifies the image held in `bytes`.
+pub fn verify_bytes(bytes: &[u8]) -> Result<VerifiedImage, ImageError> {
+    verify(&mut std::io::Cursor::new(bytes), bytes.len() as u64)
+}
+
+/// Parses and fully verifies the image (or tree) of `file_len` bytes that `f` reads.
+pub fn verify(f: &mut impl ReadSeek, file_len: u64) -> Result<VerifiedImage, ImageError> {
+    let mut f = f;
     if file_len == 0 {
         return Err(ImageError::Truncated("the file is empty".into()));
     }
@@ -94,7 +109,7 @@ pub fn verify_file(path: &Path) -> Result<VerifiedImage, ImageError> {
 
 /// The members of a tree: each image verified in its window, and the table consistent (one
 /// pid each, parents in the tree, windows inside the file before the root and disjoint).
-fn verify_tree(f: &mut File, m: &Manifest, root_base: u64) -> Result<Vec<VerifiedMember>, ImageError> {
+fn verify_tree(f: &mut impl ReadSeek, m: &Manifest, root_base: u64) -> Result<Vec<VerifiedMember>, ImageError> {
     let bad = |what: String| Err(ImageError::Corrupted(what));
     let root_pid = m.process.pid;
     let mut pids = vec![root_pid];
@@ -144,7 +159,7 @@ fn verify_tree(f: &mut File, m: &Manifest, root_base: u64) -> Result<Vec<Verifie
 }
 
 /// Verifies the one image that is `len` bytes at `base` in `f`.
-fn verify_at(f: &mut File, base: u64, len: u64) -> Result<VerifiedImage, ImageError> {
+fn verify_at(f: &mut impl ReadSeek, base: u64, len: u64) -> Result<VerifiedImage, ImageError> {
     let head = read_at(f, base, len.min(HEADER_LEN))?;
     let header = Header::from_bytes(&head)?;
     let footer = Footer::from_bytes(&read_at(f, base + len - FOOTER_LEN, FOOTER_LEN)?)
@@ -210,7 +225,7 @@ fn check_layout(h: &Header, m: &Manifest, t: &Trailer) -> Result<(), ImageError>
     Ok(())
 }
 
-fn check_pages(f: &mut File, base: u64, hd: &Header, m: &Manifest, t: &Trailer) -> Result<(), ImageError> {
+fn check_pages(f: &mut impl ReadSeek, base: u64, hd: &Header, m: &Manifest, t: &Trailer) -> Result<(), ImageError> {
     let mut buf = vec![0u8; 1 << 20];
     for (run, &want) in m.runs().zip(&t.run_crcs) {
         f.seek(SeekFrom::Start(base + hd.pages_off + run.data_off))?;

@@ -130,6 +130,8 @@ pub fn status(ok: bool, msg: &str) -> Vec<u8> {
 
 /// The most files a FILES message may list.
 pub const MAX_FILES: usize = 100_000;
+/// The most path bytes a FILES message may hold in all (what it can make a receiver keep).
+pub const MAX_FILES_BYTES: usize = 16 << 20;
 
 /// One file the program uses, as FILES lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,10 +166,15 @@ pub fn read_files_message<E>(mut read: impl FnMut(&mut [u8]) -> Result<(), E>) -
     if n > MAX_FILES {
         return Ok(Err(format!("the sender lists {n} files, more than {MAX_FILES}")));
     }
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(n.min(1024));
+    let mut held = 0usize;
     for _ in 0..n {
         let mut l = [0u8; 2];
         read(&mut l)?;
+        held += u16::from_le_bytes(l) as usize;
+        if held > MAX_FILES_BYTES {
+            return Ok(Err(format!("the sender's file list holds more than {MAX_FILES_BYTES} bytes of paths")));
+        }
         let mut p = vec![0u8; u16::from_le_bytes(l) as usize];
         read(&mut p)?;
         let mut size = [0u8; 8];
@@ -215,6 +222,75 @@ pub fn parse_frame_header(b: &[u8; 5]) -> Result<(u8, u32), String> {
         frame::END if len == 0 => Ok((b[0], 0)),
         frame::RAW | frame::LZ4 | frame::END => Err(format!("a frame claims {len} bytes, more than allowed")),
         k => Err(format!("unknown frame kind {k}: not a pmig stream")),
+    }
+}
+
+/// Why a sender's image stream was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("the stream ended before its end mark (truncated)")]
+    Truncated(#[source] std::io::Error),
+    #[error("{0}")]
+    BadFrame(String),
+    #[error("a compressed frame the sender did not announce")]
+    Unannounced,
+    #[error("a compressed frame claims {0} bytes, more than a frame holds")]
+    TooBig(usize),
+    #[error("a compressed frame does not decompress: {0}")]
+    BadLz4(String),
+    #[error("the image is larger than {0} bytes")]
+    TooLarge(u64),
+}
+
+/// Reads the FRAME* part of a transfer: each frame's payload (decompressed) in turn, until
+/// END. Its two buffers (about 8 MiB) are the most a stream makes the reader hold at once.
+pub struct Frames {
+    lz4: bool,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    /// Payload bytes so far.
+    pub total: u64,
+    max_total: u64,
+}
+
+impl Frames {
+    /// A reader for a stream whose sender announced (or not) `FLAG_LZ4`, refusing streams
+    /// longer than `max_total` payload bytes.
+    pub fn new(lz4: bool, max_total: u64) -> Frames {
+        Frames { lz4, buf: vec![0u8; MAX_FRAME + MAX_FRAME / 255 + 64], out: vec![0u8; if lz4 { MAX_FRAME } else { 0 }], total: 0, max_total }
+    }
+
+    /// The next frame's payload, or `None` at the END frame. `read` fills a buffer exactly
+    /// or fails.
+    pub fn next(&mut self, mut read: impl FnMut(&mut [u8]) -> std::io::Result<()>) -> Result<Option<&[u8]>, StreamError> {
+        let mut h = [0u8; 5];
+        read(&mut h).map_err(StreamError::Truncated)?;
+        let (kind, len) = parse_frame_header(&h).map_err(StreamError::BadFrame)?;
+        let data = &mut self.buf[..len as usize];
+        read(data).map_err(StreamError::Truncated)?;
+        let bytes: &[u8] = match kind {
+            frame::END => return Ok(None),
+            frame::RAW => data,
+            _ => {
+                if !self.lz4 || len < 4 {
+                    return Err(StreamError::Unannounced);
+                }
+                let raw = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+                if raw > MAX_FRAME {
+                    return Err(StreamError::TooBig(raw));
+                }
+                let n = lz4_flex::block::decompress_into(&data[4..], &mut self.out[..raw]).map_err(|e| StreamError::BadLz4(e.to_string()))?;
+                if n != raw {
+                    return Err(StreamError::BadLz4(format!("{n} bytes, not the {raw} announced")));
+                }
+                &self.out[..raw]
+            }
+        };
+        self.total += bytes.len() as u64;
+        if self.total > self.max_total {
+            return Err(StreamError::TooLarge(self.max_total));
+        }
+        Ok(Some(bytes))
     }
 }
 

@@ -49,7 +49,9 @@ stderr.
   --token-file FILE
                  the secret a sender must prove it knows (required with --listen)
   --keep-listening
-                 stay, and fork one restorer per arriving program
+                 stay, and start one restorer per arriving program (senders are served
+                 concurrently in either mode; without it, the first program that
+                 arrives whole is restored and the others are refused)
   --as-owner     as root, also take programs of other users (restored as their owner)
   --ssh-receiver (run by `pmig-run --to ssh://HOST` through ssh) take one program on
                  standard input/output, then run it in the background, its output in
@@ -70,6 +72,7 @@ stderr.
                  (typically by the original, still running): the program goes on
                  without that socket (closed), with a warning. Without it such a
                  restore is refused, naming the address, before anything is touched
+  --received FD  (used by --listen) restore the image a receiver took, in memfd FD
   PMIG_ENGINE=PATH
                  the restore engine to run (default: next to pmig-resume, or in
                  ../lib/pmig/ from it)
@@ -89,6 +92,7 @@ struct Args {
     log: Option<PathBuf>,
     ids: ns::Ids,
     allow_unbound: bool,
+    received: Option<i32>,
 }
 
 /// Reads the command line; options and the one image may come in any order.
@@ -107,6 +111,7 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Args
         log: None,
         ids: ns::Ids::Auto,
         allow_unbound: false,
+        received: None,
     };
     let value = |p: &mut lexopt::Parser, name: &str| p.value().map_err(|_| format!("{name} needs a value"));
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
@@ -132,6 +137,10 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Args
             Long("token-file") => a.token_file = Some(value(&mut p, "--token-file")?.into()),
             Long("root") => a.root = Some(value(&mut p, "--root")?.into()),
             Long("log") => a.log = Some(value(&mut p, "--log")?.into()),
+            Long("received") => {
+                let v = value(&mut p, "--received")?.to_string_lossy().into_owned();
+                a.received = Some(v.parse().map_err(|_| format!("--received takes a file descriptor, not {v}"))?);
+            }
             Long("ids") => {
                 let v = value(&mut p, "--ids")?.to_string_lossy().into_owned();
                 a.ids = ns::Ids::parse(&v).ok_or_else(|| format!("--ids takes auto, exact or virtual, not {v}"))?;
@@ -145,7 +154,7 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Args
 }
 
 fn main() {
-    let Args { inspect, image, listen, token_file, keep, as_owner, root, ssh_receiver, log, ids, allow_unbound } =
+    let Args { inspect, image, listen, token_file, keep, as_owner, root, ssh_receiver, log, ids, allow_unbound, received } =
         parse_args(std::env::args_os().skip(1)).unwrap_or_else(|e| {
             say!("{}", man::usage_error("pmig-resume", USAGE, &e));
             exit(2)
@@ -161,6 +170,30 @@ fn main() {
         }
         return;
     }
+    // What a receiver hands on to the `pmig-resume --received` it execs.
+    let mut resume_args: Vec<std::ffi::OsString> = Vec::new();
+    if ids != ns::Ids::Auto {
+        resume_args.extend(["--ids".into(), match ids { ns::Ids::Exact => "exact", ns::Ids::Virtual => "virtual", ns::Ids::Auto => "auto" }.into()]);
+    }
+    if let Some(r) = &root {
+        resume_args.extend(["--root".into(), r.clone().into_os_string()]);
+    }
+    if as_owner {
+        resume_args.push("--as-owner".into());
+    }
+    if let Some(fd) = received {
+        // From a receiver (`Receiver::listen`), which has verified the image and written its
+        // carried files: both are done again here (the files are found in place).
+        let path = PathBuf::from(format!("/proc/self/fd/{fd}"));
+        let result = verify_file(&path).context("the received image").and_then(|mut img| {
+            make_ready(&mut img, root.as_deref())?;
+            restore(&path, &img, as_owner, ids)
+        });
+        if let Err(e) = result {
+            fail(&format!("{e:#}"));
+        }
+        return;
+    }
     let result = match (listen, image) {
         (Some(addr), None) => {
             let Some(tf) = token_file else { fail("--listen needs --token-file FILE: a receiver runs whatever arrives, so it only takes programs from senders that know its secret") };
@@ -169,7 +202,7 @@ fn main() {
                 fail(&format!("the token file {} is empty", tf.display()));
             }
             let r = receive::Receiver { token, as_owner, root: root.clone(), check_uid: true, ready: make_ready };
-            r.listen(&addr, keep).and_then(|(s, img)| restore(&s.path, &img, as_owner, ids).map(|_| drop(s.file)))
+            r.listen(&addr, keep, &resume_args).map(|never| match never {})
         }
         (Some(_), Some(_)) => fail("give either an image or --listen, not both"),
         (None, None) => {

@@ -3,9 +3,13 @@
 //! verified before anything acts on it; a receiver refuses a sender that cannot prove it knows
 //! the shared token before reading a single image byte, logs every refusal with the peer's
 //! address, and stays up for the next sender. See `pmig_image::wire` for the protocol.
+//!
+//! `--listen` serves every connection in a thread of its own, within deadlines and caps
+//! (see [`Served`]), so no peer can hold up another; a received image is restored by `exec`
+//! of `pmig-resume --received FD`, in a process with one thread again.
 
 use anyhow::{bail, Context, Result};
-use pmig_image::wire::{self, frame, Auth, AUTH_LEN, FLAG_LZ4, MAX_FRAME};
+use pmig_image::wire::{self, Auth, AUTH_LEN, FLAG_LZ4};
 use pmig_image::{verify_file, VerifiedImage};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -96,7 +100,7 @@ impl Write for Stdio {
 
 impl Conn for Stdio {}
 
-fn send_status(conn: &mut dyn Conn, ok: bool, mac: Option<[u8; 32]>, msg: &str) {
+fn send_status(conn: &mut dyn Conn, ok: bool, mac: Option<[u8; 32]>, msg: &str) -> std::io::Result<()> {
     let st = wire::status(ok, msg);
     let mut out = Vec::with_capacity(st.len() + 32);
     out.push(st[0]);
@@ -104,39 +108,63 @@ fn send_status(conn: &mut dyn Conn, ok: bool, mac: Option<[u8; 32]>, msg: &str) 
         out.extend_from_slice(&m);
     }
     out.extend_from_slice(&st[1..]);
-    let _ = conn.write_all(&out);
-    let _ = conn.flush();
+    conn.write_all(&out).and_then(|_| conn.flush())
+}
+
+/// Refuses: tells the sender why (if it still listens) and fails with the same reason.
+fn refuse<T>(conn: &mut dyn Conn, why: String) -> Result<T> {
+    let _ = send_status(conn, false, None, &why);
+    bail!("{why}")
 }
 
 impl Receiver {
-    /// Receives one image on `conn`: handshake, frames, verification, verdict.
+    /// Receives one image on `conn`: handshake, frames, verification, verdict. Used through
+    /// ssh, where there is one sender and no one else to wait for.
     pub fn receive(&self, conn: &mut dyn Conn) -> Result<(Spooled, VerifiedImage)> {
+        let auth = self.authenticate(conn)?;
+        self.admit(conn, &auth)?;
+        let got = self.take(conn, &auth, &std::sync::Mutex::new(()))?;
+        send_status(conn, true, None, "the whole image arrived and checks out").context("cannot tell the sender the image arrived")?;
+        Ok(got)
+    }
+
+    /// HELLO, then AUTH: the sender's proof that it knows the token, and whose process it
+    /// sends. Refuses (telling the sender) a wrong proof or another user's process. Reads
+    /// [`AUTH_LEN`] bytes at most.
+    fn authenticate(&self, conn: &mut dyn Conn) -> Result<Auth> {
         let challenge = random32()?;
         conn.write_all(&wire::hello(&challenge)).and_then(|_| conn.flush()).context("cannot greet the sender")?;
         let mut auth = [0u8; AUTH_LEN];
         conn.read_exact(&mut auth).context("the sender did not authenticate (no or short answer)")?;
         let auth = Auth::from_bytes(&auth);
         if !wire::mac_ok(&self.token, b"pmig-sender", &challenge, &auth.mac) {
-            send_status(conn, false, None, "authentication failed");
+            let _ = send_status(conn, false, None, "authentication failed");
             bail!("authentication failed: the sender does not know the token");
         }
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
         if self.check_uid && auth.uid != me && !(me == 0 && self.as_owner) {
             let why = format!("the process belongs to uid {}, this receiver runs as uid {me}", auth.uid);
-            send_status(conn, false, None, &why);
+            let _ = send_status(conn, false, None, &why);
             bail!("{why} (as root, --as-owner takes it)");
         }
-        send_status(conn, true, Some(wire::mac(&self.token, b"pmig-receiver", &auth.challenge)), "ok");
+        Ok(auth)
+    }
 
+    /// ACCEPT: the receiver's own proof; the sender may go on.
+    fn admit(&self, conn: &mut dyn Conn, auth: &Auth) -> Result<()> {
+        send_status(conn, true, Some(wire::mac(&self.token, b"pmig-receiver", &auth.challenge)), "ok").context("cannot answer the sender")
+    }
+
+    /// FILES, NEEDS, the frames, verification and `ready` (run under `ready_lock`: two
+    /// senders never write carried files at once). Everything but the final good verdict,
+    /// which the caller sends once it knows it will restore the image.
+    fn take(&self, conn: &mut dyn Conn, auth: &Auth, ready_lock: &std::sync::Mutex<()>) -> Result<(Spooled, VerifiedImage)> {
         // Which of the program's files this host lacks (carry them) or has otherwise (carry
         // them only if they can go under --root: a file here is never replaced).
         let offers = match wire::read_files_message(|b| conn.read_exact(b)).context("the sender did not list its files")? {
             Ok(o) => o,
-            Err(e) => {
-                send_status(conn, false, None, &e);
-                bail!("{e}");
-            }
+            Err(e) => return refuse(conn, e),
         };
         let mut carry = Vec::with_capacity(offers.len());
         let mut differ = Vec::new();
@@ -158,8 +186,7 @@ impl Receiver {
                 differ.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
                 if differ.len() > 3 { ", ..." } else { "" }
             );
-            send_status(conn, false, None, &why);
-            bail!("{why}");
+            return refuse(conn, why);
         }
         let n_carry = carry.iter().filter(|&&c| c != 0).count();
         let mut reply = wire::status(true, &format!("{n_carry} file(s) to carry"));
@@ -167,70 +194,42 @@ impl Receiver {
         conn.write_all(&reply).and_then(|_| conn.flush()).context("cannot answer the sender's file list")?;
 
         let mut s = memfd()?;
-        let lz4 = auth.flags & FLAG_LZ4 != 0;
-        let mut buf = vec![0u8; MAX_FRAME + MAX_FRAME / 255 + 64];
-        let mut out = vec![0u8; MAX_FRAME];
-        let mut total = 0u64;
+        let mut frames = wire::Frames::new(auth.flags & FLAG_LZ4 != 0, MAX_IMAGE);
         let started = Instant::now();
         let mut last = Instant::now();
-        loop {
-            let mut h = [0u8; 5];
-            conn.read_exact(&mut h).context("the stream ended before its end mark (truncated)")?;
-            let (kind, len) = wire::parse_frame_header(&h).map_err(anyhow::Error::msg)?;
-            let data = &mut buf[..len as usize];
-            conn.read_exact(data).context("the stream ended inside a frame (truncated)")?;
-            let bytes: &[u8] = match kind {
-                frame::END => break,
-                frame::RAW => data,
-                _ => {
-                    if !lz4 || len < 4 {
-                        bail!("a compressed frame the sender did not announce");
-                    }
-                    let raw = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
-                    if raw > MAX_FRAME {
-                        bail!("a compressed frame claims {raw} bytes");
-                    }
-                    let n = lz4_flex::block::decompress_into(&data[4..], &mut out[..raw])
-                        .map_err(|e| anyhow::anyhow!("a compressed frame does not decompress: {e}"))?;
-                    if n != raw {
-                        bail!("a compressed frame decompresses to {n} bytes, not {raw}");
-                    }
-                    &out[..raw]
-                }
-            };
-            total += bytes.len() as u64;
-            if total > MAX_IMAGE {
-                bail!("the image is larger than {MAX_IMAGE} bytes");
-            }
+        while let Some(bytes) = frames.next(|b| conn.read_exact(b))? {
             s.file.write_all(bytes).context("cannot hold the image in memory")?;
             if started.elapsed() > Duration::from_secs(1) && last.elapsed() >= Duration::from_secs(1) {
                 last = Instant::now();
-                let mib = total as f64 / 1048576.0;
+                let mib = frames.total as f64 / 1048576.0;
                 say!("pmig-resume: received {mib:.1} MiB, {:.1} MiB/s", mib / started.elapsed().as_secs_f64());
             }
         }
-        match verify_file(&s.path) {
-            Ok(mut img) => match (self.ready)(&mut img, self.root.as_deref()) {
-                Ok(()) => {
-                    send_status(conn, true, None, "the whole image arrived and checks out");
-                    Ok((s, img))
-                }
-                Err(e) => {
-                    send_status(conn, false, None, &format!("this host cannot run it: {e:#}"));
-                    Err(e.context("this host cannot run it"))
-                }
-            },
+        drop(frames);
+        let mut img = match verify_file(&s.path) {
+            Ok(img) => img,
             Err(e) => {
-                send_status(conn, false, None, &format!("the image does not check out: {e}"));
-                Err(anyhow::Error::new(e).context("the image does not check out"))
+                let _ = send_status(conn, false, None, &format!("the image does not check out: {e}"));
+                return Err(anyhow::Error::new(e).context("the image does not check out"));
             }
+        };
+        let ready = {
+            let _held = ready_lock.lock().unwrap_or_else(|p| p.into_inner());
+            (self.ready)(&mut img, self.root.as_deref())
+        };
+        if let Err(e) = ready {
+            let _ = send_status(conn, false, None, &format!("this host cannot run it: {e:#}"));
+            return Err(e.context("this host cannot run it"));
         }
+        Ok((s, img))
     }
 
-    /// Listens on `addr` until an image arrives and checks out; returns it. With
-    /// `keep_listening`, forks one child per image (the child returns it, to restore it) and
-    /// never returns in the parent.
-    pub fn listen(&self, addr: &str, keep_listening: bool) -> Result<(Spooled, VerifiedImage)> {
+    /// Listens on `addr` and serves senders concurrently, each in a thread of its own (see
+    /// [`Served`]). The first image that arrives and checks out is restored in this process
+    /// (through `exec` of `pmig-resume --received FD resume_args...`, which leaves one
+    /// thread); with `keep_listening`, each is restored by a child of its own and the
+    /// receiver goes on. Returns only on failure to listen.
+    pub fn listen(&self, addr: &str, keep_listening: bool, resume_args: &[std::ffi::OsString]) -> Result<std::convert::Infallible> {
         // A bare port listens on loopback: another address must be asked for.
         let addr = if addr.parse::<u16>().is_ok() { format!("127.0.0.1:{addr}") } else { addr.to_string() };
         let addr = addr.as_str();
@@ -239,41 +238,227 @@ impl Receiver {
         let _ = l.set_reuse_address(true);
         let _ = l.set_recv_buffer_size(8 << 20);
         l.bind(&sa.into()).with_context(|| format!("cannot listen on {addr}"))?;
-        l.listen(16).with_context(|| format!("cannot listen on {addr}"))?;
+        l.listen(128).with_context(|| format!("cannot listen on {addr}"))?;
         let local = l.local_addr().ok().and_then(|a| a.as_socket()).map_or(addr.to_string(), |a| a.to_string());
+        let me = std::env::current_exe().context("cannot find my own path (to start restorers)")?;
         say!("pmig-resume: listening on {local}");
         if keep_listening {
             // SAFETY: setting SIGCHLD to SIG_IGN makes the kernel reap our children.
             unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
         }
-        loop {
-            let (mut conn, peer) = match l.accept() {
-                Ok(c) => c,
-                Err(e) => {
-                    say!("pmig-resume: accept: {e}");
+        let served = Served { receiver: self, keep_listening, me: &me, resume_args, pending: Default::default(), senders: Default::default(), won: Default::default(), ready_lock: Default::default() };
+        std::thread::scope(|scope| {
+            let mut next_id = 0u64;
+            loop {
+                let (conn, peer) = match l.accept() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        say!("pmig-resume: accept: {e}");
+                        // EMFILE and the like: give the connection threads a moment to end.
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                next_id += 1;
+                let peer = peer.as_socket().map_or("?".to_string(), |a| a.to_string());
+                let id = next_id;
+                if !served.pend(id, &conn) {
+                    say!("pmig-resume: refused {peer}: cannot track the connection");
                     continue;
                 }
-            };
-            let peer = peer.as_socket().map_or("?".to_string(), |a| a.to_string());
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-            let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
-            match self.receive(&mut conn) {
-                Ok(got) => {
-                    say!("pmig-resume: image from {peer} received and verified");
-                    drop(conn);
-                    if !keep_listening {
-                        return Ok(got);
-                    }
-                    // SAFETY: pmig-resume is single-threaded here; the child only restores.
-                    match unsafe { libc::fork() } {
-                        0 => return Ok(got),
-                        -1 => say!("pmig-resume: cannot fork a restorer: {}", std::io::Error::last_os_error()),
-                        child => say!("pmig-resume: restoring it as pid {child}"),
-                    }
+                let served = &served;
+                let spawned = std::thread::Builder::new()
+                    .name(format!("pmig-conn-{id}"))
+                    .stack_size(256 << 10)
+                    .spawn_scoped(scope, move || served.serve(id, conn, &peer));
+                if let Err(e) = spawned {
+                    served.unpend(id);
+                    say!("pmig-resume: cannot serve a connection: {e}");
                 }
-                Err(e) => say!("pmig-resume: refused {peer}: {e:#}"),
+            }
+        })
+    }
+}
+
+/// How long an unauthenticated peer has, in all, to prove it knows the token.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an authenticated sender may go without sending anything.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections waiting for their handshake, at most: one more closes the oldest.
+pub const MAX_PENDING: usize = 64;
+/// Authenticated transfers at once, at most (each holds about 8 MiB of buffers and its
+/// image): one more is refused, and its program goes on where it is.
+pub const MAX_SENDERS: usize = 8;
+
+/// A receiver's connections: what `--listen` shares between its threads.
+///
+/// Bounds: an unauthenticated peer makes the receiver read [`AUTH_LEN`] bytes, within
+/// [`HANDSHAKE_TIMEOUT`] in all, and is one of at most [`MAX_PENDING`] (a new connection
+/// beyond closes the oldest, so a flood of idle peers cannot keep a quick sender out); an
+/// authenticated one is one of at most [`MAX_SENDERS`], may send a file list of
+/// `wire::MAX_FILES_BYTES` and an image of [`MAX_IMAGE`], and is dropped after
+/// [`IDLE_TIMEOUT`] of silence.
+struct Served<'a> {
+    receiver: &'a Receiver,
+    keep_listening: bool,
+    /// This executable, exec'd to restore.
+    me: &'a std::path::Path,
+    resume_args: &'a [std::ffi::OsString],
+    /// Connections still in their handshake, oldest first, each with a handle (a dup of
+    /// its socket) to close it.
+    pending: std::sync::Mutex<std::collections::VecDeque<(u64, socket2::Socket)>>,
+    /// Authenticated transfers in progress.
+    senders: std::sync::atomic::AtomicUsize,
+    /// Without --keep-listening: an image is taken; others are refused.
+    won: std::sync::atomic::AtomicBool,
+    ready_lock: std::sync::Mutex<()>,
+}
+
+/// A TCP connection to a sender, with a deadline on its reads while it has not
+/// authenticated.
+struct Tcp {
+    sock: socket2::Socket,
+    deadline: Option<Instant>,
+}
+
+impl Read for Tcp {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        let timed_out = || match self.deadline {
+            Some(_) => format!("past the handshake deadline ({} s)", HANDSHAKE_TIMEOUT.as_secs()),
+            None => format!("silent for {} s", IDLE_TIMEOUT.as_secs()),
+        };
+        let wait = match self.deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => IDLE_TIMEOUT,
+        };
+        if wait.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, timed_out()));
+        }
+        self.sock.set_read_timeout(Some(wait))?;
+        match (&self.sock).read(b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, timed_out())),
+            r => r,
+        }
+    }
+}
+
+impl Write for Tcp {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        (&self.sock).write(b)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Conn for Tcp {}
+
+/// Decrements a count when dropped.
+struct Held<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Served<'_> {
+    /// Notes a new connection as waiting for its handshake, closing the oldest waiting one
+    /// if there are [`MAX_PENDING`] already.
+    fn pend(&self, id: u64, conn: &socket2::Socket) -> bool {
+        let Ok(handle) = conn.try_clone() else { return false };
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        while p.len() >= MAX_PENDING {
+            if let Some((_, old)) = p.pop_front() {
+                let _ = old.shutdown(std::net::Shutdown::Both);
             }
         }
+        p.push_back((id, handle));
+        true
+    }
+
+    /// Forgets a connection's handle; false if it was closed to make room.
+    fn unpend(&self, id: u64) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        match p.iter().position(|(i, _)| *i == id) {
+            Some(at) => {
+                p.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Serves one connection, start to end; logs its refusal or its program's restore.
+    fn serve(&self, id: u64, sock: socket2::Socket, peer: &str) {
+        let _ = sock.set_write_timeout(Some(IDLE_TIMEOUT));
+        let mut conn = Tcp { sock, deadline: Some(Instant::now() + HANDSHAKE_TIMEOUT) };
+        match self.serve_conn(id, &mut conn, peer) {
+            Ok(()) => {}
+            Err(e) => say!("pmig-resume: refused {peer}: {e:#}"),
+        }
+    }
+
+    fn serve_conn(&self, id: u64, conn: &mut Tcp, peer: &str) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let r = self.receiver;
+        let auth = r.authenticate(conn);
+        if !self.unpend(id) {
+            bail!("closed to make room: {MAX_PENDING} connections were waiting for their handshake, this one the longest");
+        }
+        let auth = auth?;
+        conn.deadline = None;
+        let _held = Held(&self.senders);
+        if self.senders.fetch_add(1, SeqCst) >= MAX_SENDERS {
+            return refuse(conn, format!("the receiver is busy ({MAX_SENDERS} transfers in progress); try again"));
+        }
+        if !self.keep_listening && self.won.load(SeqCst) {
+            return refuse(conn, "this receiver has taken another program already".into());
+        }
+        r.admit(conn, &auth)?;
+        let (s, _img) = r.take(conn, &auth, &self.ready_lock)?;
+        if !self.keep_listening && self.won.swap(true, SeqCst) {
+            return refuse(conn, "this receiver has taken another program already".into());
+        }
+        if let Err(e) = send_status(conn, true, None, "the whole image arrived and checks out") {
+            self.won.store(false, SeqCst);
+            bail!("cannot tell the sender the image arrived: {e}");
+        }
+        say!("pmig-resume: image from {peer} received and verified");
+        self.restore(s)
+    }
+
+    /// Restores a received image: `exec` of `pmig-resume --received FD` (which verifies it
+    /// again and restores it in a process with one thread, as `unshare` needs), in this
+    /// process or, with --keep-listening, in a child.
+    fn restore(&self, s: Spooled) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let fd = s.file.as_raw_fd();
+        let mut cmd = std::process::Command::new(self.me);
+        cmd.arg("--received").arg(fd.to_string()).args(self.resume_args);
+        // SAFETY: fcntl and signal are async-signal-safe, and touch only the child's own
+        // fd table and dispositions.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The memfd goes on into the restorer; SIGCHLD as the program expects it.
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+                Ok(())
+            })
+        };
+        if self.keep_listening {
+            let child = cmd.spawn().context("cannot start a restorer")?;
+            say!("pmig-resume: restoring it as pid {}", child.id());
+            return Ok(());
+        }
+        // The other threads end with the exec.
+        let err = cmd.exec();
+        say!("pmig-resume: cannot start the restorer {}: {err}", self.me.display());
+        std::process::exit(2)
     }
 }
 

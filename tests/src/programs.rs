@@ -57,6 +57,10 @@ pub const BIGHEAP: &str = env!("PMIG_TEST_PROG_BIGHEAP");
 /// `badptr STEPS`: wrapped calls given bad pointers must fail with EFAULT.
 pub const BADPTR: &str = env!("PMIG_TEST_PROG_BADPTR");
 
+/// `stress STEPS threads N | STEPS forks`: N busy threads, or a thread that forks and execs
+/// without pause, to checkpoint again and again.
+pub const STRESS: &str = env!("PMIG_TEST_PROG_STRESS");
+
 /// `static_prog`: statically linked (no libc); prints `ran` and exits 0.
 pub const STATIC_PROG: &str = env!("PMIG_TEST_PROG_STATIC_PROG");
 

@@ -444,3 +444,64 @@ fn sender_refuses_a_receiver_of_another_version() {
     read_steps(&mut s, &mut steps, now + 2);
     let _ = server.join();
 }
+
+/// Peers that connect and say nothing, or dribble a byte a second, neither hold up a real
+/// sender (served at once, beside them) nor stay past the handshake deadline (5 s).
+#[test]
+fn silent_peers_do_not_hold_up_a_sender() {
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "a shared secret");
+    let (mut r, port) = start_receiver(&sb, &token, &[]);
+    let opened = std::time::Instant::now();
+    let silent: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect")).collect();
+    let (mut dribble, _) = connect(port);
+    let dribbler = std::thread::spawn(move || {
+        // One byte a second, never a whole AUTH within the deadline: the receiver must close.
+        for _ in 0..wire::AUTH_LEN {
+            if dribble.write_all(&[0x42]).is_err() {
+                return Some(opened.elapsed());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        None
+    });
+
+    let prog = Program::new("counter", programs::COUNTER, STEPS, &[]);
+    let mut s = start_sender(&sb, port, &token, &[], &prog);
+    let mut steps = StepCheck::new(1, STEPS, Input::Idle);
+    read_steps(&mut s, &mut steps, 2);
+    let signalled = std::time::Instant::now();
+    s.signal(libc::SIGUSR2).unwrap();
+    let status = s.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    let took = signalled.elapsed();
+    assert!(status.success(), "{}", s.describe());
+    assert!(took < Duration::from_secs(4), "the move took {took:?}: silent peers held up the sender\n{}", r.describe());
+    for l in s.drain_now().unwrap_or_default() {
+        steps.accept(&l).unwrap();
+    }
+    let line = r.next_line(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    assert_eq!(line, Some(format!("step {}", steps.last() + 1)), "{}", r.describe());
+    drop(silent);
+    // The receiver became the program (exec): the dribbler's connection is gone with it.
+    let cut = dribbler.join().expect("the dribbler");
+    assert!(cut.is_some_and(|t| t < Duration::from_secs(15)), "the dribbling peer was never cut off: {cut:?}");
+}
+
+/// With --keep-listening the receiver itself closes a peer that does not authenticate within
+/// the handshake deadline, and logs it.
+#[test]
+fn handshake_deadline_closes_a_silent_peer() {
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "a shared secret");
+    let (mut r, port) = start_receiver(&sb, &token, &["--keep-listening"]);
+    let (mut c, _) = connect(port);
+    let start = std::time::Instant::now();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut b = [0u8; 1];
+    let got = c.read(&mut b);
+    let waited = start.elapsed();
+    assert!(matches!(got, Ok(0)), "the receiver must close a silent peer: {got:?}");
+    assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(10), "closed after {waited:?}, expected about 5 s");
+    expect_refusal(&mut r, 1, "the silent peer's refusal");
+    assert!(r.stderr_text().contains("past the handshake deadline (5 s)"), "{}", r.describe());
+}
