@@ -130,6 +130,9 @@ fn checkpoint_once(cfg: &'static config::Config) {
     // SAFETY: CKPT_CTX is this thread's; `job` outlives the call.
     let r = unsafe { arch::save_and_call(CKPT_CTX.0.get(), dump_entry, &mut job as *mut Job as u64) };
     if r >= ENGINE_BASE {
+        // The tree session belonged to the process that wrote the image: its memory was in
+        // the arena (mapped anew, empty) and its fds are gone. It is forgotten, not dropped.
+        core::mem::forget(job.tree.take());
         // SAFETY: only the engine resumes this context, handing over its mailbox's address
         // (always at or above ENGINE_BASE; a dump returns 0 or 1).
         unsafe { crate::restore::restored(r as *mut Mailbox) };
@@ -211,7 +214,8 @@ extern "C" fn dump_entry(job: u64) -> u64 {
 
 /// A member of a tree, told by its root to take part: stops nothing more (its threads are
 /// parked), saves its context like `checkpoint_once` and serves the root's orders inside it.
-pub fn member_dump(cfg: &'static config::Config, sock: i32) {
+/// Returns `true` in a restored process (where the socket to the root does not exist).
+pub fn member_dump(cfg: &'static config::Config, sock: i32) -> bool {
     alloc::arena_on();
     CKPT_FS.store(arch::fs_base(), Relaxed);
     let (h, l) = sys::get_robust_list();
@@ -223,10 +227,11 @@ pub fn member_dump(cfg: &'static config::Config, sock: i32) {
     if r >= ENGINE_BASE {
         // SAFETY: as in `checkpoint_once`: only the engine resumes this context.
         unsafe { crate::restore::restored(r as *mut Mailbox) };
-        return;
+        return true;
     }
     alloc::arena_off();
     thread::release_all();
+    false
 }
 
 struct MemberJob {

@@ -444,8 +444,9 @@ pub fn take_part(cfg: &'static config::Config, nonce: u32) {
         let _ = sys::close(sock);
         return;
     }
-    crate::checkpoint::member_dump(cfg, sock);
-    let _ = sys::close(sock);
+    if !crate::checkpoint::member_dump(cfg, sock) {
+        let _ = sys::close(sock);
+    }
 }
 
 /// In the member, inside `save_and_call`: waits for the root's orders. Returns when the
