@@ -18,6 +18,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arch;
+pub mod errno;
 
 /// Start of the address range that libpmig reserves in every process it runs in, and where
 /// the restore engine is linked. Nothing of a saved process can ever live here.

@@ -143,8 +143,18 @@ fn fail(code: i32, errno: i64, at: u64) -> ! {
     let mut b = [0u8; 24];
     write_err(b"pmig-restore-engine: restore failed while ");
     write_err(ec::name(code).unwrap_or("restoring").as_bytes());
-    write_err(b" (errno ");
-    write_err(fmt_u64(errno.unsigned_abs(), false, &mut b));
+    write_err(b" (");
+    match pmig_abi::errno::name(errno.unsigned_abs() as i32) {
+        Some(n) => {
+            write_err(n.as_bytes());
+            write_err(b": ");
+            write_err(pmig_abi::errno::description(errno.unsigned_abs() as i32).unwrap_or("").as_bytes());
+        }
+        None => {
+            write_err(b"errno ");
+            write_err(fmt_u64(errno.unsigned_abs(), false, &mut b));
+        }
+    }
     write_err(b", at 0x");
     write_err(fmt_u64(at, true, &mut b));
     write_err(b"); exit code ");
