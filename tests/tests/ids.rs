@@ -148,3 +148,59 @@ fn resume_returns_the_programs_exit_status() {
         assert_eq!(status.code(), Some(7), "ids {ids}: pmig-resume must exit with the program's status\n{}", p.describe());
     }
 }
+
+/// A terminal keeps working with job control through the pid the user has: in an interactive
+/// bash on a pseudo-terminal, `pmig-resume IMAGE` runs in the foreground, Ctrl-Z stops it (the
+/// shell says so and no step is printed), `fg` goes on, Ctrl-C ends it (status 130).
+#[test]
+fn job_control_on_a_terminal() {
+    let sb = Sandbox::new();
+    let prog = Program::new("counter-tty", programs::COUNTER, 100_000, &[]);
+    let mut chain = Chain::new(&sb, &prog, ChainOpts::default());
+    chain.start_and_checkpoint();
+    let script = r#"
+import os, pty, sys, time, select, re
+resume, image = sys.argv[1], sys.argv[2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ["PS1"] = "PROMPT$ "
+    os.execvp("bash", ["bash", "--norc", "--noprofile", "-i"])
+buf = b""
+def read_for(secs):
+    global buf
+    end = time.time() + secs
+    while time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.05)
+        if r:
+            try: buf += os.read(fd, 65536)
+            except OSError: break
+read_for(0.5)
+os.write(fd, f"{resume} {image}\n".encode()); read_for(3.0)
+print("before", len(re.findall(rb"step \d+", buf)))
+os.write(fd, b"\x1a"); read_for(1.0)
+print("stopped", int(b"Stopped" in buf))
+mark = len(buf); read_for(1.0)
+print("while", len(re.findall(rb"step \d+", buf[mark:])))
+os.write(fd, b"fg\n"); read_for(1.5)
+print("after", len(re.findall(rb"step \d+", buf[mark:])))
+os.write(fd, b"\x03"); read_for(1.0)
+os.write(fd, b"echo status=$?\n"); read_for(1.0)
+m = re.findall(rb"status=(\d+)", buf)
+print("status", int(m[-1]) if m else -1)
+os.kill(pid, 9)
+"#;
+    let out = std::process::Command::new(programs::PYTHON3)
+        .args(["-c", script])
+        .arg(&sb.bins().resume)
+        .arg(chain.image())
+        .env("PMIG_DEBUG", "")
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<i64>().ok()).unwrap_or(-2);
+    assert!(get("before ") > 0, "the resumed program prints on the terminal: {text}");
+    assert_eq!(get("stopped "), 1, "Ctrl-Z stops the job and the shell says so: {text}");
+    assert_eq!(get("while "), 0, "nothing is printed while the job is stopped: {text}");
+    assert!(get("after ") > 0, "fg lets it go on: {text}");
+    assert_eq!(get("status "), 130, "Ctrl-C ends it with SIGINT, as the shell sees it: {text}");
+}
