@@ -248,6 +248,9 @@ pub const OBJECT_SHARED_MEMORY: u32 = 0;
 pub const OBJECT_PIPE_READ: u32 = 1;
 /// [`PlanObject::kind`]: the write end of a pipe the processes of a tree share.
 pub const OBJECT_PIPE_WRITE: u32 = 2;
+/// [`PlanObject::kind`]: an open file description (a regular file, one offset) the processes
+/// of a tree share; `ino` is its key (`FileState::shared`).
+pub const OBJECT_FILE: u32 = 3;
 
 /// A run of saved pages: `len` bytes at `addr` come from the image at `file_off`.
 #[repr(C)]

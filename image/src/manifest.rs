@@ -283,6 +283,9 @@ pub struct FileState {
     /// Offset (for seekable files).
     pub pos: i64,
     pub kind: FileKind,
+    /// Non-zero when another process of the tree holds this same open file description (one
+    /// offset, one set of flags): the key names it in every process's image.
+    pub shared: u64,
 }
 
 /// What an open file is, and so how it is restored.

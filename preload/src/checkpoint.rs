@@ -243,13 +243,13 @@ extern "C" fn member_entry(job: u64) -> u64 {
     // SAFETY: `job` is the address of the MemberJob on the caller's stack, alive for this call.
     let job = unsafe { &mut *(job as *mut MemberJob) };
     let (cfg, sock) = (job.cfg, job.sock);
-    crate::tree::serve(cfg, sock, &mut |fd| {
+    crate::tree::serve(cfg, sock, &mut |fd, shares| {
         let dumpable = sys::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0).unwrap_or(1) as u32;
         crate::creds::DUMPABLE.store(dumpable, Relaxed);
         if dumpable != 1 {
             let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
         }
-        let r = dump(cfg, -1, None, None, Some((fd, sock)));
+        let r = dump(cfg, -1, None, None, Some((fd, sock, shares)));
         if dumpable != 1 {
             let _ = sys::prctl(libc::PR_SET_DUMPABLE, dumpable as u64, 0, 0, 0);
         }
@@ -266,7 +266,7 @@ fn dump(
     conn: i32,
     connection: Option<&crate::transfer::Connection>,
     tree: Option<&mut crate::tree::Session>,
-    member: Option<(i32, i32)>,
+    member: Option<(i32, i32, &[crate::tree::Share])>,
 ) -> Result<u64, String> {
     let arena = alloc::ARENA_BASE.load(Relaxed);
     let skip = [(ENGINE_BASE, ENGINE_BASE + RESERVE_LEN), (arena, arena + alloc::ARENA_LEN)];
@@ -289,10 +289,12 @@ fn dump(
     if let Some(t) = tree.as_ref() {
         own.extend(t.fds());
     }
-    if let Some((fd, sock)) = member {
+    let mut shares: Vec<(i32, u64)> = tree.as_ref().map(|t| t.shares_of(sys::getpid())).unwrap_or_default();
+    if let Some((fd, sock, s)) = member {
         own.extend([fd, sock]);
+        shares.extend_from_slice(s);
     }
-    let (files, fds) = fd::dump(&own, cfg.drop_unsupported)?;
+    let (files, fds) = fd::dump(&own, cfg.drop_unsupported, &shares)?;
     if let Some(why) = fd::unsupported(&files, &fds) {
         if !cfg.drop_unsupported {
             return Err(format!("{why} (pmig-run --drop-unsupported checkpoints without it)"));
@@ -422,7 +424,7 @@ fn dump(
         debug!("receiver: {verdict}");
         return Ok(len);
     }
-    if let Some((fd, _)) = member {
+    if let Some((fd, _, _)) = member {
         // Into the root's file, where it points: the root makes it durable.
         let (bytes, header) = self::layout(&manifest, layout.pages_len)?;
         return stream_image(&mut FileSink { fd, path: &cfg.image_path }, &manifest, &bytes, &header);

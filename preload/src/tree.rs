@@ -38,6 +38,9 @@ const DUMP: u32 = 4;
 const DONE: u32 = 5;
 const RELEASE: u32 = 6;
 const EXIT: u32 = 7;
+/// Up to 14 `(fd, key)` pairs of shared open file descriptions, ahead of `DUMP`.
+const SHARES: u32 = 8;
+const PAIRS_PER_MSG: usize = 14;
 
 /// How long a member may take to stop, and to write its image.
 const STOP_TIMEOUT_MS: u64 = 10_000;
@@ -175,6 +178,8 @@ struct Member {
 
 /// The root's side of one tree checkpoint.
 pub struct Session {
+    /// `(pid, fd, key)`: open file descriptions two or more processes of the tree hold.
+    shares: Vec<(i32, i32, u64)>,
     listen: i32,
     members: Vec<Member>,
     zombies: Vec<Found>,
@@ -203,7 +208,7 @@ impl Session {
         let nonce = u32::from_ne_bytes(nonce) | 1;
         let listen = sys::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
             .map_err(|e| format!("cannot make the tree's socket: {}", Errno(e)))? as i32;
-        let mut s = Session { listen, members: Vec::new(), zombies: Vec::new(), signal: cfg.signal, nonce };
+        let mut s = Session { shares: Vec::new(), listen, members: Vec::new(), zombies: Vec::new(), signal: cfg.signal, nonce };
         sys::bind(listen, &address(sys::getpid(), nonce))
             .and_then(|_| sys::listen(listen, 128))
             .map_err(|e| format!("cannot listen on the tree's socket: {}", Errno(e)))?;
@@ -245,7 +250,8 @@ impl Session {
             s.wait_parked(&mut asked)?;
             found = descendants();
         }
-        debug!("tree: {} member(s) stopped, {} zombie(s)", s.members.len(), s.zombies.len());
+        s.find_shares();
+        debug!("tree: {} member(s) stopped, {} zombie(s), {} shared open file(s)", s.members.len(), s.zombies.len(), s.shares.len());
         Ok(Some(s))
     }
 
@@ -334,6 +340,49 @@ impl Session {
         }
     }
 
+    /// Finds the regular files' open file descriptions two or more processes of the tree hold
+    /// (`kcmp` on fds of the same inode), every process stopped.
+    fn find_shares(&mut self) {
+        let pids: Vec<i32> = core::iter::once(sys::getpid()).chain(self.members.iter().map(|m| m.found.pid)).collect();
+        // (pid, fd, dev, ino) of every regular file.
+        let mut all: Vec<(i32, i32, u64, u64)> = Vec::new();
+        for &p in &pids {
+            let _ = sys::for_each_numbered_entry(&sys::cstr(&format!("/proc/{p}/fd")), |fd, _| {
+                // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+                let mut st: libc::stat = unsafe { core::mem::zeroed() };
+                if sys::fstatat(libc::AT_FDCWD, &sys::cstr(&format!("/proc/{p}/fd/{fd}")), &mut st, 0).is_ok()
+                    && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                {
+                    all.push((p, fd, st.st_dev, st.st_ino));
+                }
+            });
+        }
+        // Union of identical descriptions across processes; a group's key is its first member.
+        let mut key: Vec<u64> = vec![0; all.len()];
+        for i in 0..all.len() {
+            for j in 0..i {
+                let (a, b) = (all[j], all[i]);
+                if a.0 == b.0 || a.2 != b.2 || a.3 != b.3 || key[i] != 0 {
+                    continue;
+                }
+                // SAFETY: kcmp only compares two fds of two processes; no memory is passed.
+                let same = unsafe { pmig_abi::arch::syscall6(libc::SYS_kcmp as u64, a.0 as u64, b.0 as u64, 0, a.1 as u64, b.1 as u64, 0) } == 0;
+                if same {
+                    if key[j] == 0 {
+                        key[j] = 1 << 63 | (a.0 as u64) << 20 | a.1 as u64;
+                    }
+                    key[i] = key[j];
+                }
+            }
+        }
+        self.shares = all.iter().zip(&key).filter(|(_, &k)| k != 0).map(|(a, &k)| (a.0, a.1, k)).collect();
+    }
+
+    /// `(fd, key)` of `pid`'s shared open file descriptions.
+    pub fn shares_of(&self, pid: i32) -> Vec<(i32, u64)> {
+        self.shares.iter().filter(|s| s.0 == pid).map(|s| (s.1, s.2)).collect()
+    }
+
     /// Records a zombie once.
     fn add_zombie(&mut self, z: Found) {
         if !self.zombies.iter().any(|y| y.pid == z.pid) {
@@ -356,6 +405,16 @@ impl Session {
             let offset = end.div_ceil(4096) * 4096;
             sys::lseek(fd, offset as i64, libc::SEEK_SET).map_err(|e| format!("cannot seek in the image: {}", Errno(e)))?;
             let f = &m.found;
+            for chunk in self.shares_of(f.pid).chunks(PAIRS_PER_MSG) {
+                let mut text = [0u8; PAIRS_PER_MSG * 16];
+                for (k, (sfd, key)) in chunk.iter().enumerate() {
+                    text[k * 16..k * 16 + 4].copy_from_slice(&sfd.to_ne_bytes());
+                    text[k * 16 + 8..k * 16 + 16].copy_from_slice(&key.to_ne_bytes());
+                }
+                let mut m2 = msg(SHARES, chunk.len() as u64, "");
+                m2[16..16 + text.len()].copy_from_slice(&text);
+                sys::send_with_fd(m.sock, &m2, None).map_err(|e| format!("process {} ({}) of the tree: {}", f.pid, f.comm, Errno(e)))?;
+            }
             send(m.sock, DUMP, offset, "", Some(fd)).map_err(|e| format!("process {} ({}) of the tree: {}", f.pid, f.comm, Errno(e)))?;
             match recv(m.sock, DUMP_TIMEOUT_MS) {
                 Some((DONE, len, ..)) => {
@@ -449,20 +508,48 @@ pub fn take_part(cfg: &'static config::Config, nonce: u32) {
     }
 }
 
+/// Writes this member's image into an fd, given its shared `(fd, key)` pairs; returns its length.
+pub type DumpInto<'a> = dyn FnMut(i32, &[Share]) -> Result<u64, String> + 'a;
+
+/// `(fd, key)`: an fd whose open file description other processes of the tree hold too.
+pub type Share = (i32, u64);
+
 /// In the member, inside `save_and_call`: waits for the root's orders. Returns when the
 /// member must go on; exits the process when told to.
-pub fn serve(cfg: &config::Config, sock: i32, dump: &mut dyn FnMut(i32) -> Result<u64, String>) {
+pub fn serve(cfg: &config::Config, sock: i32, dump: &mut DumpInto<'_>) {
+    let mut shares: Vec<(i32, u64)> = Vec::new();
     loop {
-        match recv(sock, -1) {
-            Some((DUMP, _, _, Some(fd))) => {
-                let r = dump(fd);
+        let mut buf = [0u8; MSG_LEN];
+        let got = match sys::poll_one(sock, libc::POLLIN, -1) {
+            Ok(true) => sys::recv_with_fd(sock, &mut buf).ok(),
+            Err(libc::EINTR) => continue,
+            _ => None,
+        };
+        let Some((n, fd)) = got else { return };
+        if n != MSG_LEN {
+            return;
+        }
+        let (kind, value, _) = parse(&buf);
+        if kind == SHARES {
+            for k in 0..(value as usize).min(PAIRS_PER_MSG) {
+                let at = 16 + k * 16;
+                let sfd = i32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+                let mut key = [0u8; 8];
+                key.copy_from_slice(&buf[at + 8..at + 16]);
+                shares.push((sfd, u64::from_ne_bytes(key)));
+            }
+            continue;
+        }
+        match (kind, fd) {
+            (DUMP, Some(fd)) => {
+                let r = dump(fd, &shares);
                 let _ = sys::close(fd);
                 let _ = match r {
                     Ok(len) => send(sock, DONE, len, "", None),
                     Err(e) => send(sock, FAIL, 0, &e, None),
                 };
             }
-            Some((EXIT, ..)) => {
+            (EXIT, _) => {
                 debug!("tree: exiting with the tree (--exit)");
                 let _ = cfg;
                 sys::exit_group(0);

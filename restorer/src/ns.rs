@@ -375,6 +375,41 @@ fn tree_objects(image: &std::path::Path, img: &VerifiedImage) -> std::result::Re
     Ok(out)
 }
 
+/// The open file descriptions of regular files two or more processes of the tree hold (one
+/// offset, one set of flags: a log both write to, a file a parent and child read in turn):
+/// opened once at their saved offset before any process exists, so every process inherits
+/// the same description.
+fn tree_files(img: &VerifiedImage) -> std::result::Result<Vec<PlanObject>, String> {
+    use std::collections::BTreeMap;
+    let mut seen: BTreeMap<u64, (Vec<i32>, &pmig_image::FileState)> = BTreeMap::new();
+    for (pid, p) in img.processes() {
+        for f in p.manifest.files.iter().filter(|f| f.shared != 0) {
+            let e = seen.entry(f.shared).or_insert_with(|| (Vec::new(), f));
+            if !e.0.contains(&pid) {
+                e.0.push(pid);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (key, (procs, f)) in seen {
+        let FileKind::Regular { path, .. } = &f.kind else { continue };
+        if procs.len() < 2 {
+            continue;
+        }
+        let flags = f.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC);
+        let cpath = CString::new(path.as_str()).map_err(|_| format!("a NUL byte in {path}"))?;
+        // SAFETY: open with a NUL-terminated path; lseek on the fd just opened.
+        let fd = unsafe { libc::open(cpath.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(format!("cannot open {path}, which processes of the tree share: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: as above.
+        unsafe { libc::lseek(fd, f.pos, libc::SEEK_SET) };
+        out.push(PlanObject { ino: key, fd, kind: pmig_abi::OBJECT_FILE });
+    }
+    Ok(out)
+}
+
 /// Dies as a zombie of the tree did: exits with its status, or of its signal.
 fn die_as(status: i32) -> ! {
     // SAFETY: plain calls on this process; it ends here.
@@ -451,6 +486,7 @@ unsafe fn build_process(b: &Build<'_>, pipe: &Pipe, pid: i32, has_init: bool) ->
     if root {
         match tree_pipes(b.img).and_then(|mut o| {
             o.extend(tree_objects(b.image, b.img)?);
+            o.extend(tree_files(b.img)?);
             Ok(o)
         }) {
             Ok(o) => {

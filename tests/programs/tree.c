@@ -10,11 +10,16 @@
  * counter per worker (each worker adds one per request, the parent checks it: the page must
  * stay one page shared by all) and a process-shared POSIX semaphore each worker posts once
  * per request and the parent waits on (a futex in shared memory, woken across processes).
+ * A log file opened once before the forks (one open file description, one offset, no
+ * O_APPEND) gets a fixed-size record from each worker per request and from the parent per
+ * step; at the end the parent reads it back: every record must be there, none written over
+ * (the description must stay shared).
  *
  * Usage: tree STEPS
  */
 #include "common.h"
 
+#include <fcntl.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -27,6 +32,16 @@ struct shared {
     sem_t done;
 };
 static struct shared *sh;
+static int logfd;
+
+/* A fixed-size record at the log's shared offset. */
+static void record(char who, long step)
+{
+    char r[16];
+    snprintf(r, sizeof r, "%c %010ld\n", who, step);
+    if (write(logfd, r, 13) != 13)
+        _exit(12);
+}
 
 static void worker(int n, int req, int ans, pid_t parent, pid_t me)
 {
@@ -41,6 +56,7 @@ static void worker(int n, int req, int ans, pid_t parent, pid_t me)
             _exit(10);
         }
         __atomic_add_fetch(&sh->count[n], 1, __ATOMIC_SEQ_CST);
+        record((char)('a' + n), step);
         long answer = step * step + n;
         if (getppid() != parent || (pid_t)syscall(SYS_getpid) != me)
             answer = -1;
@@ -63,6 +79,11 @@ int main(int argc, char **argv)
 {
     long steps = parse_steps(argc, argv, "STEPS");
     pid_t parent = getpid();
+    char logname[64];
+    snprintf(logname, sizeof logname, "tree-%d.log", (int)parent);
+    logfd = open(logname, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (logfd < 0)
+        return 4;
     sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (sh == MAP_FAILED || sem_init(&sh->done, 1, 0) != 0)
         return 4;
@@ -111,6 +132,7 @@ int main(int argc, char **argv)
             if (c != step)
                 corrupt("step %ld: worker %d's counter in shared memory reads %ld (the page is no longer shared?)", step, i, c);
         }
+        record('p', step);
         step_line(step);
         if (step < steps)
             sleep_ms(STEP_MS);
@@ -122,6 +144,25 @@ int main(int argc, char **argv)
         if (waitpid(kids[i], &st, 0) != kids[i] || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
             corrupt("worker %d (pid %d) ended badly (status %#x)", i, kids[i], st);
     }
+    /* Every record of every step, none written over. */
+    FILE *f = fopen(logname, "r");
+    if (!f)
+        corrupt("cannot read %s back", logname);
+    long seen[3] = {0, 0, 0};
+    char line[64];
+    while (fgets(line, sizeof line, f)) {
+        char who;
+        long step;
+        if (sscanf(line, "%c %ld", &who, &step) != 2 || (who != 'a' && who != 'b' && who != 'p'))
+            corrupt("%s holds a broken record: '%s'", logname, line);
+        seen[who == 'p' ? 2 : who - 'a']++;
+    }
+    fclose(f);
+    unlink(logname);
+    for (int i = 0; i < 3; i++)
+        if (seen[i] != steps)
+            corrupt("%s holds %ld records of %c, not %ld (written over: the shared offset was lost)", logname, seen[i],
+                    i == 2 ? 'p' : 'a' + i, steps);
     int st = 0;
     if (waitpid(zombie, &st, 0) != zombie || !WIFEXITED(st) || WEXITSTATUS(st) != 7)
         corrupt("the zombie child %d did not keep its exit status 7 (status %#x)", zombie, st);

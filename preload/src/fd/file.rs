@@ -71,6 +71,13 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
     let open = |path: &str, flags: i32| {
         sys::openat(libc::AT_FDCWD, &sys::cstr(path), flags, 0).map(|fd| fd as i32).map_err(|e| format!("cannot open {path}: {}", Errno(e)))
     };
+    // An open file description other processes of the tree share: pmig-resume opened it once
+    // (at its offset) and this process inherited it.
+    if f.shared != 0 {
+        if let Some(o) = ctx.objects.iter().find(|o| o.0 == f.shared && o.2 == pmig_abi::OBJECT_FILE) {
+            return Some(sys::fcntl(o.1, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map(|fd| fd as i32).map_err(|e| format!("{}", Errno(e))));
+        }
+    }
     Some(match &f.kind {
         FileKind::Regular { path, .. } => open(path, reopen_flags(f.flags)).inspect(|&fd| {
             let _ = sys::lseek(fd, f.pos, libc::SEEK_SET);

@@ -115,7 +115,9 @@ fn fd_info(fd: i32) -> Option<FdInfo> {
 /// Describes every open fd: the files and the fd table.
 /// With `drop_unsupported`, an fd no family can save becomes `Other` (restored closed)
 /// instead of failing the dump.
-pub fn dump(skip: &[i32], drop_unsupported: bool) -> Result<(Vec<FileState>, Vec<FdState>), String> {
+/// `shares`: `(fd, key)` of the fds whose open file description other processes of the tree
+/// hold too (found by the tree's root).
+pub fn dump(skip: &[i32], drop_unsupported: bool, shares: &[(i32, u64)]) -> Result<(Vec<FileState>, Vec<FdState>), String> {
     let fds = list_fds(skip).map_err(|e| format!("cannot list /proc/self/fd: {}", Errno(e)))?;
     let mut files: Vec<FileState> = Vec::new();
     // For each file: one fd that refers to it, and its (dev, ino), to find sharers quickly.
@@ -138,7 +140,8 @@ pub fn dump(skip: &[i32], drop_unsupported: bool) -> Result<(Vec<FileState>, Vec
                     Some(Err(e)) => return Err(format!("fd {fd} ({}): {e}", info.link)),
                 };
                 let pos = sys::lseek(fd, 0, libc::SEEK_CUR).map(|p| p as i64).unwrap_or(0);
-                files.push(FileState { flags: info.flags, pos, kind });
+                let shared = shares.iter().find(|s| s.0 == fd).map_or(0, |s| s.1);
+                files.push(FileState { flags: info.flags, pos, kind, shared });
                 reps.push((fd, info.st.st_dev, info.st.st_ino));
                 files.len() - 1
             }
