@@ -231,6 +231,17 @@ fn move_threads_to_another_host_compressed() {
     migrate(&hosts, &prog, &["--compress"], 5, &mut nothing_more);
 }
 
+/// A process tree (tree.c: two workers on pipes, shared memory, a shared log file, a zombie)
+/// moves whole to the other host.
+#[test]
+fn move_tree_to_another_host() {
+    let Some(hosts) = Hosts::new("move_tree_to_another_host") else {
+        return;
+    };
+    let prog = Program::new("tree", hosts.stage(programs::TREE), STEPS, &[]);
+    migrate(&hosts, &prog, &["--compress"], 5, &mut nothing_more);
+}
+
 /// python3 itself is on both hosts (only `SRC`, its working directory, is not).
 #[test]
 fn move_python_to_another_host() {

@@ -91,6 +91,18 @@ impl Client {
         Ok(Client { s, r })
     }
 
+    /// `INFO persistence`, as one string.
+    fn info_persistence(&mut self) -> Option<String> {
+        let m = "*2\r\n$4\r\nINFO\r\n$11\r\npersistence\r\n";
+        self.s.write_all(m.as_bytes()).ok()?;
+        let mut line = String::new();
+        self.r.read_line(&mut line).ok()?;
+        let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
+        let mut body = vec![0u8; len + 2];
+        self.r.read_exact(&mut body).ok()?;
+        Some(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// Sends a command; returns the reply line (bulk strings: their content).
     fn cmd(&mut self, args: &[&str]) -> std::io::Result<String> {
         let mut m = format!("*{}\r\n", args.len());
@@ -291,4 +303,81 @@ fn memcached_as_root_drops_privileges_and_serves() {
     }
     let _ = r.signal(libc::SIGTERM);
     let _ = r.wait_exit(TIMEOUT);
+}
+
+/// redis-server checkpointed while a `BGSAVE` child (a forked process of its tree) is writing
+/// the dump: after the resume the child finishes, redis reports the save ok, and the dump holds
+/// every key (read back by a second redis-server).
+#[test]
+fn redis_bgsave_child_finishes_after_restore() {
+    if !Path::new("/usr/bin/redis-server").exists() {
+        panic!("redis-server is not installed (.ci/run installs it: apt-get install redis-server)");
+    }
+    let sb = Sandbox::new();
+    let image = sb.image("redis-bgsave.pmig");
+    let dir = sb.workdir("data");
+    let port = free_port();
+    let mut r = spawn(
+        &sb,
+        |sb| {
+            let mut c = sb.command(&sb.bins().run, &sb.workdir("run"));
+            c.arg("--exit").arg("--image").arg(&image).arg("--").arg("/usr/bin/redis-server");
+            c.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+            // Slow the save down (2 ms a key) so the checkpoint catches its child writing.
+            c.arg("--dir").arg(&dir).args(["--rdb-key-save-delay", "2000"]);
+            c
+        },
+        "pmig-run (redis-server, BGSAVE)",
+    );
+    let mut c = wait_until(TIMEOUT, "redis-server answering PING", || redis_up(port)).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    let n = 1200;
+    for i in 1..=n {
+        assert_eq!(c.cmd(&["SET", &format!("k{i}"), &format!("v{i}")]).unwrap(), "+OK");
+    }
+    assert_eq!(c.cmd(&["BGSAVE"]).unwrap(), "+Background saving started");
+    let child = wait_until(TIMEOUT, "the BGSAVE child", || {
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", r.pid())).ok()?;
+        kids.split_whitespace().next().map(str::to_string)
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    drop(c);
+    r.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    let st = r.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    assert!(st.success(), "redis and its BGSAVE child (pid {child}) must exit 0 after the checkpoint: {}", r.describe());
+    assert!(!dir.join("dump.rdb").exists(), "the save must not have finished before the checkpoint");
+    r = spawn(
+        &sb,
+        |sb| {
+            let mut c = sb.command(&sb.bins().resume, &sb.workdir("resume"));
+            c.arg(&image);
+            c
+        },
+        "pmig-resume (redis-server, BGSAVE)",
+    );
+    let mut c = wait_until(TIMEOUT, "the resumed redis answering", || redis_up(port)).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    let done = wait_until(Duration::from_secs(30), "the BGSAVE to finish", || {
+        let info = c.info_persistence()?;
+        (info.contains("rdb_bgsave_in_progress:0")).then_some(info)
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    assert!(done.contains("rdb_last_bgsave_status:ok"), "the save finished badly: {done}");
+    let _ = c.cmd(&["SHUTDOWN", "NOSAVE"]);
+    let _ = r.wait_exit(TIMEOUT);
+    // The dump holds every key: a second redis loads it.
+    let port2 = free_port();
+    let mut r2 = spawn(
+        &sb,
+        |sb| {
+            let mut c = sb.command(Path::new("/usr/bin/redis-server"), &sb.workdir("check"));
+            c.args(["--port", &port2.to_string(), "--bind", "127.0.0.1", "--appendonly", "no", "--save", ""]);
+            c.arg("--dir").arg(&dir);
+            c
+        },
+        "redis-server (loading the dump)",
+    );
+    let mut c2 = wait_until(TIMEOUT, "the second redis answering", || redis_up(port2)).unwrap_or_else(|e| fail_with(&e, &mut [&mut r2]));
+    assert_eq!(c2.cmd(&["DBSIZE"]).unwrap(), format!(":{n}"));
+    assert_eq!(c2.cmd(&["GET", "k777"]).unwrap(), "v777");
+    let _ = c2.cmd(&["SHUTDOWN", "NOSAVE"]);
+    let _ = r2.wait_exit(TIMEOUT);
 }
