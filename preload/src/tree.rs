@@ -400,38 +400,57 @@ impl Session {
     pub fn dump_members(&mut self, fd: i32) -> Result<Vec<MemberState>, String> {
         let mut table = Vec::new();
         self.members.sort_by_key(|m| m.found.pid);
-        for m in &self.members {
-            let end = sys::lseek(fd, 0, libc::SEEK_END).map_err(|e| format!("cannot size the image: {}", Errno(e)))?;
-            let offset = end.div_ceil(4096) * 4096;
-            sys::lseek(fd, offset as i64, libc::SEEK_SET).map_err(|e| format!("cannot seek in the image: {}", Errno(e)))?;
-            let f = &m.found;
-            for chunk in self.shares_of(f.pid).chunks(PAIRS_PER_MSG) {
-                let mut text = [0u8; PAIRS_PER_MSG * 16];
-                for (k, (sfd, key)) in chunk.iter().enumerate() {
-                    text[k * 16..k * 16 + 4].copy_from_slice(&sfd.to_ne_bytes());
-                    text[k * 16 + 8..k * 16 + 16].copy_from_slice(&key.to_ne_bytes());
+        // Every member writes its image into a memfd of its own, all at once (as many at a
+        // time as there are cores to run them); the images are then copied into `fd` in pid
+        // order, each on a page boundary.
+        let mut bufs: Vec<i32> = Vec::with_capacity(self.members.len());
+        let result = (|| {
+            for m in &self.members {
+                let f = &m.found;
+                let who = |e: i32| format!("process {} ({}) of the tree: {}", f.pid, f.comm, Errno(e));
+                let mfd = sys::memfd_create(b"pmig-member\0", libc::MFD_CLOEXEC).map_err(who)? as i32;
+                bufs.push(mfd);
+                for chunk in self.shares_of(f.pid).chunks(PAIRS_PER_MSG) {
+                    let mut m2 = msg(SHARES, chunk.len() as u64, "");
+                    for (k, (sfd, key)) in chunk.iter().enumerate() {
+                        m2[16 + k * 16..20 + k * 16].copy_from_slice(&sfd.to_ne_bytes());
+                        m2[24 + k * 16..32 + k * 16].copy_from_slice(&key.to_ne_bytes());
+                    }
+                    sys::send_with_fd(m.sock, &m2, None).map_err(who)?;
                 }
-                let mut m2 = msg(SHARES, chunk.len() as u64, "");
-                m2[16..16 + text.len()].copy_from_slice(&text);
-                sys::send_with_fd(m.sock, &m2, None).map_err(|e| format!("process {} ({}) of the tree: {}", f.pid, f.comm, Errno(e)))?;
+                send(m.sock, DUMP, 0, "", Some(mfd)).map_err(who)?;
             }
-            send(m.sock, DUMP, offset, "", Some(fd)).map_err(|e| format!("process {} ({}) of the tree: {}", f.pid, f.comm, Errno(e)))?;
-            match recv(m.sock, DUMP_TIMEOUT_MS) {
-                Some((DONE, len, ..)) => {
-                    debug!("tree: {} ({}) wrote {len} bytes at {offset}", f.pid, f.comm);
-                    table.push(MemberState {
-                        pid: f.pid,
-                        ppid: f.ppid,
-                        pgid: f.pgid,
-                        sid: f.sid,
-                        comm: f.comm.clone(),
-                        state: MemberKind::Live { offset, len },
-                    });
+            let mut lens = vec![0u64; self.members.len()];
+            for (i, m) in self.members.iter().enumerate() {
+                let f = &m.found;
+                match recv(m.sock, DUMP_TIMEOUT_MS) {
+                    Some((DONE, len, ..)) => lens[i] = len,
+                    Some((FAIL, _, why, _)) => return Err(format!("process {} ({}) of the tree: {why}", f.pid, f.comm)),
+                    _ => return Err(format!("process {} ({}) of the tree stopped answering while writing its image", f.pid, f.comm)),
                 }
-                Some((FAIL, _, why, _)) => return Err(format!("process {} ({}) of the tree: {why}", f.pid, f.comm)),
-                _ => return Err(format!("process {} ({}) of the tree stopped answering while writing its image", f.pid, f.comm)),
             }
+            for (i, m) in self.members.iter().enumerate() {
+                let f = &m.found;
+                let end = sys::lseek(fd, 0, libc::SEEK_END).map_err(|e| format!("cannot size the image: {}", Errno(e)))?;
+                let offset = end.div_ceil(4096) * 4096;
+                sys::lseek(fd, offset as i64, libc::SEEK_SET).map_err(|e| format!("cannot seek in the image: {}", Errno(e)))?;
+                copy_into(bufs[i], fd, lens[i]).map_err(|e| format!("cannot copy the image of process {} ({}): {}", f.pid, f.comm, Errno(e)))?;
+                debug!("tree: {} ({}) wrote {} bytes, at {offset}", f.pid, f.comm, lens[i]);
+                table.push(MemberState {
+                    pid: f.pid,
+                    ppid: f.ppid,
+                    pgid: f.pgid,
+                    sid: f.sid,
+                    comm: f.comm.clone(),
+                    state: MemberKind::Live { offset, len: lens[i] },
+                });
+            }
+            Ok(())
+        })();
+        for b in bufs {
+            let _ = sys::close(b);
         }
+        result?;
         for z in &self.zombies {
             table.push(MemberState {
                 pid: z.pid,
@@ -558,6 +577,23 @@ pub fn serve(cfg: &config::Config, sock: i32, dump: &mut DumpInto<'_>) {
             _ => return,
         }
     }
+}
+
+/// Copies the first `len` bytes of `from` (from its start) to `to` at its position.
+fn copy_into(from: i32, to: i32, len: u64) -> Result<(), i32> {
+    let mut off: i64 = 0;
+    while (off as u64) < len {
+        let want = (len - off as u64).min(1 << 30);
+        // SAFETY: sendfile reads `from` at `off` (a local it advances) and writes `to`.
+        let n = unsafe { pmig_abi::arch::syscall6(libc::SYS_sendfile as u64, to as u64, from as u64, &mut off as *mut i64 as u64, want, 0, 0) };
+        if n == -(libc::EINTR as i64) {
+            continue;
+        }
+        if n <= 0 {
+            return Err(if n == 0 { libc::EIO } else { (-n) as i32 });
+        }
+    }
+    Ok(())
 }
 
 /// Whether a request of the root is pending (and takes it).

@@ -321,6 +321,18 @@ fn make_ready(img: &mut VerifiedImage, root: Option<&Path>) -> Result<()> {
 fn print_inspect(img: &VerifiedImage) -> Result<()> {
     print!("{}", pmig_image::describe(&img.manifest, img.file_len));
     println!("checksums: all {} page runs verified", img.trailer.run_crcs.len());
+    // Each other process of a tree, with its own resources.
+    for m in &img.members {
+        println!();
+        match &m.image {
+            Some(i) => {
+                println!("--- process {} ({}) of the tree, child of {} ---", m.state.pid, m.state.comm, m.state.ppid);
+                print!("{}", pmig_image::describe(&i.manifest, i.file_len));
+                println!("checksums: all {} page runs verified", i.trailer.run_crcs.len());
+            }
+            None => println!("--- process {} ({}) of the tree, child of {}: a zombie ---", m.state.pid, m.state.comm, m.state.ppid),
+        }
+    }
     Ok(())
 }
 

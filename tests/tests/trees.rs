@@ -40,6 +40,8 @@ fn tree_image_is_described_and_checked() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("tree:") && text.contains("zombie (exit status 7)") && text.matches("running").count() >= 2, "--inspect must show the tree:\n{text}");
+    assert_eq!(text.matches("of the tree, child of").count(), 3, "--inspect must describe each other process:\n{text}");
+    assert!(text.matches("fds:").count() >= 3, "each process's resources are shown:\n{text}");
 
     let mut cmd = std::process::Command::new(&sb.bins().resume);
     cmd.args(["--ids", "virtual"]).arg(&image);
