@@ -515,10 +515,9 @@ pub fn pread_all(fd: i32, size: u64) -> Result<Vec<u8>, i32> {
     Ok(v)
 }
 
-/// Calls `f` with each entry of directory `path` whose name is a number (e.g. the fds in
-/// `/proc/self/fd`, the tids in `/proc/self/task`), and with the directory's own fd, which
-/// is open meanwhile. Allocates nothing. `path` must end with a NUL byte.
-pub fn for_each_numbered_entry(path: &[u8], mut f: impl FnMut(i32, i32)) -> Result<(), i32> {
+/// Calls `f` with the name of each entry of directory `path` (without `.` and `..`) and the
+/// directory's own fd, open meanwhile. Allocates nothing. `path` must end with a NUL byte.
+fn walk(path: &[u8], mut f: impl FnMut(&[u8], i32)) -> Result<(), i32> {
     let dir = openat(libc::AT_FDCWD, path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)? as i32;
     let mut buf = [0u8; 4096];
     let r = loop {
@@ -532,8 +531,8 @@ pub fn for_each_numbered_entry(path: &[u8], mut f: impl FnMut(i32, i32)) -> Resu
             let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
             let name = &buf[at + 19..at + reclen];
             let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
-            if !name.is_empty() && name.len() < 10 && name.iter().all(u8::is_ascii_digit) {
-                f(name.iter().fold(0i32, |n, &c| n * 10 + (c - b'0') as i32), dir);
+            if !name.is_empty() && name != b"." && name != b".." {
+                f(name, dir);
             }
             at += reclen;
         }
@@ -542,30 +541,21 @@ pub fn for_each_numbered_entry(path: &[u8], mut f: impl FnMut(i32, i32)) -> Resu
     r
 }
 
+/// Calls `f` with each entry of directory `path` whose name is a number (e.g. the fds in
+/// `/proc/self/fd`, the tids in `/proc/self/task`), and with the directory's own fd, which
+/// is open meanwhile. Allocates nothing. `path` must end with a NUL byte.
+pub fn for_each_numbered_entry(path: &[u8], mut f: impl FnMut(i32, i32)) -> Result<(), i32> {
+    walk(path, |name, dir| {
+        if name.len() < 10 && name.iter().all(u8::is_ascii_digit) {
+            f(name.iter().fold(0i32, |n, &c| n * 10 + (c - b'0') as i32), dir);
+        }
+    })
+}
+
 /// Calls `f` with the name of each entry of directory `path` (without `.` and `..`).
 /// Allocates nothing. `path` must end with a NUL byte.
 pub fn for_each_entry(path: &[u8], mut f: impl FnMut(&[u8])) -> Result<(), i32> {
-    let dir = openat(libc::AT_FDCWD, path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)? as i32;
-    let mut buf = [0u8; 4096];
-    let r = loop {
-        let got = match getdents64(dir, &mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(g) => g as usize,
-            Err(e) => break Err(e),
-        };
-        let mut at = 0;
-        while at < got {
-            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
-            let name = &buf[at + 19..at + reclen];
-            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
-            if name != b"." && name != b".." {
-                f(name);
-            }
-            at += reclen;
-        }
-    };
-    let _ = close(dir);
-    r
+    walk(path, |name, _| f(name))
 }
 
 /// `process_vm_readv(2)` of this process, one buffer each side: copies `buf.len()` bytes from

@@ -61,6 +61,11 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// The last error as a user reads it: `ENOSPC (no space left on device)`.
+fn last_error() -> pmig_abi::errno::Errno {
+    pmig_abi::errno::Errno(errno())
+}
+
 fn write_file(path: &str, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
@@ -79,7 +84,7 @@ pub fn enter(m: &Manifest) -> std::result::Result<(), String> {
     if !timens {
         // SAFETY: as above.
         if unsafe { libc::unshare(flags) } != 0 {
-            return Err(format!("cannot make a pid namespace (unshare: {})", std::io::Error::last_os_error()));
+            return Err(format!("cannot make a pid namespace (unshare: {})", last_error()));
         }
     }
     if uid != 0 {
@@ -142,7 +147,7 @@ pub fn run(b: &Build<'_>, debug: bool) -> Result<std::convert::Infallible> {
     let mut p = [0i32; 2];
     // SAFETY: pipe2 writes two fds into the array we own.
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        bail!("cannot make a pipe: {}", std::io::Error::last_os_error());
+        bail!("cannot make a pipe: {}", last_error());
     }
     let pipe = Pipe { r: p[0], w: p[1] };
     // Every signal waits for the supervisor (blocked before the fork, so none is lost).
@@ -155,7 +160,7 @@ pub fn run(b: &Build<'_>, debug: bool) -> Result<std::convert::Infallible> {
     // SAFETY: pmig-resume is single-threaded here; the child only makes raw calls and execs.
     let init = unsafe { libc::fork() };
     if init < 0 {
-        bail!("cannot fork the namespace's init: {}", std::io::Error::last_os_error());
+        bail!("cannot fork the namespace's init: {}", last_error());
     }
     if init == 0 {
         // SAFETY: in the child: only this code runs, and it ends in exec or _exit.
@@ -299,7 +304,7 @@ fn tree_pipes(img: &VerifiedImage) -> std::result::Result<Vec<PlanObject>, Strin
         // SAFETY: pipe2 writes two fds into the local array; fcntl and write on them.
         unsafe {
             if libc::pipe2(fds.as_mut_ptr(), 0) != 0 {
-                return Err(format!("cannot make a pipe: {}", std::io::Error::last_os_error()));
+                return Err(format!("cannot make a pipe: {}", last_error()));
             }
             libc::fcntl(fds[1], libc::F_SETPIPE_SZ, capacity as libc::c_int);
             if !data.is_empty() && libc::write(fds[1], data.as_ptr() as *const libc::c_void, data.len()) != data.len() as isize {
@@ -339,7 +344,7 @@ fn tree_objects(image: &std::path::Path, img: &VerifiedImage) -> std::result::Re
         // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
         let fd = unsafe { libc::memfd_create(cname.as_ptr(), 0) };
         if fd < 0 {
-            return Err(format!("memfd_create for shared object {name}: {}", std::io::Error::last_os_error()));
+            return Err(format!("memfd_create for shared object {name}: {}", last_error()));
         }
         // SAFETY: `fd` is the memfd just made; the File owns it until into_raw_fd below.
         let mem = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
@@ -401,7 +406,7 @@ fn tree_files(img: &VerifiedImage) -> std::result::Result<Vec<PlanObject>, Strin
         // SAFETY: open with a NUL-terminated path; lseek on the fd just opened.
         let fd = unsafe { libc::open(cpath.as_ptr(), flags) };
         if fd < 0 {
-            return Err(format!("cannot open {path}, which processes of the tree share: {}", std::io::Error::last_os_error()));
+            return Err(format!("cannot open {path}, which processes of the tree share: {}", last_error()));
         }
         // SAFETY: as above.
         unsafe { libc::lseek(fd, f.pos, libc::SEEK_SET) };
@@ -423,17 +428,26 @@ fn die_as(status: i32) -> ! {
             libc::syscall(libc::SYS_capset, hdr.as_ptr(), data.as_ptr());
         }
         if libc::WIFSIGNALED(status) {
-            let sig = libc::WTERMSIG(status);
-            let lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            libc::setrlimit(libc::RLIMIT_CORE, &lim);
-            libc::signal(sig, libc::SIG_DFL);
-            let mut set: libc::sigset_t = core::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, sig);
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, core::ptr::null_mut());
-            libc::raise(sig);
+            raise_default(libc::WTERMSIG(status));
         }
         libc::_exit(libc::WEXITSTATUS(status))
+    }
+}
+
+/// Dies of `sig` with its default action (no core file: a process pmig made holds nothing
+/// worth one). Returns only if the signal does not end the process.
+fn raise_default(sig: i32) {
+    // SAFETY: resetting this process's own disposition, limit and mask, then raising the
+    // signal on itself.
+    unsafe {
+        let lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &lim);
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, core::ptr::null_mut());
+        libc::raise(sig);
     }
 }
 
@@ -514,7 +528,7 @@ unsafe fn build_process(b: &Build<'_>, pipe: &Pipe, pid: i32, has_init: bool) ->
         // SAFETY: this process is single-threaded (a copy of pmig-resume).
         let c = unsafe { clone_with_pid(m.state.pid) };
         if c < 0 {
-            eprintln!("pmig-resume: cannot make process {} ({}) of the tree with its pid: {}", m.state.pid, m.state.comm, std::io::Error::last_os_error());
+            eprintln!("pmig-resume: cannot make process {} ({}) of the tree with its pid: {}", m.state.pid, m.state.comm, last_error());
             fail(3, errno());
         }
         if c == 0 {
@@ -578,19 +592,9 @@ fn outer_pid(init: i32) -> Option<i32> {
 /// Dies as the program died, or exits with its code.
 fn mirror(status: i32) -> ! {
     if libc::WIFSIGNALED(status) {
+        // No core file of the supervisor: the program's, if any, was written.
         let sig = libc::WTERMSIG(status);
-        // SAFETY: resetting our own disposition and mask, then raising the signal on
-        // ourselves; no core file of the supervisor (the program's, if any, was written).
-        unsafe {
-            let lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            libc::setrlimit(libc::RLIMIT_CORE, &lim);
-            libc::signal(sig, libc::SIG_DFL);
-            let mut set: libc::sigset_t = core::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, sig);
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, core::ptr::null_mut());
-            libc::raise(sig);
-        }
+        raise_default(sig);
         std::process::exit(128 + sig);
     }
     std::process::exit(libc::WEXITSTATUS(status))
@@ -626,7 +630,7 @@ fn supervise(init: i32, pipe_r: i32, program: Option<i32>) -> Result<std::conver
         libc::signalfd(-1, &all, libc::SFD_CLOEXEC)
     };
     if sfd < 0 {
-        bail!("cannot make a signalfd: {}", std::io::Error::last_os_error());
+        bail!("cannot make a signalfd: {}", last_error());
     }
     let mut program = program;
     // Signals that came before the program's pid was known: sent as soon as it is.
@@ -667,11 +671,7 @@ fn supervise(init: i32, pipe_r: i32, program: Option<i32>) -> Result<std::conver
                     MSG_EXITED => status = Some(msg[1] as i32),
                     MSG_FAILED => {
                         let (what, e) = (msg[1] >> 16, (msg[1] & 0xffff) as i32);
-                        eprintln!(
-                            "pmig-resume: restore failed while {}: {}",
-                            failed_phase(what),
-                            std::io::Error::from_raw_os_error(e)
-                        );
+                        eprintln!("pmig-resume: restore failed while {}: {}", failed_phase(what), pmig_abi::errno::Errno(e));
                         status = Some(1 << 8);
                     }
                     _ => {}

@@ -204,3 +204,37 @@ os.kill(pid, 9)
     assert!(get("after ") > 0, "fg lets it go on: {text}");
     assert_eq!(get("status "), 130, "Ctrl-C ends it with SIGINT, as the shell sees it: {text}");
 }
+
+/// Where no pid namespace can be had (here: a user namespace whose limit on pid namespaces is
+/// 0), `pmig-resume` says so in one line and restores with virtual ids; with `--ids exact` it
+/// refuses, touching nothing.
+#[test]
+fn without_namespaces_falls_back_to_virtual_ids_or_refuses() {
+    let sb = Sandbox::new();
+    let prog = Program::new("counter-no-ns", programs::COUNTER, STEPS, &[]);
+    let mut chain = Chain::new(&sb, &prog, ChainOpts::default());
+    let last = chain.start_and_checkpoint();
+    let image = chain.image().to_path_buf();
+    let confined = |extra: &str| {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["-U", "-r", "sh", "-c"])
+            .arg(format!("echo 0 > /proc/sys/user/max_pid_namespaces && exec \"$0\" {extra} \"$1\""))
+            .arg(&sb.bins().resume)
+            .arg(&image)
+            .current_dir(sb.workdir("confined"));
+        pmig_env(&mut cmd);
+        cmd
+    };
+    let out = confined("--ids exact").output().expect("run pmig-resume --ids exact");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("exact ids are not available here") && err.contains("ENOSPC"), "--ids exact must refuse: {err}");
+    let mut p = Proc::spawn("pmig-resume (no pid namespaces)", confined(""), Terminal::Pipe);
+    let mut steps = StepCheck::new(last + 1, STEPS, pmig_tests::Input::Idle);
+    let (lines, status) = p.finish(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    for l in lines {
+        steps.accept(&l).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    }
+    assert!(status.success() && steps.complete(), "the fallback restore must run the program to its end\n{}", p.describe());
+    let said = p.stderr_text();
+    assert_eq!(said.matches("restoring with virtual ids").count(), 1, "one line says which mode: {said}");
+}
