@@ -33,6 +33,12 @@ int main(int argc, char **argv)
     int rd2 = dup(p[0]);
     int hi = fcntl(p[1], F_DUPFD, 1500);
     int efd = eventfd(7, EFD_SEMAPHORE);
+    /* A counter whose value has hex digits a-f (the kernel shows it in hex). */
+    const uint64_t BIG = 0x1234abcdULL;
+    int cfd = eventfd(0, 0);
+    uint64_t big = BIG;
+    if (cfd < 0 || write(cfd, &big, 8) != 8)
+        return 4;
     int tfd = timerfd_create(CLOCK_MONOTONIC, 0);
     struct itimerspec its = {{0, 10 * 1000000}, {0, 10 * 1000000}};
     timerfd_settime(tfd, 0, &its, NULL);
@@ -94,6 +100,11 @@ int main(int argc, char **argv)
         v = 1;
         if (write(efd, &v, 8) != 8)
             corrupt("step %ld: eventfd write failed", step);
+        if (read(cfd, &v, 8) != 8 || v != BIG)
+            corrupt("step %ld: the eventfd counter reads %#llx, not %#llx", step, (unsigned long long)v,
+                    (unsigned long long)BIG);
+        if (write(cfd, &v, 8) != 8)
+            corrupt("step %ld: eventfd counter write failed", step);
         struct epoll_event out;
         int n;
         do

@@ -41,7 +41,8 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
     let bad = |what: &str| Some(Err(format!("cannot read the {what}'s state from fdinfo")));
     match i.link.as_str() {
         "anon_inode:[eventfd]" => {
-            let Some(count) = i.field("eventfd-count:").and_then(|v| v.parse().ok()) else { return bad("eventfd") };
+            // The kernel prints the count in hex (`%16llx`).
+            let Some(count) = i.field("eventfd-count:").and_then(|v| u64::from_str_radix(v.trim(), 16).ok()) else { return bad("eventfd") };
             let semaphore = i.field("eventfd-semaphore:") == Some("1");
             Some(Ok(FileKind::EventFd { count, semaphore }))
         }
