@@ -86,6 +86,10 @@ pub struct Mailbox {
     pub ids: u32,
     pub leader_ctx: u64,
     pub leader_fs: u64,
+    /// fd of the saved executable (or -1): libpmig makes it `/proc/self/exe` once the engine,
+    /// whose file the kernel will not replace while it is mapped, is gone.
+    pub exe_fd: i32,
+    pub _pad2: u32,
 }
 
 /// [`Mailbox::leader_go`]: resume the main thread's context.

@@ -96,6 +96,40 @@ pub fn dump() -> Result<ProcessState, String> {
     })
 }
 
+/// Makes the file open on `exe_fd` this process's `/proc/self/exe`: `PR_SET_MM_MAP` again with
+/// the mm fields as they are (the engine set them) and the file (needs
+/// `CAP_CHECKPOINT_RESTORE` or `CAP_SYS_ADMIN` in the user namespace).
+pub fn set_exe(exe_fd: i32) -> Result<(), i32> {
+    let stat = sys::read_file_vec(b"/proc/self/stat\0")?;
+    let f = stat_fields(&String::from_utf8_lossy(&stat));
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    let auxv = sys::read_file_vec(b"/proc/self/auxv\0")?;
+    let map = pmig_abi::MmMap {
+        start_code: get(26),
+        end_code: get(27),
+        start_data: get(45),
+        end_data: get(46),
+        start_brk: get(47),
+        brk: sys::brk_current(),
+        start_stack: get(28),
+        arg_start: get(48),
+        arg_end: get(49),
+        env_start: get(50),
+        env_end: get(51),
+        auxv: auxv.as_ptr() as u64,
+        auxv_size: auxv.len() as u32,
+        exe_fd: exe_fd as u32,
+    };
+    sys::prctl(
+        libc::PR_SET_MM,
+        libc::PR_SET_MM_MAP as u64,
+        &map as *const pmig_abi::MmMap as u64,
+        core::mem::size_of::<pmig_abi::MmMap>() as u64,
+        0,
+    )
+    .map(|_| ())
+}
+
 /// Puts back cwd, umask and resource limits.
 pub fn restore(p: &ProcessState) {
     if let Err(e) = sys::chdir(&sys::cstr(&p.cwd)) {

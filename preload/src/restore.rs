@@ -64,7 +64,7 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     // pmig's lines go to pmig-resume's stderr until the program runs: held above every fd
     // the restore places or moves, so it stays put (see `log`).
     let top = m.fds.iter().map(|f| f.fd).max().unwrap_or(2);
-    let mut keep = [mb.plan_fd, mb.image_fd, log::hold_stderr(top + 64)];
+    let mut keep = [mb.plan_fd, mb.image_fd, log::hold_stderr(top + 64), mb.exe_fd];
     let gap = crate::timer::Gap::new(
         sys::realtime_ns().saturating_sub(m.host.time_ns),
         m.host.monotonic_ns,
@@ -101,6 +101,18 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
             sys::exit_group(123);
         }
     }
+    // Every thread has left the engine: drop it, and give the process its executable back
+    // as /proc/self/exe (with the capability the restore raised, before it is dropped).
+    // SAFETY: nothing uses the engine any more (its mailbox was copied above).
+    unsafe {
+        let _ = sys::munmap(ENGINE_BASE, RESERVE_LEN);
+    }
+    crate::reserve_engine_range();
+    if keep[3] >= 0 {
+        if let Err(e) = process::set_exe(keep[3]) {
+            debug!("restore: /proc/self/exe stays the restore engine's: {}", crate::errno::Errno(e));
+        }
+    }
     crate::creds::apply();
     crate::creds::restore_dumpable(&m.process.creds);
     if let Some(what) = crate::creds::failures() {
@@ -120,11 +132,6 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     for k in keep {
         let _ = sys::close(k);
     }
-    // SAFETY: nothing uses the engine any more (its mailbox was copied above).
-    unsafe {
-        let _ = sys::munmap(ENGINE_BASE, RESERVE_LEN);
-    }
-    crate::reserve_engine_range();
     drop(buf);
     drop(m);
     alloc::arena_off();

@@ -179,6 +179,12 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
     }
 
     let p = &m.process;
+    // The saved executable, for /proc/PID/exe (PR_SET_MM_MAP's exe_fd; the engine goes on
+    // without it where the kernel refuses).
+    let exe_fd = match File::open(&p.exe) {
+        Ok(f) => inherit(f).map(|fd| fd as u32).unwrap_or(u32::MAX),
+        Err(_) => u32::MAX,
+    };
     let mut auxv = [0u64; AUXV_WORDS];
     let n = p.auxv.len().min(AUXV_WORDS - 2) & !1;
     auxv[..n].copy_from_slice(&p.auxv[..n]);
@@ -232,7 +238,7 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
             env_end: p.mm.env_end,
             auxv: 0,
             auxv_size: (n as u32 + 2) * 8,
-            exe_fd: u32::MAX,
+            exe_fd,
         },
         auxv,
         vdso,

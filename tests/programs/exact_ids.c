@@ -13,6 +13,7 @@
  * - a child forked now sees its own pid (raw and libc alike) and this process as parent;
  * - the capability sets (effective, permitted, inheritable, ambient) are those it started
  *   with: a capability the restore raised is not left to it;
+ * - /proc/self/exe still names its executable (not pmig's restore engine);
  * - CLOCK_MONOTONIC never jumps by more than MAX_GAP_MS between two steps (a restore in a
  *   time namespace continues it from the checkpoint's value, whatever the gap).
  *
@@ -139,6 +140,11 @@ int main(int argc, char **argv)
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) != 0)
         return 4;
 
+    char exe0[512], exen[512];
+    ssize_t ne = readlink("/proc/self/exe", exe0, sizeof exe0 - 1);
+    if (ne <= 0)
+        return 4;
+    exe0[ne] = 0;
     char caps0[512], capsn[512];
     caps(caps0, sizeof caps0);
     clockid_t proc_clock, thread_clock;
@@ -194,6 +200,10 @@ int main(int argc, char **argv)
         if (timer_wrong)
             corrupt("step %ld: the SIGEV_THREAD_ID timer's signal reached another thread", step);
 
+        ne = readlink("/proc/self/exe", exen, sizeof exen - 1);
+        exen[ne > 0 ? ne : 0] = 0;
+        if (strcmp(exe0, exen) != 0)
+            corrupt("step %ld: /proc/self/exe is '%s', not '%s'", step, exen, exe0);
         caps(capsn, sizeof capsn);
         if (strcmp(caps0, capsn) != 0)
             corrupt("step %ld: capabilities changed: '%s' -> '%s'", step, caps0, capsn);

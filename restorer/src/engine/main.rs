@@ -52,6 +52,8 @@ static MAILBOX: Bss<Mailbox> = Bss(UnsafeCell::new(Mailbox {
     ids: 0,
     leader_ctx: 0,
     leader_fs: 0,
+    exe_fd: -1,
+    _pad2: 0,
 }));
 static DEBUG: Bss<bool> = Bss(UnsafeCell::new(false));
 /// The checkpoint thread's first stack, used only until it switches to its saved one.
@@ -372,6 +374,8 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
     // Phase 9: the mm fields.
     let mut mm = h.mm;
     mm.auxv = h.auxv.as_ptr() as u64;
+    // /proc/PID/exe is set by libpmig later: the kernel refuses while the engine is mapped.
+    mm.exe_fd = u32::MAX;
     let r = sys(
         nr::PRCTL,
         libc::PR_SET_MM as u64,
@@ -412,6 +416,8 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
         ids: h.ids,
         leader_ctx: 0,
         leader_fs: 0,
+        exe_fd: h.mm.exe_fd as i32,
+        _pad2: 0,
     };
     // The checkpoint thread is a new thread (with its saved tid when ids are exact); this
     // thread, the leader, whose tid is the pid, becomes the program's main thread once the
