@@ -286,6 +286,10 @@ pub struct FileState {
     /// Non-zero when another process of the tree holds this same open file description (one
     /// offset, one set of flags): the key names it in every process's image.
     pub shared: u64,
+    /// `F_GETOWN_EX`: who gets its SIGIO/SIGURG (`F_OWNER_TID`/`PID`/`PGRP`, id; 0: nobody),
+    /// and `F_GETSIG` (0: SIGIO).
+    pub owner: (i32, i32),
+    pub owner_sig: i32,
 }
 
 /// What an open file is, and so how it is restored.

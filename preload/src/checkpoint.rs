@@ -96,7 +96,16 @@ fn checkpoint_once(cfg: &'static config::Config) {
     };
     let conn = connection.as_ref().map_or(-1, |c| c.fd);
     fd::socket::forget_repairs();
-    let n = match thread::suspend_all(cfg.suspend_signal) {
+    // A thread caught replacing the program (execve) is waited for: the new program takes
+    // the request (the checkpoint signal stays pending for it).
+    let mut tries = 0;
+    let mut stopped = thread::suspend_all(cfg.suspend_signal);
+    while stopped == Err(thread::EXEC_IN_PROGRESS) && tries < 50 {
+        tries += 1;
+        sys::sleep_ms(10);
+        stopped = thread::suspend_all(cfg.suspend_signal);
+    }
+    let n = match stopped {
         Ok(n) => n,
         Err(e) => {
             if let Some(c) = connection.as_mut() {

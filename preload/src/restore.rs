@@ -80,7 +80,7 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
         table.clear();
     }
     let objects = table.iter().filter(|o| o.fd >= 0).map(|o| (o.ino, o.fd, o.kind)).collect();
-    fd::restore(&m.files, &m.fds, &mut keep, gap, objects);
+    let owners = fd::restore(&m.files, &m.fds, &mut keep, gap, objects);
     process::restore(&m.process);
     signal::restore_actions(&m.signals);
     signal::restore_itimers(&m.itimers, gap.clock_ns / 1000);
@@ -124,6 +124,7 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     }
     let new_tids = thread::live_slots().map(|s| s.tid.load(Relaxed));
     crate::pid::after_restore(m.process.pid, m.process.ppid, old_tids.iter().copied().zip(new_tids), exact);
+    fd::set_owners(&owners);
     crate::timer::restore(&m.timers, gap);
     let pending: Vec<sys::SigInfo> =
         m.process.pending_signals.iter().filter_map(|i| <sys::SigInfo>::try_from(i.as_slice()).ok()).collect();

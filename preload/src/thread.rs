@@ -241,6 +241,25 @@ fn wait_release(gen: u32) {
     }
 }
 
+/// Why `suspend_all` gave up when a thread was replacing the program (`execve`).
+pub const EXEC_IN_PROGRESS: &str = "a thread is replacing the program (execve); try again";
+
+/// Whether thread `tid` of this process is inside `execve`/`execveat`.
+fn in_exec(tid: i32) -> bool {
+    let mut buf = [0u8; 32];
+    let mut path = [0u8; 48];
+    let mut w = crate::log::StackBuf::new();
+    let _ = core::fmt::Write::write_fmt(&mut w, format_args!("/proc/self/task/{tid}/syscall"));
+    let p = w.as_bytes();
+    if p.len() >= path.len() {
+        return false;
+    }
+    path[..p.len()].copy_from_slice(p);
+    let n = sys::read_file(&path[..p.len() + 1], &mut buf).unwrap_or(0);
+    let first = buf[..n].split(|&c| c == b' ' || c == b'\n').next().unwrap_or(b"");
+    first == b"59" || first == b"322"
+}
+
 /// Lists the thread ids of this process into `out`; returns how many.
 fn list_tasks(out: &mut [i32; MAX_THREADS + 1]) -> Result<usize, i32> {
     let mut n = 0;
@@ -271,6 +290,13 @@ pub fn suspend_all(suspend_sig: i32) -> Result<usize, &'static str> {
         for &tid in &tasks[..n] {
             if tid == me || slot_of(tid).is_some() {
                 continue;
+            }
+            // A thread inside execve would carry the suspend signal into the new program,
+            // which has no handler for it yet and would die of it: give up, and let the
+            // caller try again once the program has been replaced.
+            if in_exec(tid) {
+                release_all();
+                return Err(EXEC_IN_PROGRESS);
             }
             let used = USED.load(Acquire) as usize;
             if used == MAX_THREADS {

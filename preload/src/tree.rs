@@ -186,6 +186,8 @@ pub struct Session {
     /// The checkpoint signal and this checkpoint's nonce (requests are sent again).
     signal: i32,
     nonce: u32,
+    /// Requests sent again to processes that were replacing their program.
+    retries: u32,
 }
 
 impl Session {
@@ -208,7 +210,7 @@ impl Session {
         let nonce = u32::from_ne_bytes(nonce) | 1;
         let listen = sys::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
             .map_err(|e| format!("cannot make the tree's socket: {}", Errno(e)))? as i32;
-        let mut s = Session { shares: Vec::new(), listen, members: Vec::new(), zombies: Vec::new(), signal: cfg.signal, nonce };
+        let mut s = Session { shares: Vec::new(), listen, members: Vec::new(), zombies: Vec::new(), signal: cfg.signal, nonce, retries: 0 };
         sys::bind(listen, &address(sys::getpid(), nonce))
             .and_then(|_| sys::listen(listen, 128))
             .map_err(|e| format!("cannot listen on the tree's socket: {}", Errno(e)))?;
@@ -322,14 +324,25 @@ impl Session {
             }
             let _ = sys::close(c);
             // A process that exited while it was being stopped (a short-lived child) is a
-            // zombie now, or gone: that is what the tree holds.
+            // zombie now, or gone: that is what the tree holds. One that was replacing its
+            // program (execve) is asked again: the new program takes part.
             sys::sleep_ms(5);
+            let execing = match &answer {
+                Some((FAIL, _, why, _)) => why == thread::EXEC_IN_PROGRESS,
+                None => true,
+                _ => false,
+            };
             match stat_of(f.pid) {
                 Some(z) if z.zombie => {
                     asked.retain(|a| a.pid != f.pid);
                     self.add_zombie(z);
                 }
                 None => asked.retain(|a| a.pid != f.pid),
+                Some(_) if execing && self.retries < 20 => {
+                    self.retries += 1;
+                    sys::sleep_ms(20);
+                    let _ = sys::sigqueue(f.pid, self.signal, config::TREE_MAGIC << 32 | self.nonce as u64);
+                }
                 Some(_) => {
                     return Err(match answer {
                         Some((FAIL, _, why, _)) => format!("process {} ({}) of the tree could not stop: {why}", f.pid, f.comm),

@@ -9,7 +9,8 @@
  * - CPU-time clocks of the process and of a thread read;
  * - /proc/self/task/TID exists for each thread, kcmp sees the threads share memory;
  * - a SIGEV_THREAD_ID timer aimed at a worker keeps reaching that worker;
- * - SO_PEERCRED of a socketpair names this process;
+ * - SO_PEERCRED of a socketpair names this process; F_SETOWN (the process) on one end and
+ *   F_SETOWN_EX (the worker thread) with F_SETSIG on the other keep their owners;
  * - a child forked now sees its own pid (raw and libc alike) and this process as parent;
  * - the capability sets (effective, permitted, inheritable, ambient) are those it started
  *   with: a capability the restore raised is not left to it;
@@ -21,6 +22,7 @@
  */
 #include "common.h"
 
+#include <fcntl.h>
 #include <linux/kcmp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -139,6 +141,9 @@ int main(int argc, char **argv)
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) != 0)
         return 4;
+    struct f_owner_ex own = {.type = F_OWNER_TID, .pid = wtid};
+    if (fcntl(sp[0], F_SETOWN, pid) != 0 || fcntl(sp[1], F_SETOWN_EX, &own) != 0 || fcntl(sp[1], F_SETSIG, SIGRTMIN + 2) != 0)
+        return 4;
 
     char exe0[512], exen[512];
     ssize_t ne = readlink("/proc/self/exe", exe0, sizeof exe0 - 1);
@@ -204,6 +209,13 @@ int main(int argc, char **argv)
         exen[ne > 0 ? ne : 0] = 0;
         if (strcmp(exe0, exen) != 0)
             corrupt("step %ld: /proc/self/exe is '%s', not '%s'", step, exen, exe0);
+        struct f_owner_ex got = {0, 0};
+        if (fcntl(sp[0], F_GETOWN) != pid)
+            corrupt("step %ld: F_GETOWN of its socket is %d, not %d", step, fcntl(sp[0], F_GETOWN), pid);
+        if (fcntl(sp[1], F_GETOWN_EX, &got) != 0 || got.type != F_OWNER_TID || got.pid != wtid)
+            corrupt("step %ld: F_GETOWN_EX is %d/%d, not the worker %d", step, got.type, got.pid, wtid);
+        if (fcntl(sp[1], F_GETSIG) != SIGRTMIN + 2)
+            corrupt("step %ld: F_GETSIG is %d", step, fcntl(sp[1], F_GETSIG));
         caps(capsn, sizeof capsn);
         if (strcmp(caps0, capsn) != 0)
             corrupt("step %ld: capabilities changed: '%s' -> '%s'", step, caps0, capsn);

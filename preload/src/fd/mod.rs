@@ -112,6 +112,24 @@ fn fd_info(fd: i32) -> Option<FdInfo> {
     Some(FdInfo { fd, link, st, flags, fdinfo })
 }
 
+// <asm-generic/fcntl.h> (the libc crate lacks them).
+const F_SETSIG: i32 = 10;
+const F_GETSIG: i32 = 11;
+const F_SETOWN_EX: i32 = 15;
+const F_GETOWN_EX: i32 = 16;
+const F_OWNER_TID: i32 = 0;
+const F_OWNER_PGRP: i32 = 2;
+
+/// Gives each fd its owner thread back (`F_SETOWN_EX`, `F_OWNER_TID`), the threads recreated.
+pub fn set_owners(owners: &[(i32, (i32, i32))]) {
+    for &(fd, (kind, id)) in owners {
+        let own = [kind, crate::pid::to_real(id)];
+        if let Err(e) = sys::fcntl(fd, F_SETOWN_EX, own.as_ptr() as u64) {
+            log::debug!("fd {fd}: cannot give its owner thread {id} back: {}", Errno(e));
+        }
+    }
+}
+
 /// Describes every open fd: the files and the fd table.
 /// With `drop_unsupported`, an fd no family can save becomes `Other` (restored closed)
 /// instead of failing the dump.
@@ -141,7 +159,13 @@ pub fn dump(skip: &[i32], drop_unsupported: bool, shares: &[(i32, u64)]) -> Resu
                 };
                 let pos = sys::lseek(fd, 0, libc::SEEK_CUR).map(|p| p as i64).unwrap_or(0);
                 let shared = shares.iter().find(|s| s.0 == fd).map_or(0, |s| s.1);
-                files.push(FileState { flags: info.flags, pos, kind, shared });
+                let mut own = [0i32; 2];
+                let owner = match sys::fcntl(fd, F_GETOWN_EX, own.as_mut_ptr() as u64) {
+                    Ok(_) if own[1] != 0 => (own[0], own[1]),
+                    _ => (0, 0),
+                };
+                let owner_sig = sys::fcntl(fd, F_GETSIG, 0).map(|s| s as i32).unwrap_or(0);
+                files.push(FileState { flags: info.flags, pos, kind, shared, owner, owner_sig });
                 reps.push((fd, info.st.st_dev, info.st.st_ino));
                 files.len() - 1
             }
@@ -162,7 +186,10 @@ pub fn unsupported(files: &[FileState], fds: &[FdState]) -> Option<String> {
 /// Recreates the saved fds. `keep` are fds the restorer still needs (moved out of the way
 /// first, their new numbers returned in place). Every other fd not saved is closed; fds 0–2
 /// that were a terminal, pipe or socket stay what they are now (the resumer's own).
-pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crate::timer::Gap, objects: Vec<(u64, i32, u32)>) {
+/// Returns the fds whose owner is a thread (`F_OWNER_TID`), to be given it once the threads
+/// exist again (see [`set_owners`]).
+pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crate::timer::Gap, objects: Vec<(u64, i32, u32)>) -> Vec<(i32, (i32, i32))> {
+    let mut later = Vec::new();
     let top = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
     let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap, objects };
     for k in keep.iter_mut() {
@@ -218,6 +245,22 @@ pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crat
                 continue;
             }
         };
+        // Who gets its SIGIO (F_SETOWN), and with which signal (ids translated when virtual).
+        let f = &files[i];
+        if f.owner.0 == F_OWNER_TID && f.owner.1 != 0 {
+            if let Some(u) = users.first() {
+                later.push((u.fd, f.owner));
+            }
+        } else if f.owner.1 != 0 {
+            let id = if f.owner.0 == F_OWNER_PGRP { -crate::pid::to_real(-f.owner.1) } else { crate::pid::to_real(f.owner.1) };
+            let own = [f.owner.0, id];
+            if let Err(e) = sys::fcntl(new, F_SETOWN_EX, own.as_ptr() as u64) {
+                log::debug!("fd {:?}: cannot give its owner back: {}", users.iter().map(|u| u.fd).collect::<Vec<_>>(), Errno(e));
+            }
+        }
+        if f.owner_sig != 0 {
+            let _ = sys::fcntl(new, F_SETSIG, f.owner_sig as u64);
+        }
         // Status flags the open above may not have set (O_APPEND, O_NONBLOCK, ...).
         let setfl = libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME;
         if !users.iter().any(|u| inherited(u)) {
@@ -241,4 +284,5 @@ pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crat
     for (_, fd) in ctx.pairs.drain(..).chain(ctx.objects.drain(..).map(|o| (o.0, o.1))) {
         let _ = sys::close(fd);
     }
+    later
 }
