@@ -252,7 +252,7 @@ impl Session {
             s.wait_parked(&mut asked)?;
             found = descendants();
         }
-        s.find_shares();
+        s.find_shares(cfg.drop_unsupported)?;
         debug!("tree: {} member(s) stopped, {} zombie(s), {} shared open file(s)", s.members.len(), s.zombies.len(), s.shares.len());
         Ok(Some(s))
     }
@@ -355,18 +355,25 @@ impl Session {
 
     /// Finds the regular files' open file descriptions two or more processes of the tree hold
     /// (`kcmp` on fds of the same inode), every process stopped.
-    fn find_shares(&mut self) {
+    ///
+    /// Sockets and kernel objects (eventfd, epoll, timerfd, signalfd, inotify) that two or more
+    /// processes share are not kept as one yet: the checkpoint refuses, naming them (with
+    /// `--drop-unsupported` it goes on, saying each process gets its own).
+    fn find_shares(&mut self, drop_unsupported: bool) -> Result<(), String> {
         let pids: Vec<i32> = core::iter::once(sys::getpid()).chain(self.members.iter().map(|m| m.found.pid)).collect();
-        // (pid, fd, dev, ino) of every regular file.
+        // (pid, fd, dev, ino) of every regular file, socket and anonymous-inode file.
         let mut all: Vec<(i32, i32, u64, u64)> = Vec::new();
+        let mut kind_of: Vec<u32> = Vec::new();
         for &p in &pids {
             let _ = sys::for_each_numbered_entry(&sys::cstr(&format!("/proc/{p}/fd")), |fd, _| {
                 // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
                 let mut st: libc::stat = unsafe { core::mem::zeroed() };
-                if sys::fstatat(libc::AT_FDCWD, &sys::cstr(&format!("/proc/{p}/fd/{fd}")), &mut st, 0).is_ok()
-                    && st.st_mode & libc::S_IFMT == libc::S_IFREG
-                {
-                    all.push((p, fd, st.st_dev, st.st_ino));
+                if sys::fstatat(libc::AT_FDCWD, &sys::cstr(&format!("/proc/{p}/fd/{fd}")), &mut st, 0).is_ok() {
+                    let t = st.st_mode & libc::S_IFMT;
+                    if t == libc::S_IFREG || t == libc::S_IFSOCK || t == 0 {
+                        all.push((p, fd, st.st_dev, st.st_ino));
+                        kind_of.push(t);
+                    }
                 }
             });
         }
@@ -388,7 +395,31 @@ impl Session {
                 }
             }
         }
-        self.shares = all.iter().zip(&key).filter(|(_, &k)| k != 0).map(|(a, &k)| (a.0, a.1, k)).collect();
+        // Only regular files' shared descriptions are made once at restore.
+        for (i, a) in all.iter().enumerate() {
+            if key[i] == 0 || kind_of[i] == libc::S_IFREG {
+                continue;
+            }
+            let link = |p: i32, fd: i32| sys::readlink_string(&sys::cstr(&format!("/proc/{p}/fd/{fd}"))).unwrap_or_default();
+            let first = all.iter().zip(&key).find(|(_, &k)| k == key[i]).map(|(x, _)| *x).unwrap_or(*a);
+            if first.0 == a.0 && first.1 == a.1 {
+                continue;
+            }
+            let what = format!(
+                "processes {} (fd {}) and {} (fd {}) of the tree share one {}",
+                first.0,
+                first.1,
+                a.0,
+                a.1,
+                link(a.0, a.1)
+            );
+            if !drop_unsupported {
+                return Err(format!("{what}: keeping it shared between processes is not supported yet (pmig-run --drop-unsupported restores one for each process)"));
+            }
+            crate::log::say!("warning: {what}; after a restore each process gets its own (--drop-unsupported)");
+        }
+        self.shares = all.iter().zip(&key).zip(&kind_of).filter(|((_, &k), &t)| k != 0 && t == libc::S_IFREG).map(|((a, &k), _)| (a.0, a.1, k)).collect();
+        Ok(())
     }
 
     /// `(fd, key)` of `pid`'s shared open file descriptions.

@@ -235,3 +235,45 @@ fn a_child_outside_pmig_fails_the_checkpoint_and_nothing_stops() {
     assert!(status.success() && steps.complete(), "the tree must go on to its end after the failed checkpoint\n{}", p.describe());
     assert!(!image.exists(), "a failed checkpoint writes no image");
 }
+
+/// A socket two processes of the tree share (a socketpair end inherited across fork) is not
+/// kept shared yet: the checkpoint refuses, naming it, and the tree goes on.
+#[test]
+fn a_shared_socket_is_refused_by_name() {
+    use pmig_tests::{wait_until, Input, Proc, StepCheck, Terminal};
+    let sb = Sandbox::new();
+    let image = sb.image("socket.pmig");
+    let script = r#"
+import os, socket, sys, time
+a, b = socket.socketpair()
+parent = os.getpid()
+if os.fork() == 0:
+    while os.getppid() == parent:
+        time.sleep(0.1)
+    os._exit(0)
+for i in range(1, int(sys.argv[1]) + 1):
+    print('step', i, flush=True)
+    time.sleep(0.05)
+"#;
+    let mut cmd = sb.command(&sb.bins().run, &sb.workdir("run"));
+    cmd.arg("--exit").arg("--image").arg(&image).args(["--", programs::PYTHON3, "-c", script, "60"]);
+    pmig_env(&mut cmd);
+    let mut p = Proc::spawn("pmig-run python3 (shared socket)", cmd, Terminal::Pipe);
+    let mut steps = StepCheck::new(1, 60, Input::Idle);
+    for _ in 0..5 {
+        let l = p.next_line(Duration::from_secs(10)).unwrap().expect("a step");
+        steps.accept(&l).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    }
+    p.signal(libc::SIGUSR2).unwrap();
+    wait_until(Duration::from_secs(20), "the checkpoint to refuse the shared socket", || {
+        let err = p.stderr_text();
+        (err.contains("checkpoint failed") && err.contains("share one socket:[")).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    let (lines, _) = p.finish(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    for l in lines {
+        steps.accept(&l).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    }
+    assert!(steps.complete(), "the program must go on to its end\n{}", p.describe());
+    assert!(!image.exists(), "no image after a refused checkpoint");
+}
