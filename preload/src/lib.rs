@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod creds;
 pub mod errno;
+pub mod exec;
 pub mod fd;
 pub mod log;
 pub mod memory;
@@ -62,6 +63,7 @@ fn find_rseq() {
 /// tree, so it gets a checkpoint thread of its own (only the forking thread was copied).
 extern "C" fn after_fork_in_child() {
     pid::after_fork_in_child();
+    exec::after_fork_in_child();
     if config::get().is_none() || config::ACTIVE_PID.load(Relaxed) == 0 {
         return;
     }
@@ -80,6 +82,7 @@ extern "C" fn init() {
     }
     let Some(cfg) = config::from_env() else { return };
     api::resolve_real();
+    exec::resolve_real();
     if !reserve_engine_range() {
         say!(
             "cannot reserve the address range {ENGINE_BASE:#x}-{:#x} (something is mapped there); checkpoints are disabled",

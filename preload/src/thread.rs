@@ -244,7 +244,8 @@ fn wait_release(gen: u32) {
 /// Why `suspend_all` gave up when a thread was replacing the program (`execve`).
 pub const EXEC_IN_PROGRESS: &str = "a thread is replacing the program (execve); try again";
 
-/// Whether thread `tid` of this process is inside `execve`/`execveat`.
+/// Whether thread `tid` of this process is asleep inside `execve`/`execveat` (a call that
+/// did not go through pmig's wrappers; the kernel says "running" while it loads the program).
 fn in_exec(tid: i32) -> bool {
     let mut buf = [0u8; 32];
     let mut path = [0u8; 48];
@@ -282,6 +283,9 @@ pub fn suspend_all(suspend_sig: i32) -> Result<usize, &'static str> {
     }
     USED.store(0, Release);
     PARKED_COUNT.store(0, Release);
+    // Said before any thread is looked at (see `exec`): a thread on its way into execve is
+    // either seen marked below or waits for `release_all` before it goes in.
+    crate::exec::SUSPENDING.store(true, SeqCst);
     let mut tasks = [0i32; MAX_THREADS + 1];
     let started = sys::monotonic_ms();
     loop {
@@ -294,7 +298,7 @@ pub fn suspend_all(suspend_sig: i32) -> Result<usize, &'static str> {
             // A thread inside execve would carry the suspend signal into the new program,
             // which has no handler for it yet and would die of it: give up, and let the
             // caller try again once the program has been replaced.
-            if in_exec(tid) {
+            if crate::exec::marked(tid) || in_exec(tid) {
                 release_all();
                 return Err(EXEC_IN_PROGRESS);
             }
@@ -343,6 +347,7 @@ pub fn release_all() {
     }
     RELEASE.fetch_add(1, AcqRel);
     let _ = sys::futex_wake(&RELEASE);
+    crate::exec::SUSPENDING.store(false, SeqCst);
 }
 
 /// The live slots of the current checkpoint (threads that exited while being stopped left out).
