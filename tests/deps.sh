@@ -3,8 +3,9 @@
 # missing: with apt-get as root, through sudo otherwise; without either, says exactly what
 # to install and fails.
 #
-# Tests: gcc builds the C test programs; python3, perl, sqlite3, redis-server and memcached
-# are test subjects (unmodified programs from Debian; memcached -u tests set*id under pmig);
+# Tests: gcc builds the C test programs; python3, perl, sqlite3, redis-server, memcached and
+# nginx and PostgreSQL are test subjects (unmodified programs from Debian; memcached -u tests
+# set*id under pmig, nginx and postgres trees of processes);
 # setpriv and unshare (util-linux) run the unprivileged and two-host tests, ip (iproute2)
 # makes their network namespaces; sshd and ssh (openssh) carry the move through ssh.
 # Demo: gcc builds the example program.
@@ -19,6 +20,9 @@ if [ "${1:-}" != --demo ]; then
     [ -x /usr/bin/sqlite3 ] || need+=(sqlite3)
     [ -x /usr/bin/redis-server ] || need+=(redis-server)
     [ -x /usr/bin/memcached ] || need+=(memcached)
+    [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+    ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql-15)
+    [ -x /usr/bin/psql ] || need+=(postgresql-client-15)
     command -v setpriv >/dev/null || need+=(util-linux)
     command -v ip >/dev/null || need+=(iproute2)
 fi

@@ -255,6 +255,64 @@ pub const OBJECT_PIPE_WRITE: u32 = 2;
 /// [`PlanObject::kind`]: an open file description (a regular file, one offset) the processes
 /// of a tree share; `ino` is its key (`FileState::shared`).
 pub const OBJECT_FILE: u32 = 3;
+/// [`PlanObject::kind`]: the tree's board (a memfd holding a [`BoardHeader`] and its
+/// [`BoardSlot`]s), through which the processes of a tree hand each other the sockets and
+/// kernel objects they share; `ino` is the number of slots.
+pub const OBJECT_BOARD: u32 = 4;
+
+/// The start of the tree's board (every restored tree has one). Sockets and kernel objects (eventfd, epoll, timerfd,
+/// signalfd, inotify) that processes of a tree share are made at restore by one of them, the
+/// one with the lowest pid (its image holds their whole state), and taken by the others with
+/// `pidfd_getfd`: its slot says who makes it, and when it is there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BoardHeader {
+    pub magic: u32,
+    pub n_slots: u32,
+    /// Processes that restore fds (the tree's processes but its zombies).
+    pub live: u32,
+    /// Processes done with their fds: each waits for all before it closes what it handed out.
+    pub done: u32,
+    /// Processes done with their whole restore: none goes on before all are (the tree
+    /// resumes at one instant, and no process sees another half restored).
+    pub restored: u32,
+    pub _pad: u32,
+}
+
+/// [`BoardHeader::magic`].
+pub const BOARD_MAGIC: u32 = 0x504d_4244;
+
+/// One object the tree shares (see [`BoardHeader`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BoardSlot {
+    /// `FileState::shared` of the object's files.
+    pub key: u64,
+    /// For a connected pair of UNIX sockets, the inodes of its two ends (smaller first);
+    /// 0 for any other object.
+    pub ends: [u64; 2],
+    /// The process that makes it.
+    pub maker: i32,
+    /// [`SLOT_WAITING`], [`SLOT_READY`] or [`SLOT_FAILED`].
+    pub state: u32,
+    /// The maker's fds for it (one per end of a pair), valid once ready.
+    pub fds: [i32; 2],
+}
+
+/// In a key the tree's root hands a process for a shared fd: the object is a UNIX
+/// connection with its two ends in processes of the tree (saved as the ends of a pair).
+pub const SHARE_TREE_PEER: u64 = 1 << 62;
+/// In a key the tree's root hands a process for a shared fd: another process of the tree
+/// (the lowest pid holding this description) saves its state; this one saves what it is.
+/// Not part of the key saved as `FileState::shared`.
+pub const SHARE_FOLLOWER: u64 = 1 << 61;
+
+/// [`BoardSlot::state`]: not made yet.
+pub const SLOT_WAITING: u32 = 0;
+/// [`BoardSlot::state`]: made; `fds` can be taken.
+pub const SLOT_READY: u32 = 1;
+/// [`BoardSlot::state`]: its maker could not make it.
+pub const SLOT_FAILED: u32 = 2;
 
 /// A run of saved pages: `len` bytes at `addr` come from the image at `file_off`.
 #[repr(C)]

@@ -416,6 +416,21 @@ impl FileKind {
         }
     }
 
+    /// Whether a file of this kind, when processes of a tree share it, is made at restore by
+    /// one of them and taken by the others (sockets and anonymous-inode kernel objects;
+    /// regular files and pipes are made by pmig-resume for all).
+    pub fn made_by_one_process(&self) -> bool {
+        matches!(
+            self,
+            FileKind::Socket(_)
+                | FileKind::EventFd { .. }
+                | FileKind::TimerFd { .. }
+                | FileKind::SignalFd { .. }
+                | FileKind::Epoll { .. }
+                | FileKind::Inotify { .. }
+        )
+    }
+
     /// For fds 0–2, whether the resumer's own fd takes its place.
     pub fn inherited_as_stdio(&self) -> bool {
         matches!(self, FileKind::Tty { .. } | FileKind::Pipe { .. } | FileKind::Socket(_))

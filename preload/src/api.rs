@@ -1,8 +1,10 @@
 //! Every function libpmig exports in place of libc's, in one auditable list.
 //!
 //! - Signals: they keep the program from taking away pmig's two signals (the checkpoint signal
-//!   and the suspend signal): installing a handler for them or blocking them is quietly left
-//!   out, and asking for their disposition answers "default".
+//!   and the suspend signal): blocking them is quietly left out; a handler the program installs
+//!   for the checkpoint signal is kept aside and run for that signal when a process of the
+//!   tree sends it (`signal::PROGRAM_ACTION`), and asking for its disposition answers the
+//!   program's own; for the suspend signal, "default".
 //! - Ids: `getpid`, `getppid`, `gettid` answer with the ids the program saw before a restore;
 //!   `kill`, `tgkill` and functions taking a path translate them back (`pid`).
 //!
@@ -81,18 +83,75 @@ unsafe fn hide_ours(old: *mut sigset_t) {
     }
 }
 
+/// The program's own action for pmig's checkpoint signal, as `sigaction` reports it.
+fn program_action() -> libc::sigaction {
+    use crate::signal::PROGRAM_ACTION as P;
+    use core::sync::atomic::Ordering::Acquire;
+    // SAFETY: all zero is a valid sigaction (SIG_DFL, no flags, empty mask).
+    let mut a: libc::sigaction = unsafe { core::mem::zeroed() };
+    a.sa_sigaction = P.handler.load(Acquire) as usize;
+    a.sa_flags = P.flags.load(Acquire) as c_int;
+    let mask = P.mask.load(Acquire);
+    for sig in 1..=64 {
+        if mask & crate::signal::bit(sig) != 0 {
+            // SAFETY: `a.sa_mask` is a valid sigset_t.
+            unsafe { libc::sigaddset(&mut a.sa_mask, sig) };
+        }
+    }
+    a
+}
+
+/// Keeps `act` as the program's own action for pmig's checkpoint signal (see
+/// `signal::PROGRAM_ACTION`).
+fn keep_program_action(act: &libc::sigaction) {
+    use crate::signal::PROGRAM_ACTION as P;
+    use core::sync::atomic::Ordering::Release;
+    let mut mask = 0u64;
+    for sig in 1..=64 {
+        // SAFETY: `act.sa_mask` is a valid sigset_t.
+        if unsafe { libc::sigismember(&act.sa_mask, sig) } == 1 {
+            mask |= crate::signal::bit(sig);
+        }
+    }
+    P.mask.store(mask, Release);
+    P.flags.store(act.sa_flags as u64, Release);
+    P.handler.store(act.sa_sigaction as u64, Release);
+}
+
+/// Whether `sig` is pmig's checkpoint signal (whose disposition the program keeps for itself,
+/// see `signal::PROGRAM_ACTION`), rather than its suspend signal.
+fn is_checkpoint_signal(sig: c_int) -> bool {
+    config::get().is_some_and(|c| c.signal == sig)
+}
+
 redhook::hook! {
     unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int => pmig_sigaction {
         if ours(sig) {
+            let fail = |e: i32| {
+                // SAFETY: errno is this thread's.
+                unsafe { *libc::__errno_location() = e };
+                -1
+            };
+            // The checkpoint signal: the program's own action is kept aside (it runs for
+            // signals from the tree's processes); the suspend signal's answers "default".
+            let kept = is_checkpoint_signal(sig);
+            let new = if act.is_null() { None } else {
+                // SAFETY: read without faulting; a bad `act` gives EFAULT.
+                match unsafe { crate::umem::read(act) } {
+                    Some(a) => Some(a),
+                    None => return fail(libc::EFAULT),
+                }
+            };
             if !old.is_null() {
                 // SAFETY: all zero is a valid sigaction (SIG_DFL, no flags).
-                let dfl: libc::sigaction = unsafe { core::mem::zeroed() };
+                let prev: libc::sigaction = if kept { program_action() } else { unsafe { core::mem::zeroed() } };
                 // SAFETY: written without faulting; a bad `old` gives EFAULT.
-                if let Err(e) = unsafe { crate::umem::write(old, &dfl) } {
-                    // SAFETY: errno is this thread's.
-                    unsafe { *libc::__errno_location() = e };
-                    return -1;
+                if let Err(e) = unsafe { crate::umem::write(old, &prev) } {
+                    return fail(e);
                 }
+            }
+            if let (Some(a), true) = (new, kept) {
+                keep_program_action(&a);
             }
             return 0;
         }
@@ -104,7 +163,18 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn signal(sig: c_int, handler: sighandler_t) -> sighandler_t => pmig_signal {
         if ours(sig) {
-            return libc::SIG_DFL;
+            if !is_checkpoint_signal(sig) {
+                return libc::SIG_DFL;
+            }
+            let prev = program_action().sa_sigaction;
+            // SAFETY: all zero is a valid sigaction; glibc's signal() gives BSD semantics.
+            let mut a: libc::sigaction = unsafe { core::mem::zeroed() };
+            a.sa_sigaction = handler;
+            a.sa_flags = libc::SA_RESTART;
+            // SAFETY: `a.sa_mask` is a valid sigset_t.
+            unsafe { libc::sigaddset(&mut a.sa_mask, sig) };
+            keep_program_action(&a);
+            return prev;
         }
         // SAFETY: forwarded unchanged to libc.
         unsafe { redhook::real!(signal)(sig, handler) }

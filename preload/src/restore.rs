@@ -80,7 +80,7 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
         table.clear();
     }
     let objects = table.iter().filter(|o| o.fd >= 0).map(|o| (o.ino, o.fd, o.kind)).collect();
-    let owners = fd::restore(&m.files, &m.fds, &mut keep, gap, objects);
+    let (owners, board) = fd::restore(&m.files, &m.fds, &mut keep, gap, objects);
     process::restore(&m.process);
     signal::restore_actions(&m.signals);
     signal::restore_itimers(&m.itimers, gap.clock_ns / 1000);
@@ -136,6 +136,9 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     drop(buf);
     drop(m);
     alloc::arena_off();
+    if let Some(b) = board {
+        b.restored();
+    }
     debug!("restore: done; the program goes on as pid {}", sys::getpid());
     thread::release_all();
 }

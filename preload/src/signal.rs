@@ -7,11 +7,88 @@
 use crate::errno::Errno;
 use crate::sys::{self, KSigAction};
 use crate::{config, log};
-use core::sync::atomic::Ordering::*;
+use core::sync::atomic::{AtomicU64, Ordering::*};
 use pmig_image::{ItimerState, SigActionState};
 
-/// Signal-time: the checkpoint signal only wakes the checkpoint thread.
-extern "C" fn ckpt_handler(_sig: i32, info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+/// The program's own disposition for the checkpoint signal (its `sigaction`/`signal` calls
+/// are kept here, not given to the kernel): handler (`SIG_DFL` = 0, `SIG_IGN` = 1, or a
+/// function), `SA_*` flags, and the mask of the first 64 signals.
+pub struct ProgramAction {
+    pub handler: AtomicU64,
+    pub flags: AtomicU64,
+    pub mask: AtomicU64,
+}
+
+/// See [`ProgramAction`].
+pub static PROGRAM_ACTION: ProgramAction =
+    ProgramAction { handler: AtomicU64::new(0), flags: AtomicU64::new(0), mask: AtomicU64::new(0) };
+
+/// Whether process `pid` (as this process's namespace numbers it) is this process or one of
+/// the tree's: it, or one of its ancestors, is the tree's root. Signal-time safe (raw reads
+/// of `/proc/PID/stat` into the stack).
+fn in_tree(pid: i32, root: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let mut p = pid;
+    for _ in 0..64 {
+        if p == root || p == sys::getpid() {
+            return true;
+        }
+        let mut path = crate::log::StackBuf::new();
+        let _ = core::fmt::Write::write_fmt(&mut path, format_args!("/proc/{p}/stat\0"));
+        let mut buf = [0u8; 512];
+        let Ok(n) = sys::read_file(path.as_bytes(), &mut buf) else { return false };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let Some(close) = buf[..n].iter().rposition(|&c| c == b')') else { return false };
+        let ppid = buf[close + 1..n].split(|&c| c == b' ').filter(|f| !f.is_empty()).nth(1);
+        match ppid.and_then(|f| core::str::from_utf8(f).ok()).and_then(|f| f.parse::<i32>().ok()) {
+            Some(pp) if pp > 1 => p = pp,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Signal-time: a checkpoint signal that a process of the tree sent to a program that set
+/// its own disposition for it is the program's (postgres's postmaster tells its checkpointer
+/// to shut down with SIGUSR2): its handler runs here, or it is ignored. Returns whether it
+/// was the program's.
+fn programs_own(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void, code: i32) -> bool {
+    let handler = PROGRAM_ACTION.handler.load(Acquire);
+    if handler == libc::SIG_DFL as u64 || !matches!(code, libc::SI_USER | libc::SI_TKILL | libc::SI_QUEUE) {
+        return false;
+    }
+    // SAFETY: for these codes the sender's pid is at offset 16 of the siginfo on x86_64.
+    let sender = unsafe { core::ptr::read_unaligned((info as *const u8).add(16) as *const i32) };
+    let Some(cfg) = config::get() else { return false };
+    if !in_tree(sender, cfg.root_pid) {
+        return false;
+    }
+    if handler == libc::SIG_IGN as u64 {
+        return true;
+    }
+    let flags = PROGRAM_ACTION.flags.load(Acquire);
+    if flags & libc::SA_RESETHAND as u64 != 0 {
+        PROGRAM_ACTION.handler.store(libc::SIG_DFL as u64, Release);
+    }
+    // SAFETY: the program installed this function as its handler for `sig`, with these flags;
+    // it is called as the kernel would call it (here with every other signal blocked).
+    unsafe {
+        if flags & libc::SA_SIGINFO as u64 != 0 {
+            let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) = core::mem::transmute(handler as usize);
+            f(sig, info, uc);
+        } else {
+            let f: extern "C" fn(i32) = core::mem::transmute(handler as usize);
+            f(sig);
+        }
+    }
+    true
+}
+
+/// Signal-time: the checkpoint signal only wakes the checkpoint thread (or is the program's,
+/// see [`programs_own`]).
+extern "C" fn ckpt_handler(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // The call this signal interrupted (the kernel picks any thread that does not block it) is
     // issued again by its wrapper (`restart`).
     crate::restart::mark_interrupted();
@@ -27,6 +104,8 @@ extern "C" fn ckpt_handler(_sig: i32, info: *mut libc::siginfo_t, _uc: *mut libc
         let (code, value) = unsafe { ((*info).si_code, core::ptr::read_unaligned((info as *const u8).add(24) as *const u64)) };
         if code == libc::SI_QUEUE && value >> 32 == config::TREE_MAGIC && value as u32 != 0 {
             config::TREE_NONCE.store(value as u32, Release);
+        } else if programs_own(sig, info, uc, code) {
+            return;
         }
     }
     config::CKPT_REQUEST.fetch_add(1, AcqRel);

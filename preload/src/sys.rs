@@ -79,6 +79,16 @@ pub fn fcntl(fd: i32, cmd: i32, arg: u64) -> Res {
     sc!(libc::SYS_fcntl, fd, cmd, arg)
 }
 
+/// `pidfd_open(2)`.
+pub fn pidfd_open(pid: i32) -> Res {
+    sc!(libc::SYS_pidfd_open, pid, 0)
+}
+
+/// `pidfd_getfd(2)`: a copy (close-on-exec) of another process's fd.
+pub fn pidfd_getfd(pidfd: i32, fd: i32) -> Res {
+    sc!(libc::SYS_pidfd_getfd, pidfd, fd, 0)
+}
+
 /// `dup3(2)`.
 pub fn dup3(old: i32, new: i32, flags: i32) -> Res {
     sc!(libc::SYS_dup3, old, new, flags)

@@ -252,8 +252,8 @@ impl Session {
             s.wait_parked(&mut asked)?;
             found = descendants();
         }
-        s.find_shares(cfg.drop_unsupported)?;
-        debug!("tree: {} member(s) stopped, {} zombie(s), {} shared open file(s)", s.members.len(), s.zombies.len(), s.shares.len());
+        s.find_shares();
+        debug!("tree: {} member(s) stopped, {} zombie(s), {} fd(s) on shared objects", s.members.len(), s.zombies.len(), s.shares.len());
         Ok(Some(s))
     }
 
@@ -353,13 +353,20 @@ impl Session {
         }
     }
 
-    /// Finds the regular files' open file descriptions two or more processes of the tree hold
-    /// (`kcmp` on fds of the same inode), every process stopped.
+    /// Finds what two or more processes of the tree share, every process stopped: open file
+    /// descriptions of regular files, sockets and anonymous-inode objects (eventfd, epoll,
+    /// timerfd, signalfd, inotify) held by several (`kcmp` on fds of the same inode), and
+    /// UNIX connections whose two ends are in different processes (`unix_diag`'s peer).
     ///
-    /// Sockets and kernel objects (eventfd, epoll, timerfd, signalfd, inotify) that two or more
-    /// processes share are not kept as one yet: the checkpoint refuses, naming them (with
-    /// `--drop-unsupported` it goes on, saying each process gets its own).
-    fn find_shares(&mut self, drop_unsupported: bool) -> Result<(), String> {
+    /// Each such object gets a key, sent to every process holding it (and saved as
+    /// `FileState::shared`), so that the restore makes it once: regular files by
+    /// pmig-resume, the others by the lowest pid holding them (the board). A socket's state
+    /// (its queue, its TCP repair state) is saved by the lowest pid holding its description
+    /// only: two processes peeking one queue at once would garble it; the others get
+    /// `SHARE_FOLLOWER`. The ends of a UNIX connection split between processes get
+    /// `SHARE_TREE_PEER`: each process saves its end as one end of a pair.
+    fn find_shares(&mut self) {
+        use pmig_abi::{SHARE_FOLLOWER, SHARE_TREE_PEER};
         let pids: Vec<i32> = core::iter::once(sys::getpid()).chain(self.members.iter().map(|m| m.found.pid)).collect();
         // (pid, fd, dev, ino) of every regular file, socket and anonymous-inode file.
         let mut all: Vec<(i32, i32, u64, u64)> = Vec::new();
@@ -377,49 +384,76 @@ impl Session {
                 }
             });
         }
-        // Union of identical descriptions across processes; a group's key is its first member.
-        let mut key: Vec<u64> = vec![0; all.len()];
+        fn top(up: &mut [usize], mut i: usize) -> usize {
+            while up[i] != i {
+                up[i] = up[up[i]];
+                i = up[i];
+            }
+            i
+        }
+        // Open file descriptions: fds of one inode that kcmp says are the same.
+        let mut desc: Vec<usize> = (0..all.len()).collect();
         for i in 0..all.len() {
             for j in 0..i {
                 let (a, b) = (all[j], all[i]);
-                if a.0 == b.0 || a.2 != b.2 || a.3 != b.3 || key[i] != 0 {
+                if a.2 != b.2 || a.3 != b.3 || top(&mut desc, i) == top(&mut desc, j) {
                     continue;
                 }
                 // SAFETY: kcmp only compares two fds of two processes; no memory is passed.
                 let same = unsafe { pmig_abi::arch::syscall6(libc::SYS_kcmp as u64, a.0 as u64, b.0 as u64, 0, a.1 as u64, b.1 as u64, 0) } == 0;
                 if same {
-                    if key[j] == 0 {
-                        key[j] = 1 << 63 | (a.0 as u64) << 20 | a.1 as u64;
-                    }
-                    key[i] = key[j];
+                    let r = top(&mut desc, j);
+                    let ri = top(&mut desc, i);
+                    desc[ri] = r;
                 }
             }
         }
-        // Only regular files' shared descriptions are made once at restore.
-        for (i, a) in all.iter().enumerate() {
-            if key[i] == 0 || kind_of[i] == libc::S_IFREG {
+        // Objects: descriptions, with the two ends of a UNIX connection joined.
+        let mut obj = desc.clone();
+        let mut peer_in_tree = vec![false; all.len()];
+        let mut peers: Vec<(u64, Option<u64>)> = Vec::new();
+        for i in 0..all.len() {
+            if kind_of[i] != libc::S_IFSOCK {
                 continue;
             }
-            let link = |p: i32, fd: i32| sys::readlink_string(&sys::cstr(&format!("/proc/{p}/fd/{fd}"))).unwrap_or_default();
-            let first = all.iter().zip(&key).find(|(_, &k)| k == key[i]).map(|(x, _)| *x).unwrap_or(*a);
-            if first.0 == a.0 && first.1 == a.1 {
-                continue;
+            let ino = all[i].3;
+            let peer = match peers.iter().find(|p| p.0 == ino) {
+                Some(p) => p.1,
+                None => {
+                    let p = crate::fd::socket::unix_peer(ino);
+                    peers.push((ino, p));
+                    p
+                }
+            };
+            let Some(peer) = peer else { continue };
+            if let Some(j) = (0..all.len()).find(|&j| kind_of[j] == libc::S_IFSOCK && all[j].3 == peer) {
+                peer_in_tree[i] = true;
+                let (a, b) = (top(&mut obj, i), top(&mut obj, j));
+                obj[a] = b;
             }
-            let what = format!(
-                "processes {} (fd {}) and {} (fd {}) of the tree share one {}",
-                first.0,
-                first.1,
-                a.0,
-                a.1,
-                link(a.0, a.1)
-            );
-            if !drop_unsupported {
-                return Err(format!("{what}: keeping it shared between processes is not supported yet (pmig-run --drop-unsupported restores one for each process)"));
-            }
-            crate::log::say!("warning: {what}; after a restore each process gets its own (--drop-unsupported)");
         }
-        self.shares = all.iter().zip(&key).zip(&kind_of).filter(|((_, &k), &t)| k != 0 && t == libc::S_IFREG).map(|((a, &k), _)| (a.0, a.1, k)).collect();
-        Ok(())
+        let mut shares = Vec::new();
+        for i in 0..all.len() {
+            let o = top(&mut obj, i);
+            let members: Vec<usize> = (0..all.len()).filter(|&j| top(&mut obj, j) == o).collect();
+            if members.iter().all(|&j| all[j].0 == all[i].0) {
+                continue;
+            }
+            let first = members[0];
+            let mut key = 1 << 63 | (all[first].0 as u64) << 20 | all[first].1 as u64;
+            if kind_of[i] != libc::S_IFREG {
+                if members.iter().any(|&j| peer_in_tree[j]) {
+                    key |= SHARE_TREE_PEER;
+                }
+                let d = top(&mut desc, i);
+                let lowest = (0..all.len()).filter(|&j| top(&mut desc, j) == d).map(|j| all[j].0).min();
+                if lowest != Some(all[i].0) {
+                    key |= SHARE_FOLLOWER;
+                }
+            }
+            shares.push((all[i].0, all[i].1, key));
+        }
+        self.shares = shares;
     }
 
     /// `(fd, key)` of `pid`'s shared open file descriptions.

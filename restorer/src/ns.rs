@@ -253,20 +253,30 @@ unsafe fn init_main(b: &Build<'_>, pipe: &Pipe) -> ! {
 }
 
 /// `clone3` a process (a copy of this one) with pid `pid` in the new namespace: 0 in the
-/// child, its pid in the parent, or -1.
+/// child, its pid in the parent, or -1. Where it can (root in the host's namespaces, the pid
+/// free there), the process gets `pid` in the host's namespace too, so that what outside the
+/// tree knows it by (a pid file read by `nginx -s reload`, a `kill` from a script) still
+/// reaches it.
 ///
 /// # Safety
 /// The caller must be single-threaded (the child is a copy that goes on from here).
 unsafe fn clone_with_pid(pid: i32) -> i64 {
-    let tid = pid;
-    let args = pmig_abi::CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        set_tid: &tid as *const i32 as u64,
-        set_tid_size: 1,
-        ..Default::default()
-    };
-    // SAFETY: the caller guarantees a single-threaded process; clone3 without CLONE_VM copies it.
-    unsafe { libc::syscall(libc::SYS_clone3, &args as *const pmig_abi::CloneArgs, core::mem::size_of_val(&args)) }
+    let tids = [pid, pid];
+    for levels in [2u64, 1] {
+        let args = pmig_abi::CloneArgs {
+            exit_signal: libc::SIGCHLD as u64,
+            set_tid: tids.as_ptr() as u64,
+            set_tid_size: levels,
+            ..Default::default()
+        };
+        // SAFETY: the caller guarantees a single-threaded process; clone3 without CLONE_VM
+        // copies it.
+        let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const pmig_abi::CloneArgs, core::mem::size_of_val(&args)) };
+        if r >= 0 || levels == 1 {
+            return r;
+        }
+    }
+    -1
 }
 
 /// The pipes the tree's processes share (held by two or more of them, with both ends inside
@@ -415,6 +425,51 @@ fn tree_files(img: &VerifiedImage) -> std::result::Result<Vec<PlanObject>, Strin
     Ok(out)
 }
 
+/// The tree's board (see `pmig_abi::BoardHeader`): a slot for each socket or kernel object
+/// two or more processes share, naming the process that makes it (the lowest pid holding it,
+/// whose image has its whole state); its counters also hold every process back until all
+/// are restored. `None` for a single process.
+fn tree_board(img: &VerifiedImage) -> std::result::Result<Option<PlanObject>, String> {
+    use pmig_abi::{BoardHeader, BoardSlot, BOARD_MAGIC};
+    use std::collections::BTreeMap;
+    let mut slots: BTreeMap<u64, BoardSlot> = BTreeMap::new();
+    let mut live = 0u32;
+    for (pid, p) in img.processes() {
+        live += 1;
+        for f in p.manifest.files.iter().filter(|f| f.shared != 0 && f.kind.made_by_one_process()) {
+            let s = slots.entry(f.shared).or_insert_with(|| BoardSlot { key: f.shared, maker: pid, ..Default::default() });
+            s.maker = s.maker.min(pid);
+            if let FileKind::Socket(so) = &f.kind {
+                if let Some(peer) = so.pair {
+                    s.ends = [so.ino.min(peer), so.ino.max(peer)];
+                }
+            }
+        }
+    }
+    if live < 2 {
+        return Ok(None);
+    }
+    let head = BoardHeader { magic: BOARD_MAGIC, n_slots: slots.len() as u32, live, ..Default::default() };
+    let mut bytes = Vec::new();
+    // SAFETY: both are repr(C) structs of integers, viewed as bytes to write them.
+    unsafe {
+        let as_bytes = |p: *const u8, n: usize| core::slice::from_raw_parts(p, n).to_vec();
+        bytes.extend(as_bytes(&head as *const BoardHeader as *const u8, core::mem::size_of::<BoardHeader>()));
+        for s in slots.values() {
+            bytes.extend(as_bytes(s as *const BoardSlot as *const u8, core::mem::size_of::<BoardSlot>()));
+        }
+    }
+    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"pmig-board".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(format!("memfd_create for the tree's board: {}", last_error()));
+    }
+    // SAFETY: `fd` is the memfd just made; the File owns it until into_raw_fd below.
+    let mem = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    std::os::unix::fs::FileExt::write_all_at(&mem, &bytes, 0).map_err(|e| format!("cannot write the tree's board: {e}"))?;
+    Ok(Some(PlanObject { ino: slots.len() as u64, fd: std::os::fd::IntoRawFd::into_raw_fd(mem), kind: pmig_abi::OBJECT_BOARD }))
+}
+
 /// Dies as a zombie of the tree did: exits with its status, or of its signal.
 fn die_as(status: i32) -> ! {
     // SAFETY: plain calls on this process; it ends here.
@@ -501,6 +556,7 @@ unsafe fn build_process(b: &Build<'_>, pipe: &Pipe, pid: i32, has_init: bool) ->
         match tree_pipes(b.img).and_then(|mut o| {
             o.extend(tree_objects(b.image, b.img)?);
             o.extend(tree_files(b.img)?);
+            o.extend(tree_board(b.img)?);
             Ok(o)
         }) {
             Ok(o) => {

@@ -67,6 +67,10 @@ pub const STATIC_PROG: &str = env!("PMIG_TEST_PROG_STATIC_PROG");
 /// `tree.c`: a parent, two workers on pipes, a grandchild per step, a zombie.
 pub const TREE: &str = env!("PMIG_TEST_PROG_TREE");
 
+/// `tree_share.c`: a parent and a child sharing a split socketpair, a seqpacket pair, an
+/// eventfd in an epoll set and a TCP listener (checked with kcmp to stay one of each).
+pub const TREE_SHARE: &str = env!("PMIG_TEST_PROG_TREE_SHARE");
+
 /// Debian's perl.
 pub const PERL: &str = "/usr/bin/perl";
 

@@ -10,6 +10,8 @@
 //! offset again. Each resource family has its own module with a dump/restore pair, registered
 //! in [`OPS`]; the first entry that claims an fd handles it.
 
+mod board;
+pub use board::Board;
 mod event;
 mod file;
 pub mod inotify;
@@ -30,6 +32,9 @@ pub struct FdInfo {
     pub flags: i32,
     /// `/proc/self/fdinfo/N`.
     pub fdinfo: String,
+    /// The key (with `pmig_abi::SHARE_*` flags) the tree's root gave this fd's open file
+    /// description, when other processes of the tree hold it too; else 0.
+    pub share: u64,
 }
 
 impl FdInfo {
@@ -109,7 +114,7 @@ fn fd_info(fd: i32) -> Option<FdInfo> {
         .map(|v| String::from_utf8_lossy(&v).into_owned())
         .unwrap_or_default();
     let flags = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;
-    Some(FdInfo { fd, link, st, flags, fdinfo })
+    Some(FdInfo { fd, link, st, flags, fdinfo, share: 0 })
 }
 
 // <asm-generic/fcntl.h> (the libc crate lacks them).
@@ -143,7 +148,8 @@ pub fn dump(skip: &[i32], drop_unsupported: bool, shares: &[(i32, u64)]) -> Resu
     let mut table = Vec::with_capacity(fds.len());
     let mut ctx = DumpCtx::default();
     for fd in fds {
-        let Some(info) = fd_info(fd) else { continue };
+        let Some(mut info) = fd_info(fd) else { continue };
+        info.share = shares.iter().find(|s| s.0 == fd).map_or(0, |s| s.1);
         let cloexec = sys::fcntl(fd, libc::F_GETFD, 0).map(|f| f as i32 & libc::FD_CLOEXEC != 0).unwrap_or(false);
         let shared = reps
             .iter()
@@ -158,7 +164,7 @@ pub fn dump(skip: &[i32], drop_unsupported: bool, shares: &[(i32, u64)]) -> Resu
                     Some(Err(e)) => return Err(format!("fd {fd} ({}): {e}", info.link)),
                 };
                 let pos = sys::lseek(fd, 0, libc::SEEK_CUR).map(|p| p as i64).unwrap_or(0);
-                let shared = shares.iter().find(|s| s.0 == fd).map_or(0, |s| s.1);
+                let shared = info.share & !pmig_abi::SHARE_FOLLOWER;
                 let mut own = [0i32; 2];
                 let owner = match sys::fcntl(fd, F_GETOWN_EX, own.as_mut_ptr() as u64) {
                     Ok(_) if own[1] != 0 => (own[0], own[1]),
@@ -183,12 +189,21 @@ pub fn unsupported(files: &[FileState], fds: &[FdState]) -> Option<String> {
     })
 }
 
+/// Fds whose owner (`F_SETOWN_EX`) is a thread: `(fd, (kind, tid))`.
+pub type Owners = Vec<(i32, (i32, i32))>;
+
 /// Recreates the saved fds. `keep` are fds the restorer still needs (moved out of the way
 /// first, their new numbers returned in place). Every other fd not saved is closed; fds 0–2
 /// that were a terminal, pipe or socket stay what they are now (the resumer's own).
 /// Returns the fds whose owner is a thread (`F_OWNER_TID`), to be given it once the threads
-/// exist again (see [`set_owners`]).
-pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crate::timer::Gap, objects: Vec<(u64, i32, u32)>) -> Vec<(i32, (i32, i32))> {
+/// exist again (see [`set_owners`]), and the tree's board (see [`Board::restored`]).
+pub fn restore(
+    files: &[FileState],
+    fds: &[FdState],
+    keep: &mut [i32],
+    gap: crate::timer::Gap,
+    objects: Vec<(u64, i32, u32)>,
+) -> (Owners, Option<Board>) {
     let mut later = Vec::new();
     let top = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
     let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap, objects };
@@ -208,7 +223,7 @@ pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crat
     keep.extend(ctx.objects.iter().map(|o| o.1));
     let keep = &keep[..];
     // A pipe the tree shares is the tree's, even on fds 0-2.
-    let tree_pipes: Vec<u64> = ctx.objects.iter().filter(|o| o.2 != pmig_abi::OBJECT_SHARED_MEMORY).map(|o| o.0).collect();
+    let tree_pipes: Vec<u64> = ctx.objects.iter().filter(|o| matches!(o.2, pmig_abi::OBJECT_PIPE_READ | pmig_abi::OBJECT_PIPE_WRITE)).map(|o| o.0).collect();
     let tree_pipe = |k: &FileKind| matches!(k, FileKind::Pipe { ino, fifo: None, .. } if tree_pipes.contains(ino));
     let inherited = |f: &FdState| f.fd <= 2 && files[f.file as usize].kind.inherited_as_stdio() && !tree_pipe(&files[f.file as usize].kind);
     if let Ok(open) = list_fds(keep) {
@@ -218,25 +233,44 @@ pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crat
             }
         }
     }
-    // Epoll sets refer to other fds by number: make them last, once every other fd is in place.
+    // Sockets and kernel objects the tree shares: made by one process, taken by the others.
+    let mut board = ctx.objects.iter().find(|o| o.2 == pmig_abi::OBJECT_BOARD).and_then(|o| board::Board::map(o.1, o.0));
+    let slot: Vec<Option<usize>> =
+        files.iter().map(|f| if f.shared != 0 && f.kind.made_by_one_process() { board.as_ref()?.find(f.shared) } else { None }).collect();
+    let taken: Vec<bool> = slot.iter().map(|s| s.is_some_and(|s| board.as_ref().is_some_and(|b| !b.makes(s)))).collect();
+    // Epoll sets refer to other fds by number: make them last, once every other fd is in
+    // place. Objects other processes make come after this process's own (which they may be
+    // waiting for): no two processes wait for each other.
     let mut order: Vec<usize> = (0..files.len()).collect();
-    order.sort_by_key(|&i| matches!(files[i].kind, FileKind::Epoll { .. }));
+    order.sort_by_key(|&i| (matches!(files[i].kind, FileKind::Epoll { .. }), taken[i]));
     for i in order {
         let users: Vec<&FdState> = fds.iter().filter(|f| f.file as usize == i).collect();
         if users.is_empty() || matches!(files[i].kind, FileKind::Other { .. }) {
             // Left out at checkpoint (--drop-unsupported): stays closed.
             continue;
         }
+        let f = &files[i];
         // A file shared with an inherited stdio fd is that fd: dup it.
         let new = if let Some(std) = users.iter().find(|f| inherited(f)) {
             sys::fcntl(std.fd, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map(|f| f as i32).map_err(|e| format!("{}", Errno(e)))
+        } else if let (Some(s), true, Some(b)) = (slot[i], taken[i], board.as_ref()) {
+            take(b, s, f).and_then(|fd| ctx.lift(fd))
         } else {
-            let f = &files[i];
             match OPS.iter().find_map(|ops| (ops.restore)(f, &mut ctx)) {
                 Some(r) => r.and_then(|fd| ctx.lift(fd)),
                 None => Err(format!("no way to restore a {}", f.kind.name())),
             }
         };
+        if let (Some(s), false, Some(b)) = (slot[i], taken[i], board.as_mut()) {
+            // This process makes it: hand it out (once; a pair's second end is made with the first).
+            if !b.handed_out(s) {
+                match (&new, &f.kind) {
+                    (Ok(fd), FileKind::Socket(so)) if so.pair.is_some() => b.publish(s, socket::pair_ends(so, *fd, &ctx), ctx.high),
+                    (Ok(fd), _) => b.publish(s, [*fd, -1], ctx.high),
+                    (Err(_), _) => b.fail(s),
+                }
+            }
+        }
         let new = match new {
             Ok(fd) => fd,
             Err(e) => {
@@ -281,8 +315,23 @@ pub fn restore(files: &[FileState], fds: &[FdState], keep: &mut [i32], gap: crat
             }
         }
     }
+    if let Some(b) = board.as_mut() {
+        b.fds_done();
+    }
     for (_, fd) in ctx.pairs.drain(..).chain(ctx.objects.drain(..).map(|o| (o.0, o.1))) {
         let _ = sys::close(fd);
     }
-    later
+    (later, board)
+}
+
+/// Takes file `f`, made by another process of the tree, from the board's slot `s`.
+fn take(b: &board::Board, s: usize, f: &FileState) -> Result<i32, String> {
+    match &f.kind {
+        FileKind::Socket(so) if so.pair.is_some() => {
+            let end = b.end_of(s, so.ino);
+            let fd = b.take(s, end)?;
+            socket::adopt_pair_end(fd, so, || b.take(s, 1 - end))
+        }
+        _ => b.take(s, 0),
+    }
 }

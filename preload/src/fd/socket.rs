@@ -523,6 +523,12 @@ fn parse_unix_diag(b: &[u8], ino: u32) -> Result<UnixDiag, i32> {
 }
 
 /// Whether one of this process's fds is the socket with inode `ino`.
+/// The inode of the other end of UNIX socket `ino`'s connection (`None`: not a connected
+/// UNIX socket).
+pub fn unix_peer(ino: u64) -> Option<u64> {
+    unix_diag(ino).ok()?.peer.filter(|&p| p != 0).map(u64::from)
+}
+
 fn holds_socket(ino: u64) -> bool {
     let want = format!("socket:[{ino}]");
     let Ok(dir) =
@@ -567,11 +573,23 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
     }
     let mut s = SocketState { ino: i.st.st_ino, ..Default::default() };
     let known = identify(i.fd, &mut s);
+    let tree_peer = i.share & pmig_abi::SHARE_TREE_PEER != 0;
+    if i.share & pmig_abi::SHARE_FOLLOWER != 0 {
+        // Another process of the tree saves its state (and makes it at restore): only what
+        // it is, and which end of a pair.
+        if tree_peer && s.role == SocketRole::Connected {
+            if let Some(peer) = unix_peer(s.ino) {
+                s.role = SocketRole::Pair;
+                s.pair = Some(peer);
+            }
+        }
+        return Some(known.map(|()| FileKind::Socket(s)));
+    }
     if i.fd <= 2 {
         // Becomes pmig-resume's own: only its identity is recorded.
         return Some(Ok(FileKind::Socket(s)));
     }
-    Some(known.and_then(|()| dump_state(i.fd, &mut s)).map(|()| FileKind::Socket(s)))
+    Some(known.and_then(|()| dump_state(i.fd, &mut s, tree_peer)).map(|()| FileKind::Socket(s)))
 }
 
 /// Family, type, protocol, addresses and role.
@@ -605,11 +623,12 @@ fn identify(fd: i32, s: &mut SocketState) -> Result<(), String> {
     Ok(())
 }
 
-fn dump_state(fd: i32, s: &mut SocketState) -> Result<(), String> {
+/// `tree_peer`: the other end of a UNIX connection is in another process of the tree.
+fn dump_state(fd: i32, s: &mut SocketState, tree_peer: bool) -> Result<(), String> {
     // Options first: TCP repair mode changes what SO_REUSEADDR reads.
     s.options = read_options(fd, s);
     match s.family {
-        AF_UNIX => dump_unix(fd, s),
+        AF_UNIX => dump_unix(fd, s, tree_peer),
         AF_INET | AF_INET6 if is_tcp(s) => dump_tcp(fd, s),
         AF_INET | AF_INET6 if s.sotype == libc::SOCK_DGRAM && s.role == SocketRole::Bound => {
             s.recv_queue = peek_queue(fd, s.sotype).unwrap_or_default();
@@ -662,7 +681,7 @@ fn read_options(fd: i32, s: &SocketState) -> Vec<(i32, i32, Vec<u8>)> {
     out
 }
 
-fn dump_unix(fd: i32, s: &mut SocketState) -> Result<(), String> {
+fn dump_unix(fd: i32, s: &mut SocketState, tree_peer: bool) -> Result<(), String> {
     let diag = unix_diag(s.ino).map_err(|e| debug!("unix_diag of socket {}: {}", s.ino, Errno(e))).ok();
     match s.role {
         SocketRole::Listening => {
@@ -674,7 +693,7 @@ fn dump_unix(fd: i32, s: &mut SocketState) -> Result<(), String> {
             if s.sotype == libc::SOCK_DGRAM && s.peer.as_deref().is_some_and(|p| is_bound(AF_UNIX, p)) => {}
         SocketRole::Connected => {
             if let Some(peer) = diag.as_ref().and_then(|d| d.peer) {
-                if holds_socket(peer as u64) {
+                if tree_peer || holds_socket(peer as u64) {
                     s.role = SocketRole::Pair;
                     s.pair = Some(peer as u64);
                 }
@@ -1219,6 +1238,32 @@ fn pair_end(s: &SocketState, peer: u64, ctx: &mut RestoreCtx) -> Result<i32, Str
     Ok(a.keep())
 }
 
+/// For the maker of a pair the tree shares, just after it restored its end `mine`: both
+/// ends' fds, the end with the smaller inode first (-1 for one not at hand).
+pub fn pair_ends(s: &SocketState, mine: i32, ctx: &RestoreCtx) -> [i32; 2] {
+    let peer = s.pair.unwrap_or(0);
+    let other = ctx.pairs.iter().find(|p| p.0 == peer).map_or(-1, |p| p.1);
+    if s.ino < peer {
+        [mine, other]
+    } else {
+        [other, mine]
+    }
+}
+
+/// One end of a pair the tree shares, taken from its maker as `fd`: its options, and the
+/// bytes queued for it, written through the other end (`peer` takes it) when this process
+/// saved them.
+pub fn adopt_pair_end(fd: i32, s: &SocketState, peer: impl FnOnce() -> Result<i32, String>) -> Result<i32, String> {
+    let fd = Fd(fd);
+    set_options(fd.0, s, &[]);
+    if !s.recv_queue.is_empty() {
+        let p = Fd(peer()?);
+        put_queue(p.0, s.sotype, &s.recv_queue)?;
+    }
+    set_peek_off(fd.0, s);
+    Ok(fd.keep())
+}
+
 /// A UNIX connection whose peer was outside the program: one end of a new socketpair with
 /// the unread bytes in it and its other end closed (reads: the bytes, then EOF).
 fn dead_peer(s: &SocketState) -> Result<i32, String> {
@@ -1474,7 +1519,7 @@ mod tests {
         // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
         let mut st: libc::stat = unsafe { core::mem::zeroed() };
         sys::fstat(fd, &mut st).unwrap();
-        FdInfo { fd, link: String::new(), st, flags: libc::O_RDWR, fdinfo: String::new() }
+        FdInfo { fd, link: String::new(), st, flags: libc::O_RDWR, fdinfo: String::new(), share: 0 }
     }
 
     fn saved(fd: i32) -> SocketState {
