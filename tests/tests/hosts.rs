@@ -242,6 +242,18 @@ fn move_tree_to_another_host() {
     migrate(&hosts, &prog, &["--compress"], 5, &mut nothing_more);
 }
 
+/// Two processes sharing sockets and kernel objects (tree_share.c: a socketpair split between
+/// them with bytes in flight, a seqpacket pair, an eventfd in an epoll set, a TCP listener,
+/// checked with kcmp to stay one of each) move to the other host.
+#[test]
+fn move_tree_sharing_sockets_to_another_host() {
+    let Some(hosts) = Hosts::new("move_tree_sharing_sockets_to_another_host") else {
+        return;
+    };
+    let prog = Program::new("tree-share", hosts.stage(programs::TREE_SHARE), STEPS, &[]);
+    migrate(&hosts, &prog, &[], 5, &mut nothing_more);
+}
+
 /// python3 itself is on both hosts (only `SRC`, its working directory, is not).
 #[test]
 fn move_python_to_another_host() {
