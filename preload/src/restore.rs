@@ -81,6 +81,15 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     }
     let objects = table.iter().filter(|o| o.fd >= 0).map(|o| (o.ino, o.fd, o.kind)).collect();
     let (owners, board) = fd::restore(&m.files, &m.fds, &mut keep, gap, objects);
+    // In a tree every process exists by now (the board waited for all to have their fds):
+    // one in a process group another process of the tree leads joins it again (pmig-resume
+    // made it in its parent's, or its own when it led one).
+    let pgid = m.process.pgid;
+    if board.is_some() && pgid > 0 && pgid != m.process.pid && pgid != sys::getpgid() {
+        if let Err(e) = sys::join_pgid(pgid) {
+            debug!("restore: cannot join process group {pgid} again: {}", crate::errno::Errno(e));
+        }
+    }
     process::restore(&m.process);
     signal::restore_actions(&m.signals);
     signal::restore_itimers(&m.itimers, gap.clock_ns / 1000);

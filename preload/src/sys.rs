@@ -156,6 +156,11 @@ pub fn getpgid() -> i32 {
     sc!(libc::SYS_getpgid, 0).unwrap_or(0) as i32
 }
 
+/// `setpgid(0, pgid)`: this process joins process group `pgid`.
+pub fn join_pgid(pgid: i32) -> Res {
+    sc!(libc::SYS_setpgid, 0, pgid)
+}
+
 /// `getppid(2)`.
 pub fn getppid() -> i32 {
     sc!(libc::SYS_getppid).unwrap_or(0) as i32

@@ -8,7 +8,10 @@
  *   one end per request, the parent receives it from the other;
  * - an eventfd the child adds 1 to per answer, registered in an epoll set the parent waits
  *   on (epoll_wait must see it readable, the counts must add up at the end);
- * - a listening TCP socket both hold (never used: it is checked to stay one socket).
+ * - a listening TCP socket both hold (never used: it is checked to stay one socket);
+ * - a process group the child leads, which a second child (forked later, a sibling) joins:
+ *   every step the parent checks both children's groups; the sibling checks its own when the
+ *   parent closes its pipe at the end.
  *
  * Each request, the child checks with kcmp that the listener, the eventfd, the epoll set and
  * both ends of the seqpacket pair are still the very open files its parent holds (one object,
@@ -91,6 +94,26 @@ int main(int argc, char **argv)
         child(parent);
     }
     close(pr[1]);
+    setpgid(kid, kid);
+    int sibp[2];
+    if (pipe(sibp) != 0)
+        return 4;
+    pid_t sib = fork();
+    if (sib < 0)
+        return 4;
+    if (sib == 0) {
+        close(sibp[1]);
+        close(pr[0]);
+        if (setpgid(0, kid) != 0)
+            _exit(30);
+        char c;
+        while (read(sibp[0], &c, 1) < 0 && errno == EINTR)
+            ;
+        _exit(getpgrp() == kid ? 0 : 31);
+    }
+    close(sibp[0]);
+    while (getpgid(sib) != kid)
+        sleep_ms(1);
 
     uint64_t events = 0;
     long sent = 0;
@@ -137,14 +160,20 @@ int main(int argc, char **argv)
             if (write(pr[0], &s, sizeof s) != sizeof s)
                 corrupt("cannot write request %ld: %s", s, strerror(errno));
         }
+        if (getpgid(kid) != kid || getpgid(sib) != kid)
+            corrupt("step %ld: the children's process groups are %d and %d, not %d", step, (int)getpgid(kid), (int)getpgid(sib),
+                    (int)kid);
         step_line(step);
         if (step < steps)
             sleep_ms(STEP_MS);
     }
     close(pr[0]);
+    close(sibp[1]);
     int st = 0;
     if (waitpid(kid, &st, 0) != kid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
         corrupt("the child ended with status %#x", st);
+    if (waitpid(sib, &st, 0) != sib || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        corrupt("the sibling ended with status %#x (31: not in its group)", st);
     uint64_t c = 0;
     if (read(ev, &c, sizeof c) == sizeof c)
         events += c;
