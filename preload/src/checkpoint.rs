@@ -59,8 +59,10 @@ fn run() {
             // The tree's root checkpoints the tree: take part.
             crate::tree::take_part(cfg, nonce);
         } else if !cfg.is_root() {
-            // A checkpoint signal sent to a member: the root checkpoints the whole tree.
-            if sys::kill(cfg.root_pid, cfg.signal).is_err() {
+            // A checkpoint signal sent to a member: the root checkpoints the whole tree. The
+            // request carries pmig's mark (nonce 0), so that a root whose program has a
+            // handler of its own for the signal takes it as a request all the same.
+            if sys::sigqueue(cfg.root_pid, cfg.signal, config::TREE_MAGIC << 32).is_err() {
                 say!("checkpoint skipped: this process belongs to the tree of pid {}, which is gone; the program goes on", cfg.root_pid);
             }
         } else {

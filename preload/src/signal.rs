@@ -102,8 +102,11 @@ extern "C" fn ckpt_handler(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::
         // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler; for SI_QUEUE the
         // value is at offset 24 on x86_64.
         let (code, value) = unsafe { ((*info).si_code, core::ptr::read_unaligned((info as *const u8).add(24) as *const u64)) };
-        if code == libc::SI_QUEUE && value >> 32 == config::TREE_MAGIC && value as u32 != 0 {
-            config::TREE_NONCE.store(value as u32, Release);
+        if code == libc::SI_QUEUE && value >> 32 == config::TREE_MAGIC {
+            // pmig's own: the root asking (with its nonce), or a member passing a request on.
+            if value as u32 != 0 {
+                config::TREE_NONCE.store(value as u32, Release);
+            }
         } else if programs_own(sig, info, uc, code) {
             return;
         }
