@@ -159,6 +159,26 @@ fn spawn(sb: &Sandbox, cmd_of: impl FnOnce(&Sandbox) -> Command, label: &str) ->
     Proc::spawn(label, cmd, Terminal::Pipe)
 }
 
+/// Waits for the program behind `r`, asked for a checkpoint with `--exit`, to exit 0.
+fn wait_checkpointed(r: &mut Proc, what: &str, within: Duration) {
+    let st = r.wait_exit(within).unwrap_or_else(|e| fail_with(&e, &mut [&mut *r]));
+    assert!(st.success(), "{what} under pmig must exit 0 after the checkpoint: {}", r.describe());
+}
+
+/// `pmig-resume IMAGE` in a fresh working directory `dir`, as the sandbox's user (or, with
+/// `as_root`, as the tests' own user).
+fn resume(sb: &Sandbox, image: &Path, dir: &str, as_root: bool, label: &str) -> Proc {
+    spawn(
+        sb,
+        |sb| {
+            let mut c = if as_root { Command::new(&sb.bins().resume) } else { sb.command(&sb.bins().resume, &sb.workdir(dir)) };
+            c.current_dir(sb.workdir(dir)).arg(image);
+            c
+        },
+        label,
+    )
+}
+
 /// redis-server with data: checkpointed, resumed, checkpointed again, resumed again. A client
 /// outside pmig reads every key back after each restore and keeps writing; the listening
 /// socket keeps accepting; as root, a client connected before the first checkpoint stays
@@ -195,17 +215,8 @@ fn redis_server_keeps_its_data_and_clients() {
     let mut all = write_keys(&mut kept, 200);
     for round in 1..=2 {
         r.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
-        let st = r.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
-        assert!(st.success(), "redis under pmig must exit 0 after the checkpoint: {}", r.describe());
-        r = spawn(
-            &sb,
-            |sb| {
-                let mut c = sb.command(&sb.bins().resume, &sb.workdir(&format!("resume-{round}")));
-                c.arg(&image);
-                c
-            },
-            &format!("pmig-resume #{round} (redis-server)"),
-        );
+        wait_checkpointed(&mut r, "redis", TIMEOUT);
+        r = resume(&sb, &image, &format!("resume-{round}"), false, &format!("pmig-resume #{round} (redis-server)"));
         let mut c = wait_until(TIMEOUT, "the resumed redis answering", || redis_up(port)).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
         assert_eq!(c.cmd(&["DBSIZE"]).unwrap(), format!(":{all}"), "{}", r.describe());
         for k in [1, all / 2, all] {
@@ -283,17 +294,8 @@ fn memcached_as_root_drops_privileges_and_serves() {
         let uids = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
         assert_eq!(uids, [memcache_uid.as_str(); 4].join(" "), "memcached must run as memcache ({memcache_uid}): {}", r.describe());
         r.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
-        let st = r.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
-        assert!(st.success(), "memcached under pmig must exit 0 after the checkpoint: {}", r.describe());
-        r = spawn(
-            &sb,
-            |sb| {
-                let mut c = sb.command(&sb.bins().resume, &sb.workdir(&format!("resume-{round}")));
-                c.arg(&image);
-                c
-            },
-            &format!("pmig-resume #{round} (memcached)"),
-        );
+        wait_checkpointed(&mut r, "memcached", TIMEOUT);
+        r = resume(&sb, &image, &format!("resume-{round}"), false, &format!("pmig-resume #{round} (memcached)"));
         let key = format!("k{round}");
         let ok = wait_until(TIMEOUT, "the resumed memcached storing a key", || set(&key, &format!("v{round}")).filter(|r| r == "STORED\r\n"));
         ok.unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
@@ -347,15 +349,7 @@ fn redis_bgsave_child_finishes_after_restore() {
     let st = r.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
     assert!(st.success(), "redis and its BGSAVE child (pid {child}) must exit 0 after the checkpoint: {}", r.describe());
     assert!(!dir.join("dump.rdb").exists(), "the save must not have finished before the checkpoint");
-    r = spawn(
-        &sb,
-        |sb| {
-            let mut c = sb.command(&sb.bins().resume, &sb.workdir("resume"));
-            c.arg(&image);
-            c
-        },
-        "pmig-resume (redis-server, BGSAVE)",
-    );
+    r = resume(&sb, &image, "resume", false, "pmig-resume (redis-server, BGSAVE)");
     let mut c = wait_until(TIMEOUT, "the resumed redis answering", || redis_up(port)).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
     let done = wait_until(Duration::from_secs(30), "the BGSAVE to finish", || {
         let info = c.info_persistence()?;
@@ -459,18 +453,9 @@ fn nginx_master_and_workers_serve_after_restore() {
         .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
     for round in 1..=2 {
         r.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
-        let st = r.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
-        assert!(st.success(), "nginx under pmig must exit 0 after the checkpoint: {}", r.describe());
+        wait_checkpointed(&mut r, "nginx", TIMEOUT);
         assert!(http_get(port).is_none(), "nginx must be gone after a checkpoint with --exit");
-        r = spawn(
-            &sb,
-            |sb| {
-                let mut c = sb.command(&sb.bins().resume, &sb.workdir(&format!("resume-{round}")));
-                c.arg(&image);
-                c
-            },
-            &format!("pmig-resume #{round} (nginx)"),
-        );
+        r = resume(&sb, &image, &format!("resume-{round}"), false, &format!("pmig-resume #{round} (nginx)"));
         let again = wait_until(TIMEOUT, "the resumed workers answering", || nginx_workers(port, 40).filter(|w| w.len() == 2))
             .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
         assert_eq!(again, workers, "the same two workers must serve: {}", r.describe());
@@ -614,18 +599,9 @@ fn postgres_keeps_its_data_and_stops_cleanly_after_restore() {
             // SAFETY: kill(2) on a pid of the test's own cluster.
             assert_eq!(unsafe { libc::kill(kid, libc::SIGUSR2) }, 0, "kill -USR2 {kid}");
         }
-        let st = r.wait_exit(Duration::from_secs(60)).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
-        assert!(st.success(), "postgres under pmig must exit 0 after the checkpoint: {}", r.describe());
-        r = spawn(
-            &sb,
-            |sb| {
-                // As root the restore runs as root (it gives every process its saved user).
-                let mut c = if root { Command::new(&sb.bins().resume) } else { sb.command(&sb.bins().resume, &sb.workdir("x")) };
-                c.current_dir(sb.workdir(&format!("resume-{round}"))).arg(&image);
-                c
-            },
-            &format!("pmig-resume #{round} (postgres)"),
-        );
+        wait_checkpointed(&mut r, "postgres", Duration::from_secs(60));
+        // As root the restore runs as root (it gives every process its saved user).
+        r = resume(&sb, &image, &format!("resume-{round}"), root, &format!("pmig-resume #{round} (postgres)"));
         let count = wait_until(TIMEOUT, "the resumed postgres answering", || psql("select count(*) from t"))
             .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
         assert_eq!(count, rows.to_string(), "{}", r.describe());
