@@ -34,6 +34,8 @@ pub struct Manifest {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberState {
     pub pid: i32,
+    /// Its parent; 0 for a process that left the tree's parentage (daemonized: its parent
+    /// exited and init took it), made again as a child of the namespace's init.
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,

@@ -108,7 +108,8 @@ pub fn verify(f: &mut impl ReadSeek, file_len: u64) -> Result<VerifiedImage, Ima
 }
 
 /// The members of a tree: each image verified in its window, and the table consistent (one
-/// pid each, parents in the tree, windows inside the file before the root and disjoint).
+/// pid each, parents in the tree — or 0, a live process that left it (daemonized, now the
+/// child of init) —, windows inside the file before the root and disjoint).
 fn verify_tree(f: &mut impl ReadSeek, m: &Manifest, root_base: u64) -> Result<Vec<VerifiedMember>, ImageError> {
     let bad = |what: String| Err(ImageError::Corrupted(what));
     let root_pid = m.process.pid;
@@ -121,7 +122,8 @@ fn verify_tree(f: &mut impl ReadSeek, m: &Manifest, root_base: u64) -> Result<Ve
         pids.push(t.pid);
     }
     for t in &m.tree {
-        if !pids.contains(&t.ppid) || t.ppid == t.pid {
+        let orphan = t.ppid == 0 && matches!(t.state, crate::MemberKind::Live { .. });
+        if !(orphan || pids.contains(&t.ppid)) || t.ppid == t.pid {
             return bad(format!("process {} has a parent ({}) that is not in the image", t.pid, t.ppid));
         }
         if let crate::MemberKind::Live { offset, len } = t.state {
@@ -308,6 +310,9 @@ mod tests {
         });
         let v = verify(&f).unwrap();
         assert_eq!(v.members.len(), 3);
+        // A live process that left the tree's parentage (parent 0) belongs to it.
+        let f = tree_file(&[101], |at| vec![member(101, 0, MemberKind::Live { offset: at[0].0, len: at[0].1 })]);
+        assert_eq!(verify(&f).unwrap().members[0].state.ppid, 0);
         assert_eq!(v.processes().map(|(p, _)| p).collect::<Vec<_>>(), vec![100, 101, 102]);
         let base = v.members[1].image.as_ref().unwrap().base;
         assert!(base > 0 && base.is_multiple_of(4096), "member images start on page boundaries: {base}");
@@ -323,6 +328,7 @@ mod tests {
             ("outside", tree_file(&[101], |at| vec![live(101, 100, (at[0].0, at[0].1 + (1 << 20)))])),
             ("is not process", tree_file(&[101], |at| vec![live(105, 100, at[0])])),
             ("pid 100 twice", tree_file(&[], |_| vec![member(100, 100, MemberKind::Zombie { status: 0 })])),
+            ("not in the image", tree_file(&[], |_| vec![member(104, 0, MemberKind::Zombie { status: 0 })])),
         ];
         for (want, f) in cases {
             match verify(&f) {

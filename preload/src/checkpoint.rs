@@ -153,16 +153,17 @@ fn checkpoint_once(cfg: &'static config::Config) {
     if let Some(c) = connection.as_mut() {
         c.close();
     }
+    if r != 0 {
+        // The checkpoint failed and the program goes on: its connections (those the tree's
+        // members lent for repair too, still held by the session) are its own again.
+        fd::socket::undo_repairs();
+    }
     // The members go on, or (the image durable, --exit) exit.
     let members_exit = r == 0 && (cfg.exit_after || cfg.to.is_some());
     if let Some(t) = tree {
         t.finish(members_exit);
     }
     if r != 0 {
-        if cfg.to.is_some() {
-            // The move failed and the program goes on: its connections are its own again.
-            fd::socket::undo_repairs();
-        }
         alloc::arena_off();
         thread::release_all();
         let msg = core::str::from_utf8(msg.as_bytes()).unwrap_or("?");
@@ -305,7 +306,10 @@ fn dump(
         own.extend([fd, sock]);
         shares.extend_from_slice(s);
     }
-    let (files, fds) = fd::dump(&own, cfg.drop_unsupported, &shares)?;
+    let dumped = fd::dump(&own, cfg.drop_unsupported, &shares);
+    // Repair states the root gave (in the arena): gone before the image holds this memory.
+    fd::socket::forget_given();
+    let (files, fds) = dumped?;
     if let Some(why) = fd::unsupported(&files, &fds) {
         if !cfg.drop_unsupported {
             return Err(format!("{why} (pmig-run --drop-unsupported checkpoints without it)"));

@@ -40,6 +40,9 @@ const RELEASE: u32 = 6;
 const EXIT: u32 = 7;
 /// Up to 14 `(fd, key)` pairs of shared open file descriptions, ahead of `DUMP`.
 const SHARES: u32 = 8;
+/// To a member, before `DUMP`: the TCP repair state of its connection on fd `value`, taken
+/// by the root (the memfd attached holds it; see `fd::socket::repair_for`).
+const REPAIR: u32 = 9;
 const PAIRS_PER_MSG: usize = 14;
 
 /// How long a member may take to stop, and to write its image.
@@ -145,26 +148,76 @@ fn takes_requests(pid: i32, sig: i32) -> bool {
     (mask("SigCgt:") | mask("SigBlk:")) & bit != 0
 }
 
-/// Every descendant of this process, parents before their children.
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Whether process `pid` has capability `cap` in effect.
+fn has_cap(pid: i32, cap: u32) -> bool {
+    let Ok(text) = sys::read_file_vec(&sys::cstr(&format!("/proc/{pid}/status"))) else { return false };
+    let text = String::from_utf8_lossy(&text);
+    let eff = crate::process::status_field(&text, "CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
+    eff & (1 << cap) != 0
+}
+
+/// Every process of this tree but this one (its root), parents before their children: its
+/// descendants, and the processes that left them (daemonized: reparented to init or a
+/// subreaper) but are still the tree's — libpmig's environment names this root (`PMIG_PID`)
+/// and they are in this pid namespace — with their own descendants.
 pub fn descendants() -> Vec<Found> {
+    let me = sys::getpid();
     let mut out: Vec<Found> = Vec::new();
-    let mut queue = vec![sys::getpid()];
-    while let Some(p) = queue.pop() {
-        let mut tids = Vec::new();
-        let _ = sys::for_each_numbered_entry(&sys::cstr(&format!("/proc/{p}/task")), |t, _| tids.push(t));
-        for t in tids {
-            let Ok(text) = sys::read_file_vec(&sys::cstr(&format!("/proc/{p}/task/{t}/children"))) else { continue };
-            for c in String::from_utf8_lossy(&text).split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
-                if out.iter().any(|f| f.pid == c) {
-                    continue;
-                }
-                if let Some(f) = stat_of(c) {
-                    if !f.zombie {
-                        queue.push(c);
+    let mut queue = vec![me];
+    loop {
+        while let Some(p) = queue.pop() {
+            let mut tids = Vec::new();
+            let _ = sys::for_each_numbered_entry(&sys::cstr(&format!("/proc/{p}/task")), |t, _| tids.push(t));
+            for t in tids {
+                let Ok(text) = sys::read_file_vec(&sys::cstr(&format!("/proc/{p}/task/{t}/children"))) else { continue };
+                for c in String::from_utf8_lossy(&text).split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                    if out.iter().any(|f| f.pid == c) {
+                        continue;
                     }
-                    out.push(f);
+                    if let Some(f) = stat_of(c) {
+                        if !f.zombie {
+                            queue.push(c);
+                        }
+                        out.push(f);
+                    }
                 }
             }
+        }
+        for f in left_the_tree(me, &out) {
+            queue.push(f.pid);
+            out.push(f);
+        }
+        if queue.is_empty() {
+            return out;
+        }
+    }
+}
+
+/// Live processes of this root's tree that are not below it (see [`descendants`]), `known`
+/// left out.
+fn left_the_tree(root: i32, known: &[Found]) -> Vec<Found> {
+    let own_ns = sys::readlink_string(b"/proc/self/ns/pid\0").unwrap_or_default();
+    let mark = format!("PMIG_PID={root}");
+    let mut pids = Vec::new();
+    let _ = sys::for_each_numbered_entry(b"/proc\0", |p, _| pids.push(p));
+    let mut out = Vec::new();
+    for p in pids {
+        if p == root || known.iter().any(|f| f.pid == p) {
+            continue;
+        }
+        // Readable only for processes of this user (or by root): others are not the tree's.
+        let Ok(env) = sys::read_file_vec(&sys::cstr(&format!("/proc/{p}/environ"))) else { continue };
+        if !env.split(|&b| b == 0).any(|e| e == mark.as_bytes()) {
+            continue;
+        }
+        if own_ns.is_empty() || sys::readlink_string(&sys::cstr(&format!("/proc/{p}/ns/pid"))).ok().as_ref() != Some(&own_ns) {
+            continue;
+        }
+        if let Some(f) = stat_of(p).filter(|f| !f.zombie) {
+            debug!("tree: {} ({}) left the tree's parentage (parent {}); it is taken with the tree", f.pid, f.comm, f.ppid);
+            out.push(f);
         }
     }
     out
@@ -188,6 +241,9 @@ pub struct Session {
     nonce: u32,
     /// Requests sent again to processes that were replacing their program.
     retries: u32,
+    /// Members' connections this process holds in repair mode for them (closed at the end:
+    /// in repair mode, with nothing sent to the peer).
+    held: Vec<i32>,
 }
 
 impl Session {
@@ -210,7 +266,7 @@ impl Session {
         let nonce = u32::from_ne_bytes(nonce) | 1;
         let listen = sys::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
             .map_err(|e| format!("cannot make the tree's socket: {}", Errno(e)))? as i32;
-        let mut s = Session { shares: Vec::new(), listen, members: Vec::new(), zombies: Vec::new(), signal: cfg.signal, nonce, retries: 0 };
+        let mut s = Session { shares: Vec::new(), listen, members: Vec::new(), zombies: Vec::new(), signal: cfg.signal, nonce, retries: 0, held: Vec::new() };
         sys::bind(listen, &address(sys::getpid(), nonce))
             .and_then(|_| sys::listen(listen, 128))
             .map_err(|e| format!("cannot listen on the tree's socket: {}", Errno(e)))?;
@@ -470,7 +526,42 @@ impl Session {
 
     /// pmig's own fds of this session (left out of the root's image).
     pub fn fds(&self) -> Vec<i32> {
-        core::iter::once(self.listen).chain(self.members.iter().map(|m| m.sock)).collect()
+        core::iter::once(self.listen).chain(self.members.iter().map(|m| m.sock)).chain(self.held.iter().copied()).collect()
+    }
+
+    /// Before a member writes its image (an exiting checkpoint, this process privileged and
+    /// the member not): its established TCP connections are put in repair mode from here and
+    /// their state handed to it, so that they move although it could not take that state
+    /// itself (nginx's workers, running as nobody under a root master).
+    /// Returns the copies it holds (see `held`).
+    fn lend_repairs(shares: &[(i32, i32, u64)], m: &Member) -> Vec<i32> {
+        use crate::fd::socket;
+        let mut held = Vec::new();
+        if !socket::can_repair_for_others() || has_cap(m.found.pid, CAP_NET_ADMIN) {
+            return held;
+        }
+        let mut fds = Vec::new();
+        let _ = sys::for_each_numbered_entry(&sys::cstr(&format!("/proc/{}/fd", m.found.pid)), |fd, _| fds.push(fd));
+        for fd in fds {
+            // A description several processes hold is saved by the lowest pid holding it.
+            if shares.iter().any(|s| s.0 == m.found.pid && s.1 == fd && s.2 & pmig_abi::SHARE_FOLLOWER != 0) {
+                continue;
+            }
+            match socket::repair_for(m.found.pid, fd) {
+                None => {}
+                Some(Err(e)) => debug!("tree: no repair state for fd {fd} of {} ({}): {e}", m.found.pid, m.found.comm),
+                Some(Ok((copy, state))) => {
+                    held.push(copy);
+                    let Ok(mfd) = sys::memfd_create(b"pmig-repair\0", libc::MFD_CLOEXEC) else { continue };
+                    let mfd = mfd as i32;
+                    if sys::write_all(mfd, &state).is_ok() {
+                        let _ = send(m.sock, REPAIR, fd as u64, "", Some(mfd));
+                    }
+                    let _ = sys::close(mfd);
+                }
+            }
+        }
+        held
     }
 
     /// Step 2: each member writes its image into `fd` (at the next page boundary); returns
@@ -488,6 +579,8 @@ impl Session {
                 let who = |e: i32| format!("process {} ({}) of the tree: {}", f.pid, f.comm, Errno(e));
                 let mfd = sys::memfd_create(b"pmig-member\0", libc::MFD_CLOEXEC).map_err(who)? as i32;
                 bufs.push(mfd);
+                let held = Self::lend_repairs(&self.shares, m);
+                self.held.extend(held);
                 for chunk in self.shares_of(f.pid).chunks(PAIRS_PER_MSG) {
                     let mut m2 = msg(SHARES, chunk.len() as u64, "");
                     for (k, (sfd, key)) in chunk.iter().enumerate() {
@@ -514,9 +607,12 @@ impl Session {
                 sys::lseek(fd, offset as i64, libc::SEEK_SET).map_err(|e| format!("cannot seek in the image: {}", Errno(e)))?;
                 copy_into(bufs[i], fd, lens[i]).map_err(|e| format!("cannot copy the image of process {} ({}): {}", f.pid, f.comm, Errno(e)))?;
                 debug!("tree: {} ({}) wrote {} bytes, at {offset}", f.pid, f.comm, lens[i]);
+                // A parent outside the tree: the process left it (daemonized), and comes back
+                // as a child of the namespace's init.
+                let inside = f.ppid == sys::getpid() || self.members.iter().any(|o| o.found.pid == f.ppid);
                 table.push(MemberState {
                     pid: f.pid,
-                    ppid: f.ppid,
+                    ppid: if inside { f.ppid } else { 0 },
                     pgid: f.pgid,
                     sid: f.sid,
                     comm: f.comm.clone(),
@@ -551,6 +647,9 @@ impl Session {
     }
 
     fn end(&mut self, exit: bool) {
+        for fd in self.held.drain(..) {
+            let _ = sys::close(fd);
+        }
         for m in self.members.drain(..) {
             let _ = send(m.sock, if exit { EXIT } else { RELEASE }, 0, "", None);
             let _ = sys::close(m.sock);
@@ -600,6 +699,7 @@ pub fn take_part(cfg: &'static config::Config, nonce: u32) {
         let _ = sys::close(sock);
         return;
     }
+    crate::fd::socket::forget_repairs();
     if !crate::checkpoint::member_dump(cfg, sock) {
         let _ = sys::close(sock);
     }
@@ -627,6 +727,12 @@ pub fn serve(cfg: &config::Config, sock: i32, dump: &mut DumpInto<'_>) {
             return;
         }
         let (kind, value, _) = parse(&buf);
+        if let (REPAIR, Some(mfd)) = (kind, fd) {
+            let state = sys::read_file_vec(&sys::cstr(&format!("/proc/self/fd/{mfd}"))).unwrap_or_default();
+            let _ = sys::close(mfd);
+            crate::fd::socket::given_repair(value as i32, &state);
+            continue;
+        }
         if kind == SHARES {
             for k in 0..(value as usize).min(PAIRS_PER_MSG) {
                 let at = 16 + k * 16;
@@ -651,8 +757,13 @@ pub fn serve(cfg: &config::Config, sock: i32, dump: &mut DumpInto<'_>) {
                 let _ = cfg;
                 sys::exit_group(0);
             }
-            // Released, or the root is gone: go on.
-            _ => return,
+            // Released, or the root is gone: go on, with the connections lent for repair (a
+            // failed checkpoint) taken out of it.
+            _ => {
+                crate::fd::socket::undo_repairs();
+                crate::fd::socket::forget_given();
+                return;
+            }
         }
     }
 }

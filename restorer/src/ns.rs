@@ -208,12 +208,26 @@ unsafe fn init_main(b: &Build<'_>, pipe: &Pipe) -> ! {
         if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), pflags, core::ptr::null()) != 0 {
             fail(2, errno());
         }
+        if let Err((what, e)) = prepare_tree(b) {
+            fail(what, e);
+        }
         let child = if pid == 1 { 0 } else { clone_with_pid(pid) };
         if child < 0 {
             fail(3, errno());
         }
         if child == 0 {
             build_process(b, pipe, pid, pid != 1);
+        }
+        // Processes that had left the tree's parentage (daemonized) are init's children.
+        for m in b.img.members.iter().filter(|m| m.state.ppid == 0 && m.image.is_some()) {
+            let c = clone_with_pid(m.state.pid);
+            if c < 0 {
+                eprintln!("pmig-resume: cannot make process {} ({}) of the tree with its pid: {}", m.state.pid, m.state.comm, last_error());
+                fail(3, errno());
+            }
+            if c == 0 {
+                build_process(b, pipe, m.state.pid, true);
+            }
         }
         send(pipe.w, MSG_STARTED, child as u32);
         // Init holds nothing of the program's: no fd but the report pipe (moved to fd 3).
@@ -245,7 +259,13 @@ unsafe fn init_main(b: &Build<'_>, pipe: &Pipe) -> ! {
             } else if libc::WIFCONTINUED(st) {
                 send(w, MSG_CONTINUED, 0);
             } else {
+                // The program is done; processes it left behind (daemons, orphans) go on, as
+                // they would have without pmig: init stays for them, no longer tied to the
+                // supervisor, until the last one ends.
+                libc::prctl(libc::PR_SET_PDEATHSIG, 0);
                 send(w, MSG_EXITED, st as u32);
+                libc::close(w);
+                while libc::waitpid(-1, &mut st, libc::__WALL) > 0 || errno() == libc::EINTR {}
                 libc::_exit(0);
             }
         }
@@ -506,6 +526,61 @@ fn raise_default(sig: i32) {
     }
 }
 
+/// In init, before it makes any process: the user the program's processes run as (with
+/// `--as-owner`, the image's owner), keeping `CAP_CHECKPOINT_RESTORE` for `set_tid` (as an
+/// ambient capability, which the engine's exec keeps and every process inherits), then the
+/// objects the tree's processes share, made once as that user, so that every process made
+/// after (the root, processes that left the tree's parentage) inherits them.
+///
+/// # Safety
+/// Only in init, single-threaded. Fails with the phase and errno to report.
+unsafe fn prepare_tree(b: &Build<'_>) -> std::result::Result<(), (u32, i32)> {
+    // SAFETY: credential and capability calls on this process; pointers to locals.
+    unsafe {
+        if let Some((uid, gid)) = b.as_owner {
+            libc::prctl(libc::PR_SET_KEEPCAPS, 1);
+            if libc::setgroups(0, core::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                return Err((4, errno()));
+            }
+        }
+        if libc::geteuid() != 0 || b.as_owner.is_some() {
+            // The engine and libpmig need CAP_CHECKPOINT_RESTORE for set_tid; the exec
+            // keeps it only as an ambient capability (inheritable and permitted first).
+            // The tree's other processes inherit it from here.
+            let hdr = [0x2008_0522u32, 0];
+            let mut data = [0u32; 6];
+            libc::syscall(libc::SYS_capget, hdr.as_ptr(), data.as_mut_ptr());
+            let (word, bit) = ((CAP_CHECKPOINT_RESTORE / 32) as usize, 1u32 << (CAP_CHECKPOINT_RESTORE % 32));
+            data[word * 3] |= bit; // effective
+            data[word * 3 + 1] |= bit; // permitted
+            data[word * 3 + 2] |= bit; // inheritable
+            if libc::syscall(libc::SYS_capset, hdr.as_ptr(), data.as_ptr()) != 0
+                || libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, CAP_CHECKPOINT_RESTORE as u64, 0, 0) != 0
+            {
+                return Err((5, errno()));
+            }
+        }
+    }
+    match tree_pipes(b.img).and_then(|mut o| {
+        o.extend(tree_objects(b.image, b.img)?);
+        o.extend(tree_files(b.img)?);
+        o.extend(tree_board(b.img)?);
+        Ok(o)
+    }) {
+        Ok(o) => {
+            let _ = OBJECTS.set(o);
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("pmig-resume: restore failed: {e}");
+            Err((7, 0))
+        }
+    }
+}
+
+/// The objects the tree's processes share (see `prepare_tree`).
+static OBJECTS: std::sync::OnceLock<Vec<PlanObject>> = std::sync::OnceLock::new();
+
 /// In the process that becomes `pid` of the tree (made with its saved pid): makes its own
 /// children of the tree, then execs the engine on its plan.
 ///
@@ -518,54 +593,10 @@ unsafe fn build_process(b: &Build<'_>, pipe: &Pipe, pid: i32, has_init: bool) ->
         unsafe { libc::_exit(127) }
     };
     let root = pid == b.img.manifest.process.pid;
-    // SAFETY: credential, capability and process-group calls on this process; pointers to
-    // locals.
+    // SAFETY: prctl on this process.
     unsafe {
         if has_init {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        }
-        if root {
-            if let Some((uid, gid)) = b.as_owner {
-                libc::prctl(libc::PR_SET_KEEPCAPS, 1);
-                if libc::setgroups(0, core::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
-                    fail(4, errno());
-                }
-            }
-            if libc::geteuid() != 0 || b.as_owner.is_some() {
-                // The engine and libpmig need CAP_CHECKPOINT_RESTORE for set_tid; the exec
-                // keeps it only as an ambient capability (inheritable and permitted first).
-                // The tree's other processes inherit it from here.
-                let hdr = [0x2008_0522u32, 0];
-                let mut data = [0u32; 6];
-                libc::syscall(libc::SYS_capget, hdr.as_ptr(), data.as_mut_ptr());
-                let (word, bit) = ((CAP_CHECKPOINT_RESTORE / 32) as usize, 1u32 << (CAP_CHECKPOINT_RESTORE % 32));
-                data[word * 3] |= bit; // effective
-                data[word * 3 + 1] |= bit; // permitted
-                data[word * 3 + 2] |= bit; // inheritable
-                if libc::syscall(libc::SYS_capset, hdr.as_ptr(), data.as_ptr()) != 0
-                    || libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, CAP_CHECKPOINT_RESTORE as u64, 0, 0) != 0
-                {
-                    fail(5, errno());
-                }
-            }
-        }
-    }
-    // The pipes the tree shares, made by the root for everyone.
-    static OBJECTS: std::sync::OnceLock<Vec<PlanObject>> = std::sync::OnceLock::new();
-    if root {
-        match tree_pipes(b.img).and_then(|mut o| {
-            o.extend(tree_objects(b.image, b.img)?);
-            o.extend(tree_files(b.img)?);
-            o.extend(tree_board(b.img)?);
-            Ok(o)
-        }) {
-            Ok(o) => {
-                let _ = OBJECTS.set(o);
-            }
-            Err(e) => {
-                eprintln!("pmig-resume: restore failed: {e}");
-                fail(7, 0);
-            }
         }
     }
     let objects = OBJECTS.get().map(Vec::as_slice).unwrap_or(&[]);
@@ -779,10 +810,16 @@ fn supervise(init: i32, pipe_r: i32, program: Option<i32>) -> Result<std::conver
         }
         if let Some(st) = status {
             if !pipe_open || program.is_none() {
-                // Wait for init to go (it exits right after reporting).
+                // Init exits right after reporting, unless processes the program left behind
+                // (daemons) go on: then it stays for them, and this handle goes now.
                 let mut s = 0;
-                // SAFETY: reaping our child.
-                unsafe { libc::waitpid(init, &mut s, 0) };
+                for _ in 0..100 {
+                    // SAFETY: reaping our child without blocking.
+                    if unsafe { libc::waitpid(init, &mut s, libc::WNOHANG) } != 0 {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
                 mirror(st);
             }
         }

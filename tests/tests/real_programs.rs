@@ -389,6 +389,34 @@ fn http_get(port: u16) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
+/// One request on a kept-alive HTTP/1.1 connection: the body of a 200 answer.
+fn http_again(s: &mut TcpStream) -> Result<String, String> {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("no Content-Length in {head:?}"))?;
+            if body.len() >= len {
+                if !head.starts_with("HTTP/1.1 200") {
+                    return Err(format!("answered {head:?}"));
+                }
+                return Ok(body[..len].to_string());
+            }
+        }
+        let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("the connection was closed".into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// The pids (as the program sees them) of the nginx workers that answer `n` requests.
 fn nginx_workers(port: u16, n: usize) -> Option<std::collections::BTreeSet<String>> {
     let mut seen = std::collections::BTreeSet::new();
@@ -410,6 +438,8 @@ fn children_of(pid: i32) -> Vec<(i32, String)> {
 /// nginx with its master and two workers (a listening socket all three share, a channel
 /// socketpair between the master and each worker, shared memory): requests served before and
 /// after each of two restores, by the same two workers, still the master's children; as root,
+/// a client's kept-alive connection to a worker (run as nobody) survives both (the master,
+/// privileged, takes its repair state for it), and
 /// `nginx -s reload` afterwards (the pid file names the master, which keeps its pid outside
 /// the restore's namespace too) makes the master start two new workers, which serve.
 #[test]
@@ -451,6 +481,10 @@ fn nginx_master_and_workers_serve_after_restore() {
     );
     let workers = wait_until(TIMEOUT, "nginx's two workers answering", || nginx_workers(port, 40).filter(|w| w.len() == 2))
         .unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    // A client connection kept alive across the checkpoints, served by one worker.
+    let mut kept = TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
+    kept.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let first = http_again(&mut kept).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
     for round in 1..=2 {
         r.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
         wait_checkpointed(&mut r, "nginx", TIMEOUT);
@@ -463,6 +497,17 @@ fn nginx_master_and_workers_serve_after_restore() {
         let kids = children_of(master);
         assert_eq!(kids.len(), 2, "the master must have its two workers as children: {kids:?}\n{}", r.describe());
         assert!(kids.iter().all(|k| k.1.starts_with("nginx: worker process")), "{kids:?}");
+        // As root the master puts its workers' connections in repair mode for them (they run
+        // as nobody): the kept connection goes on, with the same worker. Otherwise it is reset.
+        match http_again(&mut kept) {
+            Ok(body) if root => assert_eq!(body, first, "the same worker must answer on the kept connection"),
+            Ok(body) => panic!("without root the connection cannot survive, yet it answered {body:?}"),
+            Err(e) if root => fail_with(&format!("as root the kept connection must survive the restore: {e}"), &mut [&mut r]),
+            Err(_) => {
+                kept = TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
+                kept.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            }
+        }
     }
     if root {
         let mut c = Command::new("/usr/sbin/nginx");

@@ -292,3 +292,44 @@ if __name__ == '__main__':
     prog.argv = vec![programs::PYTHON3.into(), "-c".into(), script.into(), STEPS.to_string().into()];
     Chain::new(&sb, &prog, ChainOpts::default()).run();
 }
+
+/// A process that daemonized out of the tree (fork, setsid, fork: its parent exited and init
+/// took it) is still the tree's: checkpointed with it and made again (as a child of the
+/// namespace's init), still serving the root through the pipes between them, in the session
+/// it made and no child of the root.
+#[test]
+fn daemonized_process_stays_with_the_tree() {
+    let sb = Sandbox::new();
+    let script = r#"
+import os, sys, time
+n = int(sys.argv[1])
+root = os.getpid()
+root_sid = os.getsid(0)
+req_r, req_w = os.pipe()
+ans_r, ans_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    if os.fork() != 0:
+        os._exit(0)
+    os.close(req_w); os.close(ans_r)
+    fin = os.fdopen(req_r, 'r'); fout = os.fdopen(ans_w, 'w', buffering=1)
+    for line in fin:
+        ok = os.getsid(0) != root_sid and os.getppid() != root
+        fout.write(str(int(line) * 2 if ok else -1) + '\n')
+    os._exit(0)
+os.waitpid(pid, 0)
+os.close(req_r); os.close(ans_w)
+out = os.fdopen(req_w, 'w', buffering=1); inp = os.fdopen(ans_r, 'r')
+for step in range(1, n + 1):
+    out.write(f'{step}\n')
+    got = inp.readline()
+    if got != f'{step * 2}\n':
+        print('CORRUPT step', step, repr(got), flush=True); sys.exit(3)
+    print('step', step, flush=True)
+    time.sleep(0.03)
+"#;
+    let mut prog = Program::new("python-daemon", programs::PYTHON3, STEPS, &[]);
+    prog.argv = vec![programs::PYTHON3.into(), "-c".into(), script.into(), STEPS.to_string().into()];
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
+}

@@ -334,6 +334,70 @@ fn exiting() -> bool {
 static REPAIRED: [(AtomicI32, AtomicI32); 64] = [const { (AtomicI32::new(-1), AtomicI32::new(0)) }; 64];
 static N_REPAIRED: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether this process can put other processes' connections in repair mode for them: an
+/// exiting checkpoint (only then is a connection moved), `CAP_NET_ADMIN` and
+/// `CAP_SYS_PTRACE` in effect (`TCP_REPAIR`, `pidfd_getfd`).
+pub fn can_repair_for_others() -> bool {
+    let Ok(text) = sys::read_file_vec(b"/proc/self/status\0") else { return false };
+    let text = String::from_utf8_lossy(&text);
+    let eff = crate::process::status_field(&text, "CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
+    exiting() && eff & (1 << 12) != 0 && eff & (1 << 19) != 0
+}
+
+/// For process `pid`'s fd `fd`, when it is an established TCP connection: takes it
+/// (`pidfd_getfd`), saves it in repair mode as `repair_dump` does for the process's own, and
+/// returns the copy (held until the checkpoint ends: the connection stays in repair mode, or
+/// is given back by `undo_repairs`) and the state, encoded for the process. `None` for any
+/// other fd.
+pub fn repair_for(pid: i32, fd: i32) -> Option<Result<(i32, Vec<u8>), String>> {
+    let link = sys::readlink_string(&sys::cstr(&format!("/proc/{pid}/fd/{fd}"))).ok()?;
+    if !link.starts_with("socket:[") {
+        return None;
+    }
+    let pidfd = Fd(sys::pidfd_open(pid).ok()? as i32);
+    let copy = Fd(sys::pidfd_getfd(pidfd.0, fd).ok()? as i32);
+    let s = SocketState {
+        family: get_int(copy.0, SOL_SOCKET, libc::SO_DOMAIN).ok()?,
+        sotype: get_int(copy.0, SOL_SOCKET, libc::SO_TYPE).ok()?,
+        protocol: get_int(copy.0, SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0),
+        ..Default::default()
+    };
+    if !is_tcp(&s) || tcp_state(copy.0) != Some(TCP_ESTABLISHED) {
+        return None;
+    }
+    Some(repair_dump(copy.0, true).and_then(|state| {
+        pmig_image::encode(&state).map(|bytes| (copy.keep(), bytes)).map_err(|e| format!("{e}"))
+    }))
+}
+
+/// Repair states the tree's root took for this process's connections: `(fd, state, queue)`.
+static GIVEN: std::sync::Mutex<Vec<(i32, TcpRepairState, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps the repair state the root took for this process's connection on `fd` (encoded by
+/// [`repair_for`]), for this checkpoint's dump.
+pub fn given_repair(fd: i32, bytes: &[u8]) {
+    match pmig_image::decode::<(TcpRepairState, Vec<u8>)>(bytes, "repair state") {
+        Ok((t, q)) => GIVEN.lock().unwrap_or_else(|e| e.into_inner()).push((fd, t, q)),
+        Err(e) => debug!("fd {fd}: the repair state the tree's root sent is unreadable: {e}"),
+    }
+}
+
+/// The repair state given for `fd`, if any.
+fn take_given(fd: i32) -> Option<(TcpRepairState, Vec<u8>)> {
+    let mut g = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let at = g.iter().position(|x| x.0 == fd)?;
+    let (_, t, q) = g.swap_remove(at);
+    Some((t, q))
+}
+
+/// Forgets what an earlier checkpoint left (called as one starts): the connections it put
+/// in repair mode, the states given for them.
+pub fn forget_given() {
+    let mut g = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    g.clear();
+    g.shrink_to_fit();
+}
+
 /// Forgets the connections of an earlier checkpoint (called as one starts).
 pub fn forget_repairs() {
     N_REPAIRED.store(0, Ordering::Relaxed);
@@ -775,6 +839,12 @@ fn dump_tcp(fd: i32, s: &mut SocketState) -> Result<(), String> {
         SocketRole::Connected => {
             // Only a checkpoint that ends the process can move a connection unnoticed:
             // otherwise the process goes on with it (or closes it) and the image goes stale.
+            if let Some((t, q)) = take_given(fd) {
+                // Taken by the tree's root, which could (this process cannot).
+                s.tcp = Some(t);
+                s.recv_queue = q;
+                return Ok(());
+            }
             if exiting() && tcp_state(fd) == Some(TCP_ESTABLISHED) {
                 match repair_dump(fd, true) {
                     Ok((t, q)) => {
