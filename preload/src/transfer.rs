@@ -83,35 +83,37 @@ pub struct Connection {
     pub carry: Vec<bool>,
 }
 
-/// The files the program uses: its executable, every mapped file, every regular file open on
-/// an fd (normal context: the program runs, std may be used).
+/// The files the program uses — its executable, every mapped file, every regular file open on
+/// an fd — in this process and every other process of its tree (normal context: the program
+/// runs, std may be used).
 fn file_offers() -> Vec<wire::FileOffer> {
     let mut paths: Vec<String> = Vec::new();
     let mut written: Vec<String> = Vec::new();
-    if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
-        paths.push(exe.to_string_lossy().into_owned());
-    }
-    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
-        for m in crate::memory::parse_maps(&maps) {
-            if m.path.starts_with('/') && !m.path.ends_with(" (deleted)") && m.inode != 0 {
-                paths.push(m.path);
+    let pids = core::iter::once(sys::getpid()).chain(crate::tree::descendants().into_iter().filter(|f| !f.zombie).map(|f| f.pid));
+    for pid in pids {
+        if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+            paths.push(exe.to_string_lossy().into_owned());
+        }
+        if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            for m in crate::memory::parse_maps(&maps) {
+                if m.path.starts_with('/') && !m.path.ends_with(" (deleted)") && m.inode != 0 {
+                    paths.push(m.path);
+                }
             }
         }
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         for e in dir.flatten() {
-            if let Ok(t) = std::fs::read_link(e.path()) {
-                let t = t.to_string_lossy().into_owned();
-                if t.starts_with('/') && !t.ends_with(" (deleted)") && std::fs::metadata(&t).is_ok_and(|m| m.is_file()) {
-                    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", e.file_name().to_string_lossy()));
-                    let flags = info.ok().and_then(|i| {
-                        i.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| i32::from_str_radix(f.trim(), 8).ok())
-                    });
-                    if flags.is_some_and(|f| f & libc::O_ACCMODE != libc::O_RDONLY) {
-                        written.push(t.clone());
-                    }
-                    paths.push(t);
+            let Ok(t) = std::fs::read_link(e.path()) else { continue };
+            let t = t.to_string_lossy().into_owned();
+            if t.starts_with('/') && !t.ends_with(" (deleted)") && std::fs::metadata(&t).is_ok_and(|m| m.is_file()) {
+                let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()));
+                let flags = info
+                    .ok()
+                    .and_then(|i| i.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| i32::from_str_radix(f.trim(), 8).ok()));
+                if flags.is_some_and(|f| f & libc::O_ACCMODE != libc::O_RDONLY) {
+                    written.push(t.clone());
                 }
+                paths.push(t);
             }
         }
     }

@@ -254,6 +254,47 @@ fn move_tree_sharing_sockets_to_another_host() {
     migrate(&hosts, &prog, &[], 5, &mut nothing_more);
 }
 
+/// A file only a child of the tree holds open (in `SRC`, which the target lacks) travels with
+/// the tree: the child keeps reading it after the move.
+#[test]
+fn move_tree_carries_a_childs_files() {
+    let Some(hosts) = Hosts::new("move_tree_carries_a_childs_files") else {
+        return;
+    };
+    let script = r#"
+import os, sys, time
+n = int(sys.argv[1])
+with open('child-data.txt', 'w') as f:
+    f.write('payload\n')
+r, w = os.pipe()
+r2, w2 = os.pipe()
+if os.fork() == 0:
+    f = open('child-data.txt')
+    os.close(w); os.close(r2)
+    while os.read(r, 1):
+        f.seek(0)
+        os.write(w2, f.readline().encode())
+    os._exit(0)
+os.close(r); os.close(w2)
+for step in range(1, n + 1):
+    os.write(w, b'x')
+    got = os.read(r2, 100)
+    if got != b'payload\n':
+        print('CORRUPT step', step, got, flush=True); sys.exit(3)
+    print('step', step, flush=True)
+    time.sleep(0.03)
+os.close(w)
+os.wait()
+"#;
+    let prog = Program {
+        name: "python-child-file".into(),
+        argv: vec![programs::PYTHON3.into(), "-c".into(), script.into(), STEPS.to_string().into()],
+        steps: STEPS,
+        input: Input::Idle,
+    };
+    migrate(&hosts, &prog, &[], 5, &mut nothing_more);
+}
+
 /// python3 itself is on both hosts (only `SRC`, its working directory, is not).
 #[test]
 fn move_python_to_another_host() {
@@ -675,4 +716,87 @@ fn shared_fs_carries_nothing_and_target_refuses() {
     let now = steps.last();
     read_steps(&mut s, &mut steps, now + 3, &mut [&mut r]);
     assert!(r.poll_status().is_none(), "the receiver must stay up after refusing: {}", r.describe());
+}
+
+const HTTP_GET: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+data = b""
+while True:
+    b = c.recv(4096)
+    if not b:
+        break
+    data += b
+head, _, body = data.partition(b"\r\n\r\n")
+print(head.split(b"\r\n")[0].decode(), body.decode().strip())
+"#;
+
+/// `GET /` from inside a network namespace (`cmd`): the status line and the body.
+fn http_in(mut cmd: std::process::Command, addr: &str, port: u16) -> Option<String> {
+    let out = cmd.args(["-c", HTTP_GET, addr, &port.to_string()]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// nginx — a master and two workers (as nobody when root), the listener, channels and shared
+/// memory between them, its error log open in all three (carried with the tree) — moves to
+/// the other host and serves there, from the same two workers.
+#[test]
+fn move_nginx_to_another_host() {
+    let Some(hosts) = Hosts::new("move_nginx_to_another_host") else {
+        return;
+    };
+    if !Path::new("/usr/sbin/nginx").exists() {
+        panic!("nginx is not installed (.ci/run installs it: apt-get install nginx-light)");
+    }
+    let dir = hosts.src_dir().join("nginx");
+    std::fs::create_dir_all(&dir).expect("nginx dir");
+    let d = dir.display();
+    let port = SERVER_PORT + 1;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log info;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
+             uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             server {{ listen {port}; location / {{ return 200 \"worker $pid\\n\"; }} }} }}\n"
+        ),
+    )
+    .expect("write nginx.conf");
+    let prog = Program {
+        name: "nginx".into(),
+        argv: vec!["/usr/sbin/nginx".into(), "-c".into(), conf.clone().into(), "-p".into(), dir.clone().into()],
+        steps: 1,
+        input: Input::Idle,
+    };
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "a shared secret");
+    let (mut r, rport) = start_receiver(&hosts, &sb, &token);
+    let mut s = start_sender(&hosts, &sb, rport, &token, &[], &prog);
+    let workers = |cmd: &dyn Fn() -> std::process::Command, addr: &str| {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let got = http_in(cmd(), addr, port)?;
+            seen.insert(got.strip_prefix("HTTP/1.1 200 OK worker ")?.to_string());
+        }
+        Some(seen)
+    };
+    let src = hosts.src_addr.to_string();
+    let before = wait_until(TIMEOUT, "nginx's two workers answering on the source", || {
+        workers(&|| hosts.in_source_net(programs::PYTHON3), &src).filter(|w| w.len() == 2)
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    s.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    wait_moved(&mut s, &mut r);
+    let dst = hosts.dst_addr.to_string();
+    let after = wait_until(TIMEOUT, "the moved workers answering on the target", || {
+        workers(&|| hosts.in_target_net(programs::PYTHON3), &dst).filter(|w| w.len() == 2)
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    assert_eq!(after, before, "the same two workers must serve on the target");
+    r.signal(libc::SIGQUIT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    let st = r.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    assert!(st.success(), "the moved nginx must stop cleanly on SIGQUIT: {}", r.describe());
 }
