@@ -186,5 +186,12 @@ pub fn describe(m: &Manifest, file_len: u64) -> String {
     for t in m.itimers.iter().filter(|t| t.value_us != 0 || t.interval_us != 0) {
         let _ = writeln!(o, "itimer:    {} next in {} us, every {} us", t.which, t.value_us, t.interval_us);
     }
+    for x in &m.sysv {
+        let what = match &x.kind {
+            crate::SysvKind::Semaphores { values } => format!("semaphore set, values {values:?}"),
+            crate::SysvKind::Messages { messages, .. } => format!("message queue, {} message(s) queued", messages.len()),
+        };
+        let _ = writeln!(o, "sysv:      id {} key {:#x} mode {:o} owner {}:{}: {what}", x.id, x.key, x.mode, x.uid, x.gid);
+    }
     o
 }

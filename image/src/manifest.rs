@@ -28,6 +28,30 @@ pub struct Manifest {
     /// The other processes of the program's tree (in the root's manifest only; empty for a
     /// single process): each one's own image lies earlier in the same file.
     pub tree: Vec<MemberState>,
+    /// System V semaphore sets and message queues the process got (`semget`, `msgget`) and
+    /// that still existed, with their state.
+    pub sysv: Vec<SysvIpc>,
+}
+
+/// A System V semaphore set or message queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvIpc {
+    pub id: i32,
+    pub key: i32,
+    /// Permission bits, owner and group.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub kind: SysvKind,
+}
+
+/// What a [`SysvIpc`] is, with what it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SysvKind {
+    /// A semaphore set: each semaphore's value.
+    Semaphores { values: Vec<u16> },
+    /// A message queue: its byte limit, and the queued messages in order (type, text).
+    Messages { qbytes: u64, messages: Vec<(i64, Vec<u8>)> },
 }
 
 /// A process of the tree other than its root (the one `pmig-run` started).

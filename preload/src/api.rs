@@ -394,6 +394,24 @@ retry_hook!(connect => pmig_connect(fd: c_int, addr: *const libc::sockaddr, alen
 
 // System V IPC without a timeout, signal waits without one, POSIX semaphores with an absolute
 // deadline.
+redhook::hook! {
+    unsafe fn semget(key: libc::key_t, n: c_int, flags: c_int) -> c_int => pmig_semget {
+        // SAFETY: forwarded unchanged to libc.
+        let id = unsafe { redhook::real!(semget)(key, n, flags) };
+        crate::sysv::got_semaphores(id);
+        id
+    }
+}
+
+redhook::hook! {
+    unsafe fn msgget(key: libc::key_t, flags: c_int) -> c_int => pmig_msgget {
+        // SAFETY: forwarded unchanged to libc.
+        let id = unsafe { redhook::real!(msgget)(key, flags) };
+        crate::sysv::got_queue(id);
+        id
+    }
+}
+
 retry_hook!(msgrcv => pmig_msgrcv(id: c_int, buf: *mut c_void, n: size_t, typ: c_long, flags: c_int) -> ssize_t);
 retry_hook!(msgsnd => pmig_msgsnd(id: c_int, buf: *const c_void, n: size_t, flags: c_int) -> c_int);
 retry_hook!(semop => pmig_semop(id: c_int, ops: *mut libc::sembuf, n: size_t) -> c_int);

@@ -382,6 +382,7 @@ fn dump(
         objects,
         carried: Vec::new(),
         tree: Vec::new(),
+        sysv: crate::sysv::dump()?,
         vdso: layout.vdso,
         process,
     };

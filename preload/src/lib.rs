@@ -26,6 +26,7 @@ pub mod restart;
 pub mod restore;
 pub mod signal;
 pub mod sys;
+pub mod sysv;
 pub mod thread;
 pub mod timer;
 pub mod transfer;

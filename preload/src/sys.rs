@@ -79,6 +79,21 @@ pub fn fcntl(fd: i32, cmd: i32, arg: u64) -> Res {
     sc!(libc::SYS_fcntl, fd, cmd, arg)
 }
 
+/// `semctl(2)` with a pointer argument (`IPC_STAT`, `GETALL`, `SETALL`, `IPC_SET`).
+pub fn semctl(id: i32, num: i32, cmd: i32, arg: *mut u8) -> Res {
+    sc!(libc::SYS_semctl, id, num, cmd, arg)
+}
+
+/// `msgctl(2)`.
+pub fn msgctl(id: i32, cmd: i32, buf: *mut libc::msqid_ds) -> Res {
+    sc!(libc::SYS_msgctl, id, cmd, buf)
+}
+
+/// `msgrcv(2)` into `buf` (a long for the type, then the text).
+pub fn msgrcv(id: i32, buf: &mut [u8], typ: i64, flags: i32) -> Res {
+    sc!(libc::SYS_msgrcv, id, buf.as_mut_ptr(), buf.len().saturating_sub(8), typ, flags)
+}
+
 /// `pidfd_open(2)`.
 pub fn pidfd_open(pid: i32) -> Res {
     sc!(libc::SYS_pidfd_open, pid, 0)

@@ -19,6 +19,7 @@ mod addrs;
 mod ns;
 mod plan;
 mod receive;
+mod sysv;
 
 use anyhow::{bail, Context, Result};
 use pmig_image::{verify_file, FileKind, RegionKind, VerifiedImage};
@@ -363,6 +364,9 @@ fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids) -> R
             }
         },
     };
+    // The last check passed: System V objects are made now, before the credentials change
+    // (as root the saved ids can be asked for: no user namespace was entered).
+    sysv::make_again(img)?;
     if exact {
         let owner = (me == 0 && as_owner && p.uid != 0).then_some((p.uid, p.gid));
         let prepare = |i: &VerifiedImage, objects: &[pmig_abi::PlanObject]| plan::prepare(image, i, debug, true, objects).map(|p| p.plan_fd);

@@ -333,3 +333,41 @@ for step in range(1, n + 1):
     prog.argv = vec![programs::PYTHON3.into(), "-c".into(), script.into(), STEPS.to_string().into()];
     Chain::new(&sb, &prog, ChainOpts::default()).run();
 }
+
+/// System V IPC between the processes of a tree (`sysv_tree.c`: a message queue with
+/// messages in flight, a semaphore set used to wait and to count): after each checkpoint the
+/// test removes both objects (as on another host, or after a reboot), and the resume makes
+/// them again from the image — as root with their ids — with their messages and values.
+#[test]
+fn sysv_ipc_between_processes_chain() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED sysv_ipc_between_processes_chain: needs root (only root may give System V objects their ids back)");
+        return;
+    }
+    let sb = Sandbox::new();
+    let prog = Program::new("sysv-tree", programs::SYSV_TREE, STEPS, &[]);
+    let remove = |image: &std::path::Path| -> Result<(), String> {
+        let img = pmig_image::verify_file(image).map_err(|e| format!("{e}"))?;
+        let mut n = 0;
+        for (_, p) in img.processes() {
+            for o in &p.manifest.sysv {
+                // SAFETY: IPC_RMID on an id the program's image names (the test's own objects).
+                unsafe {
+                    match o.kind {
+                        pmig_image::SysvKind::Semaphores { .. } => libc::semctl(o.id, 0, libc::IPC_RMID),
+                        pmig_image::SysvKind::Messages { .. } => libc::msgctl(o.id, libc::IPC_RMID, std::ptr::null_mut()),
+                    };
+                }
+                n += 1;
+            }
+        }
+        // Each process saves both: the parent's and the child's copies of the table.
+        if n < 2 {
+            return Err(format!("the image holds {n} System V objects, not the queue and the semaphore set"));
+        }
+        Ok(())
+    };
+    let opts = ChainOpts { check_image: Some(&remove), ..ChainOpts::default() };
+    Chain::new(&sb, &prog, opts).run();
+}
