@@ -104,9 +104,9 @@ pub fn sample_image() -> Vec<u8> {
         RegionState { start: 0x7ff0000, end: 0x7ff2000, prot: 3, shared: false, kind: RegionKind::Stack, runs: vec![run(0x7ff1000, 1)] },
     ];
     m.files = vec![
-        FileState { flags: 2, pos: 0, kind: FileKind::Tty { path: "/dev/pts/0".into() }, shared: 0, owner: (0, 0), owner_sig: 0 },
-        FileState { flags: 0, pos: 17, kind: FileKind::Regular { path: "/etc/hostname".into(), ident: FileIdent::default() }, shared: 0, owner: (0, 0), owner_sig: 0 },
-        FileState { flags: 0, pos: 0, kind: FileKind::Pipe { ino: 9, read_end: true, fifo: None, capacity: 65536, data: b"queued".to_vec() }, shared: 0, owner: (0, 0), owner_sig: 0 },
+        FileState { flags: 2, pos: 0, kind: FileKind::Tty { path: "/dev/pts/0".into() }, shared: 0, owner: (0, 0), owner_sig: 0, locks: Vec::new() },
+        FileState { flags: 0, pos: 17, kind: FileKind::Regular { path: "/etc/hostname".into(), ident: FileIdent::default() }, shared: 0, owner: (0, 0), owner_sig: 0, locks: Vec::new() },
+        FileState { flags: 0, pos: 0, kind: FileKind::Pipe { ino: 9, read_end: true, fifo: None, capacity: 65536, data: b"queued".to_vec() }, shared: 0, owner: (0, 0), owner_sig: 0, locks: Vec::new() },
     ];
     m.fds = vec![
         FdState { fd: 0, cloexec: false, file: 0 },

@@ -316,6 +316,59 @@ pub struct FileState {
     /// and `F_GETSIG` (0: SIGIO).
     pub owner: (i32, i32),
     pub owner_sig: i32,
+    /// File locks held through it: `flock` and OFD locks on this description, the process's
+    /// POSIX record locks taken through it.
+    pub locks: Vec<LockState>,
+}
+
+/// One file lock (`/proc/PID/fdinfo/N`'s `lock:` lines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockState {
+    pub kind: LockKind,
+    /// A write (exclusive) lock, else a read (shared) one.
+    pub write: bool,
+    /// The byte range, `end` included (`None`: to the end of the file); 0 and `None` for
+    /// `flock`.
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+/// What kind of lock a [`LockState`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    /// `flock(2)`: held by the open file description.
+    Flock,
+    /// `fcntl(F_SETLK)`: held by the process.
+    Posix,
+    /// `fcntl(F_OFD_SETLK)`: held by the open file description.
+    Ofd,
+}
+
+impl LockState {
+    /// Parses one `lock:` line of fdinfo (`1: POSIX  ADVISORY  WRITE 1234 fe:00:42 10 19`);
+    /// `None` for a lock waiting to be granted (`->`), a lease or anything else.
+    pub fn parse(line: &str) -> Option<LockState> {
+        let rest = line.strip_prefix("lock:")?.trim();
+        let (_, rest) = rest.split_once(':')?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let kind = match *f.first()? {
+            "FLOCK" => LockKind::Flock,
+            "POSIX" => LockKind::Posix,
+            "OFDLCK" => LockKind::Ofd,
+            _ => return None,
+        };
+        let write = match *f.get(2)? {
+            "WRITE" => true,
+            "READ" => false,
+            _ => return None,
+        };
+        let start = f.get(5)?.parse().ok()?;
+        let end = match *f.get(6)? {
+            "EOF" => None,
+            e => Some(e.parse().ok()?),
+        };
+        Some(LockState { kind, write, start, end })
+    }
 }
 
 /// What an open file is, and so how it is restored.

@@ -94,6 +94,11 @@ pub fn msgrcv(id: i32, buf: &mut [u8], typ: i64, flags: i32) -> Res {
     sc!(libc::SYS_msgrcv, id, buf.as_mut_ptr(), buf.len().saturating_sub(8), typ, flags)
 }
 
+/// `flock(2)`.
+pub fn flock(fd: i32, op: i32) -> Res {
+    sc!(libc::SYS_flock, fd, op)
+}
+
 /// `pidfd_open(2)`.
 pub fn pidfd_open(pid: i32) -> Res {
     sc!(libc::SYS_pidfd_open, pid, 0)

@@ -123,14 +123,46 @@ fn file_offers() -> Vec<wire::FileOffer> {
         .into_iter()
         .filter(|p| !p.starts_with("/proc/") && !p.starts_with("/dev/") && !p.starts_with("/sys/"))
         .filter_map(|path| {
-            use std::io::Read;
-            let mut f = std::fs::File::open(&path).ok()?;
-            let size = f.metadata().ok()?.len();
             let writable = written.contains(&path);
-            let sha256 = if writable { [0; 32] } else { wire::sha256_of(|b| f.read(b)).ok()? };
+            let (size, sha256) = with_file(&path, |fd, _| {
+                if writable {
+                    return Ok([0; 32]);
+                }
+                let mut off = 0u64;
+                wire::sha256_of(|b| {
+                    let n = sys::pread(fd, b, off).map_err(std::io::Error::from_raw_os_error)? as usize;
+                    off += n as u64;
+                    Ok(n)
+                })
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+            })
+            .ok()?;
             Some(wire::FileOffer { path, size, sha256, writable })
         })
         .collect()
+}
+
+/// Runs `f` on an fd reading `path` and its size: one of this process's own fds on it when it
+/// has one (opening and closing another would drop the POSIX locks the process holds on the
+/// file: they go with the first close of any fd of it), else a new one, closed after.
+fn with_file<T>(path: &str, f: impl FnOnce(i32, u64) -> Result<T, i32>) -> Result<(u64, T), i32> {
+    let mut own = -1;
+    let _ = sys::for_each_numbered_entry(b"/proc/self/fd\0", |fd, dir| {
+        if own < 0 && fd != dir && sys::readlink_string(&sys::cstr(&format!("/proc/self/fd/{fd}"))).is_ok_and(|l| l == path) {
+            let fl = sys::fcntl(fd, libc::F_GETFL, 0).map(|f| f as i32).unwrap_or(libc::O_WRONLY);
+            if fl & libc::O_ACCMODE != libc::O_WRONLY {
+                own = fd;
+            }
+        }
+    });
+    let fd = if own >= 0 { own } else { sys::openat(libc::AT_FDCWD, &sys::cstr(path), libc::O_RDONLY | libc::O_CLOEXEC, 0)? as i32 };
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    let r = sys::fstat(fd, &mut st).and_then(|_| f(fd, st.st_size as u64));
+    if own < 0 {
+        let _ = sys::close(fd);
+    }
+    r.map(|v| (st.st_size as u64, v))
 }
 
 /// Starts `ssh [user@]host pmig-resume --ssh-receiver` for `ssh://[user@]host[:port]`: the
@@ -341,17 +373,17 @@ impl Sink for WireSink {
     }
 }
 
-/// Reads a whole file with raw system calls (the program is stopped).
+/// Reads a whole file with raw system calls (the program is stopped), through the process's
+/// own fd on it when it has one (see [`with_file`]).
 fn read_whole(path: &str) -> Result<(Vec<u8>, libc::stat), String> {
-    let fd = sys::openat(libc::AT_FDCWD, &sys::cstr(path), libc::O_RDONLY | libc::O_CLOEXEC, 0)
-        .map_err(|e| format!("cannot read {path} to carry it: {}", Errno(e)))? as i32;
     // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    let r = sys::fstat(fd, &mut st)
-        .map_err(|e| format!("fstat {path}: {}", Errno(e)))
-        .and_then(|_| sys::pread_all(fd, st.st_size as u64).map_err(|e| format!("reading {path}: {}", Errno(e))));
-    let _ = sys::close(fd);
-    r.map(|v| (v, st))
+    with_file(path, |fd, size| {
+        sys::fstat(fd, &mut st)?;
+        sys::pread_all(fd, size)
+    })
+    .map(|(_, v)| (v, st))
+    .map_err(|e| format!("cannot read {path} to carry it: {}", Errno(e)))
 }
 
 /// Puts the content hashes into the manifest's file identities, and the files the receiver

@@ -175,7 +175,7 @@ mod tests {
     fn manifest(sockets: Vec<SocketState>) -> Manifest {
         let mut m = Manifest::default();
         for (i, s) in sockets.into_iter().enumerate() {
-            m.files.push(FileState { flags: 0, pos: 0, kind: FileKind::Socket(s), shared: 0, owner: (0, 0), owner_sig: 0 });
+            m.files.push(FileState { flags: 0, pos: 0, kind: FileKind::Socket(s), shared: 0, owner: (0, 0), owner_sig: 0, locks: Vec::new() });
             m.fds.push(FdState { fd: 3 + i as i32, cloexec: false, file: i as u32 });
         }
         m

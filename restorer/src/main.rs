@@ -472,6 +472,7 @@ fn check_host(img: &VerifiedImage) -> Result<()> {
             }
         }
     }
+    check_locks(m)?;
     for f in &m.fds {
         let file = m.files.get(f.file as usize).context("the image's fd table is damaged")?;
         match &file.kind {
@@ -482,6 +483,53 @@ fn check_host(img: &VerifiedImage) -> Result<()> {
                 say!("pmig-resume: warning: fd {} ({link}) was left out at checkpoint; it will be closed", f.fd)
             }
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a restore whose program held a file lock that another process holds here now
+/// (the original, still running, typically), naming the file: the restored program could
+/// not take it again. Probed with a description of pmig-resume's own (which holds no lock).
+fn check_locks(m: &pmig_image::Manifest) -> Result<()> {
+    use pmig_image::LockKind;
+    const F_OFD_GETLK: i32 = 36;
+    for f in &m.files {
+        let FileKind::Regular { path, .. } = &f.kind else { continue };
+        if f.locks.is_empty() {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(path) else { continue };
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        for l in &f.locks {
+            let range = match l.end {
+                Some(e) => format!("bytes {}-{e}", l.start),
+                None => format!("bytes {} to the end", l.start),
+            };
+            // SAFETY: flock/fcntl on our own fd; `fl` is a local struct flock.
+            unsafe {
+                match l.kind {
+                    LockKind::Flock => {
+                        let op = if l.write { libc::LOCK_EX } else { libc::LOCK_SH };
+                        if libc::flock(fd, op | libc::LOCK_NB) != 0 {
+                            bail!("{path} is locked (flock) by another process here; the program held that lock and could not take it again");
+                        }
+                        libc::flock(fd, libc::LOCK_UN);
+                    }
+                    LockKind::Posix | LockKind::Ofd => {
+                        let mut fl: libc::flock = std::mem::zeroed();
+                        fl.l_type = if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+                        fl.l_whence = libc::SEEK_SET as i16;
+                        fl.l_start = l.start as i64;
+                        fl.l_len = l.end.map_or(0, |e| e + 1 - l.start) as i64;
+                        if libc::fcntl(fd, F_OFD_GETLK, &mut fl) == 0 && fl.l_type != libc::F_UNLCK as i16 {
+                            let who = if fl.l_pid > 0 { format!("process {}", fl.l_pid) } else { "another open file".into() };
+                            bail!("{path} ({range}) is locked by {who} here; the program held that lock and could not take it again");
+                        }
+                    }
+                }
+            }
         }
     }
     Ok(())

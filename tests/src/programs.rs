@@ -71,6 +71,9 @@ pub const TREE: &str = env!("PMIG_TEST_PROG_TREE");
 /// eventfd in an epoll set and a TCP listener (checked with kcmp to stay one of each).
 pub const TREE_SHARE: &str = env!("PMIG_TEST_PROG_TREE_SHARE");
 
+/// `locks.c`: flock, POSIX record locks and an OFD lock, checked from another process.
+pub const LOCKS: &str = env!("PMIG_TEST_PROG_LOCKS");
+
 /// `sysv_tree.c`: a parent and a child on a System V message queue and semaphore set.
 pub const SYSV_TREE: &str = env!("PMIG_TEST_PROG_SYSV_TREE");
 

@@ -171,7 +171,13 @@ pub fn dump(skip: &[i32], drop_unsupported: bool, shares: &[(i32, u64)]) -> Resu
                     _ => (0, 0),
                 };
                 let owner_sig = sys::fcntl(fd, F_GETSIG, 0).map(|s| s as i32).unwrap_or(0);
-                files.push(FileState { flags: info.flags, pos, kind, shared, owner, owner_sig });
+                // Locks of regular files (a lock on anything else is not kept).
+                let locks = if matches!(kind, FileKind::Regular { .. }) {
+                    info.fdinfo.lines().filter_map(pmig_image::LockState::parse).collect()
+                } else {
+                    Vec::new()
+                };
+                files.push(FileState { flags: info.flags, pos, kind, shared, owner, owner_sig, locks });
                 reps.push((fd, info.st.st_dev, info.st.st_ino));
                 files.len() - 1
             }
@@ -238,6 +244,8 @@ pub fn restore(
     let slot: Vec<Option<usize>> =
         files.iter().map(|f| if f.shared != 0 && f.kind.made_by_one_process() { board.as_ref()?.find(f.shared) } else { None }).collect();
     let taken: Vec<bool> = slot.iter().map(|s| s.is_some_and(|s| board.as_ref().is_some_and(|b| !b.makes(s)))).collect();
+    // Files with locks to take again, once every fd is in place: (fd, file).
+    let mut locked: Vec<(i32, usize)> = Vec::new();
     // Epoll sets refer to other fds by number: make them last, once every other fd is in
     // place. Objects other processes make come after this process's own (which they may be
     // waiting for): no two processes wait for each other.
@@ -306,6 +314,9 @@ pub fn restore(
             }
         }
         let _ = sys::close(new);
+        if let Some(u) = users.iter().find(|u| !inherited(u)).filter(|_| !f.locks.is_empty()) {
+            locked.push((u.fd, i));
+        }
         log::debug!("fd {:?} restored: {}", users.iter().map(|u| u.fd).collect::<Vec<_>>(), files[i].kind.name());
     }
     for (_, r, w) in ctx.pipes.drain(..) {
@@ -321,7 +332,43 @@ pub fn restore(
     for (_, fd) in ctx.pairs.drain(..).chain(ctx.objects.drain(..).map(|o| (o.0, o.1))) {
         let _ = sys::close(fd);
     }
+    // Locks last, through fds in place: closing any fd of a file drops the process's POSIX
+    // locks on it, so none is taken before every temporary fd is closed.
+    for (fd, i) in locked {
+        take_locks(fd, &files[i]);
+    }
     (later, board)
+}
+
+/// Takes `f`'s saved locks again through `fd`. One another process holds meanwhile
+/// (pmig-resume checked before, but it may have been taken since) is said, naming the file.
+fn take_locks(fd: i32, f: &FileState) {
+    use pmig_image::LockKind;
+    const F_OFD_SETLK: i32 = 37;
+    for l in &f.locks {
+        let r = match l.kind {
+            LockKind::Flock => sys::flock(fd, if l.write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB),
+            LockKind::Posix | LockKind::Ofd => {
+                // struct flock: type, whence, start, len, pid.
+                let mut fl = [0u8; 32];
+                let ty = if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+                fl[0..2].copy_from_slice(&ty.to_ne_bytes());
+                fl[2..4].copy_from_slice(&(libc::SEEK_SET as i16).to_ne_bytes());
+                fl[8..16].copy_from_slice(&(l.start as i64).to_ne_bytes());
+                let len = l.end.map_or(0, |e| e + 1 - l.start) as i64;
+                fl[16..24].copy_from_slice(&len.to_ne_bytes());
+                let cmd = if l.kind == LockKind::Posix { libc::F_SETLK } else { F_OFD_SETLK };
+                sys::fcntl(fd, cmd, fl.as_mut_ptr() as u64)
+            }
+        };
+        if let Err(e) = r {
+            let path = match &f.kind {
+                FileKind::Regular { path, .. } => path.as_str(),
+                _ => "?",
+            };
+            log::say!("warning: cannot take the {:?} lock on {path} again: {} (another process holds it now)", l.kind, Errno(e));
+        }
+    }
 }
 
 /// Takes file `f`, made by another process of the tree, from the board's slot `s`.
