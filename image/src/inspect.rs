@@ -82,6 +82,14 @@ pub fn describe(m: &Manifest, file_len: u64) -> String {
     let _ = writeln!(o, "program:   {} (pid {} on {}, kernel {})", p.exe, p.pid, m.host.hostname, m.host.kernel_release);
     let _ = writeln!(o, "argv:      {:?}", p.argv);
     let _ = writeln!(o, "cwd:       {}", p.cwd);
+    let a = &p.attrs;
+    let _ = writeln!(
+        o,
+        "attrs:     oom_score_adj {}, THP {}, child subreaper {} (each thread's nice, policy, affinity, I/O priority, timer slack, parent-death signal, personality and no_new_privs come back with it)",
+        a.oom_score_adj,
+        if a.thp_disable { "disabled" } else { "allowed" },
+        if a.child_subreaper { "yes" } else { "no" }
+    );
     let c = &p.creds;
     let _ = writeln!(
         o,

@@ -126,6 +126,17 @@ pub struct HostState {
     pub boottime_ns: u64,
 }
 
+/// Process-wide attributes a program may set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessAttrs {
+    /// `/proc/PID/oom_score_adj`.
+    pub oom_score_adj: i32,
+    /// `PR_GET_THP_DISABLE`.
+    pub thp_disable: bool,
+    /// `PR_GET_CHILD_SUBREAPER`.
+    pub child_subreaper: bool,
+}
+
 /// Process-wide state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessState {
@@ -141,6 +152,8 @@ pub struct ProcessState {
     pub cwd: String,
     pub umask: u32,
     pub rlimits: Vec<RlimitState>,
+    /// Process-wide attributes (per-thread ones travel in libpmig's own memory).
+    pub attrs: ProcessAttrs,
     pub mm: MmState,
     /// `/proc/self/auxv` as words.
     pub auxv: Vec<u64>,

@@ -3,7 +3,7 @@
 
 use crate::errno::Errno;
 use crate::{log, sys};
-use pmig_image::{HostState, MmState, ProcessState, RlimitState};
+use pmig_image::{HostState, MmState, ProcessAttrs, ProcessState, RlimitState};
 
 /// The value of `key` (with its colon) in a `/proc/.../status` text.
 pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
@@ -86,6 +86,7 @@ pub fn dump() -> Result<ProcessState, String> {
         cwd: sys::readlink_string(b"/proc/self/cwd\0").unwrap_or_default(),
         umask: status_field(&status, "Umask:").and_then(|u| u32::from_str_radix(u, 8).ok()).unwrap_or(0o022),
         rlimits,
+        attrs: attrs()?,
         mm,
         auxv,
         pending_signals: Vec::new(),
@@ -131,7 +132,61 @@ pub fn set_exe(exe_fd: i32) -> Result<(), i32> {
 }
 
 /// Puts back cwd, umask and resource limits.
+/// Seccomp filters in force when libpmig started (the ones the program inherited, which a
+/// restore inherits the same way from pmig-resume's side); more at a checkpoint are the
+/// program's own.
+pub static START_SECCOMP_FILTERS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// `Seccomp_filters:` of this process.
+pub fn seccomp_filters() -> u32 {
+    let status = sys::read_file_vec(b"/proc/self/status\0").unwrap_or_default();
+    let status = String::from_utf8_lossy(&status);
+    status_field(&status, "Seccomp_filters:").and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// The process-wide attributes; a seccomp filter the program installed fails the checkpoint
+/// (it cannot be installed again yet).
+fn attrs() -> Result<ProcessAttrs, String> {
+    let installed = seccomp_filters().saturating_sub(START_SECCOMP_FILTERS.load(core::sync::atomic::Ordering::Relaxed));
+    if installed > 0 {
+        return Err(format!("the program installed {installed} seccomp filter(s), which pmig cannot install again yet"));
+    }
+    let oom = sys::read_file_vec(b"/proc/self/oom_score_adj\0").unwrap_or_default();
+    let mut subreaper = 0i32;
+    let _ = sys::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut subreaper as *mut i32 as u64, 0, 0, 0);
+    Ok(ProcessAttrs {
+        oom_score_adj: String::from_utf8_lossy(&oom).trim().parse().unwrap_or(0),
+        thp_disable: sys::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0).unwrap_or(0) == 1,
+        child_subreaper: subreaper != 0,
+    })
+}
+
+/// Gives the process its attributes back (one that cannot be is said in debug: lowering
+/// `oom_score_adj` needs privileges the restore may not have).
+fn restore_attrs(a: &ProcessAttrs) {
+    let now = sys::read_file_vec(b"/proc/self/oom_score_adj\0").unwrap_or_default();
+    if String::from_utf8_lossy(&now).trim().parse::<i32>().ok() != Some(a.oom_score_adj) {
+        let text = a.oom_score_adj.to_string();
+        let r = sys::openat(libc::AT_FDCWD, b"/proc/self/oom_score_adj\0", libc::O_WRONLY | libc::O_CLOEXEC, 0)
+            .and_then(|fd| {
+                let w = sys::write(fd as i32, text.as_bytes());
+                let _ = sys::close(fd as i32);
+                w
+            });
+        if let Err(e) = r {
+            log::debug!("oom_score_adj stays as it is (not {}): {}", a.oom_score_adj, Errno(e));
+        }
+    }
+    if a.thp_disable {
+        let _ = sys::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+    if a.child_subreaper {
+        let _ = sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
 pub fn restore(p: &ProcessState) {
+    restore_attrs(&p.attrs);
     if let Err(e) = sys::chdir(&sys::cstr(&p.cwd)) {
         log::say!("warning: cannot change to the saved working directory {}: {}", p.cwd, Errno(e));
     }

@@ -91,6 +91,9 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
         }
     }
     process::restore(&m.process);
+    // Filters from here on are the ones this process inherited (its next checkpoint counts
+    // only what the program adds).
+    process::START_SECCOMP_FILTERS.store(process::seccomp_filters(), Relaxed);
     signal::restore_actions(&m.signals);
     signal::restore_itimers(&m.itimers, gap.clock_ns / 1000);
     let mut comm = [0u8; 16];

@@ -94,6 +94,12 @@ pub fn msgrcv(id: i32, buf: &mut [u8], typ: i64, flags: i32) -> Res {
     sc!(libc::SYS_msgrcv, id, buf.as_mut_ptr(), buf.len().saturating_sub(8), typ, flags)
 }
 
+/// A system call with up to six integer arguments, for calls used once (attributes).
+pub fn raw(nr: i64, args: &[u64]) -> Res {
+    let a = |i: usize| args.get(i).copied().unwrap_or(0);
+    sc!(nr, a(0), a(1), a(2), a(3), a(4), a(5))
+}
+
 /// `flock(2)`.
 pub fn flock(fd: i32, op: i32) -> Res {
     sc!(libc::SYS_flock, fd, op)

@@ -41,6 +41,93 @@ pub struct Slot {
     /// Signals pending for this thread alone, with their siginfo (the thread takes them).
     pending: UnsafeCell<[sys::SigInfo; PENDING_MAX]>,
     n_pending: AtomicU32,
+    /// The thread's own attributes (scheduling, prctl), saved by itself as it parks.
+    attrs: UnsafeCell<ThreadAttrs>,
+}
+
+/// What each thread sets for itself: nice value, scheduling policy and priority, CPU
+/// affinity, I/O priority, timer slack, parent-death signal, personality, no_new_privs.
+#[derive(Clone, Copy)]
+struct ThreadAttrs {
+    nice: i32,
+    policy: i32,
+    priority: i32,
+    ioprio: i32,
+    timerslack: u64,
+    pdeathsig: i32,
+    personality: i32,
+    no_new_privs: bool,
+    /// `sched_getaffinity`'s mask and its length in bytes (0: unknown).
+    affinity: [u64; 16],
+    affinity_len: usize,
+}
+
+const NO_ATTRS: ThreadAttrs = ThreadAttrs {
+    nice: 0,
+    policy: 0,
+    priority: 0,
+    ioprio: 0,
+    timerslack: 0,
+    pdeathsig: 0,
+    personality: 0,
+    no_new_privs: false,
+    affinity: [0; 16],
+    affinity_len: 0,
+};
+
+const IOPRIO_WHO_PROCESS: u64 = 1;
+const PR_GET_TIMERSLACK: i32 = 30;
+const PR_SET_TIMERSLACK: i32 = 29;
+
+/// Signal-time: the calling thread's attributes (raw system calls, on itself).
+fn save_attrs(slot: &Slot) {
+    let mut a = NO_ATTRS;
+    // getpriority(2)'s raw call answers 20 - nice.
+    a.nice = 20 - sys::raw(libc::SYS_getpriority, &[libc::PRIO_PROCESS as u64, 0]).unwrap_or(20) as i32;
+    a.policy = sys::raw(libc::SYS_sched_getscheduler, &[0]).unwrap_or(0) as i32;
+    let mut param = 0i32;
+    let _ = sys::raw(libc::SYS_sched_getparam, &[0, &mut param as *mut i32 as u64]);
+    a.priority = param;
+    a.ioprio = sys::raw(libc::SYS_ioprio_get, &[IOPRIO_WHO_PROCESS, 0]).unwrap_or(0) as i32;
+    a.timerslack = sys::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0).unwrap_or(0);
+    let mut sig = 0i32;
+    let _ = sys::prctl(libc::PR_GET_PDEATHSIG, &mut sig as *mut i32 as u64, 0, 0, 0);
+    a.pdeathsig = sig;
+    a.personality = sys::raw(libc::SYS_personality, &[0xffff_ffff]).unwrap_or(0) as i32;
+    a.no_new_privs = sys::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0).unwrap_or(0) == 1;
+    a.affinity_len = sys::raw(libc::SYS_sched_getaffinity, &[0, 128, a.affinity.as_mut_ptr() as u64]).unwrap_or(0) as usize;
+    // SAFETY: only this thread writes its slot's attributes, now, before it publishes PARKED.
+    unsafe { *slot.attrs.get() = a };
+}
+
+/// In a restored thread, before it takes the saved credentials (raising a priority may need
+/// the privileges the restore has): its attributes back. What cannot be set (a CPU this host
+/// lacks, a real-time policy without privileges) is said in debug and left.
+fn restore_attrs(slot: &Slot) {
+    // SAFETY: written by this thread before it parked; nobody writes it now.
+    let a = unsafe { *slot.attrs.get() };
+    let failed = |what: &str, r: Result<u64, i32>| {
+        if let Err(e) = r {
+            crate::log::debug!("thread {}: its {what} cannot be put back: {}", sys::gettid(), crate::errno::Errno(e));
+        }
+    };
+    let param = a.priority;
+    failed("scheduling policy", sys::raw(libc::SYS_sched_setscheduler, &[0, a.policy as u64, &param as *const i32 as u64]));
+    failed("nice value", sys::raw(libc::SYS_setpriority, &[libc::PRIO_PROCESS as u64, 0, a.nice as u64]));
+    if a.ioprio != 0 {
+        failed("I/O priority", sys::raw(libc::SYS_ioprio_set, &[IOPRIO_WHO_PROCESS, 0, a.ioprio as u64]));
+    }
+    if a.timerslack != 0 {
+        failed("timer slack", sys::prctl(PR_SET_TIMERSLACK, a.timerslack, 0, 0, 0));
+    }
+    failed("parent-death signal", sys::prctl(libc::PR_SET_PDEATHSIG, a.pdeathsig as u64, 0, 0, 0));
+    failed("personality", sys::raw(libc::SYS_personality, &[a.personality as u32 as u64]));
+    if a.no_new_privs {
+        failed("no_new_privs", sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+    }
+    if a.affinity_len > 0 {
+        failed("CPU affinity", sys::raw(libc::SYS_sched_setaffinity, &[0, a.affinity_len as u64, a.affinity.as_ptr() as u64]));
+    }
 }
 
 /// The most signals kept per thread queue.
@@ -66,6 +153,7 @@ const EMPTY: Slot = Slot {
     name: UnsafeCell::new([0; 16]),
     pending: UnsafeCell::new([[0; 128]; PENDING_MAX]),
     n_pending: AtomicU32::new(0),
+    attrs: UnsafeCell::new(NO_ATTRS),
 };
 
 pub static SLOTS: Slots = Slots([EMPTY; MAX_THREADS]);
@@ -165,11 +253,13 @@ pub extern "C" fn suspend_handler(_sig: i32, _info: *mut libc::siginfo_t, _uc: *
     slot.robust_len.store(len, Relaxed);
     slot.gen.store(RELEASE.load(Acquire), Relaxed);
     save_own_pending(slot);
+    save_attrs(slot);
     // SAFETY: the slot's context is written only by this thread, now, before it publishes
     // PARKED; the slot lives in a static.
     let r = unsafe { arch::save_and_call(slot.ctx.get(), park, slot as *const Slot as u64) };
     if r == RESTORED_THREAD {
         fix_own_thread_state(slot.robust_head.load(Relaxed), slot.robust_len.load(Relaxed));
+        restore_attrs(slot);
         crate::creds::apply();
         // SAFETY: `name` was filled before the image was written and nobody writes it now.
         let name = unsafe { *slot.name.get() };

@@ -71,6 +71,10 @@ pub const TREE: &str = env!("PMIG_TEST_PROG_TREE");
 /// eventfd in an epoll set and a TCP listener (checked with kcmp to stay one of each).
 pub const TREE_SHARE: &str = env!("PMIG_TEST_PROG_TREE_SHARE");
 
+/// `attrs.c`: process and per-thread attributes (nice, policy, affinity, ioprio, timer
+/// slack, pdeathsig, personality, no_new_privs, oom_score_adj, THP, subreaper), checked.
+pub const ATTRS: &str = env!("PMIG_TEST_PROG_ATTRS");
+
 /// `locks.c`: flock, POSIX record locks and an OFD lock, checked from another process.
 pub const LOCKS: &str = env!("PMIG_TEST_PROG_LOCKS");
 

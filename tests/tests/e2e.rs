@@ -815,3 +815,45 @@ fn sqlite3_chain() {
     let status = r.wait_exit(RESUME_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
     assert!(status.success() && steps.complete(), "{}", r.describe());
 }
+
+/// Process and thread attributes (`attrs.c`: oom_score_adj, THP disable, child subreaper;
+/// per thread nice, policy, affinity, ioprio, timer slack, pdeathsig, personality,
+/// no_new_privs) come back as the program set them, as root and unprivileged.
+#[test]
+fn attributes_chain() {
+    run_chain(&Program::new("attrs", programs::ATTRS, STEPS, &[]));
+}
+
+#[test]
+fn attributes_chain_unprivileged() {
+    let sb = Sandbox::with_user(RunAs::nobody_if_root());
+    let exe = sb.stage(programs::ATTRS);
+    let prog = Program::new("attrs-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
+}
+
+/// A seccomp filter the program installed cannot be installed again yet: the checkpoint
+/// fails naming it, and the program goes on to its end.
+#[test]
+fn a_seccomp_filter_fails_the_checkpoint_by_name() {
+    let sb = Sandbox::new();
+    let image = sb.image("seccomp.pmig");
+    let mut cmd = sb.command(&sb.bins().run, &sb.workdir("run"));
+    cmd.arg("--exit").arg("--image").arg(&image).args(["--", programs::ATTRS, "40", "seccomp"]);
+    pmig_env(&mut cmd);
+    let mut p = Proc::spawn("pmig-run attrs seccomp", cmd, Terminal::Pipe);
+    let mut steps = StepCheck::new(1, 40, Input::Idle);
+    for _ in 0..3 {
+        let l = p.next_line(Duration::from_secs(10)).unwrap().expect("a step");
+        steps.accept(&l).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    }
+    p.signal(libc::SIGUSR2).unwrap();
+    let (lines, st) = p.finish(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    for l in lines {
+        steps.accept(&l).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    }
+    assert!(st.success() && steps.complete(), "the program must go on to its end\n{}", p.describe());
+    let err = p.stderr_text();
+    assert!(err.contains("checkpoint failed") && err.contains("seccomp"), "the refusal must name the seccomp filter: {err}");
+    assert!(!image.exists(), "no image after a refused checkpoint");
+}
