@@ -334,6 +334,16 @@ pub struct FileState {
     pub locks: Vec<LockState>,
 }
 
+/// Mode, owner and times of a file pmig makes again (a deleted one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime_ns: i128,
+    pub mtime_ns: i128,
+}
+
 /// One file lock (`/proc/PID/fdinfo/N`'s `lock:` lines).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockState {
@@ -391,9 +401,9 @@ pub enum FileKind {
     Regular { path: String, ident: FileIdent },
     /// A regular file deleted while open: its content travels in the image; it is recreated
     /// as an unlinked file with the same content.
-    Deleted { path: String, ino: u64, content: Vec<u8> },
-    /// A memfd: name and content.
-    Memfd { name: String, ino: u64, content: Vec<u8> },
+    Deleted { path: String, ino: u64, content: Vec<u8>, meta: FileMeta },
+    /// A memfd: name, content, mode, and its seals (`F_GET_SEALS`).
+    Memfd { name: String, ino: u64, content: Vec<u8>, mode: u32, seals: u32 },
     /// A terminal.
     Tty { path: String },
     /// A character device other than a terminal (reopened at its path).

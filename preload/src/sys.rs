@@ -100,6 +100,21 @@ pub fn raw(nr: i64, args: &[u64]) -> Res {
     sc!(nr, a(0), a(1), a(2), a(3), a(4), a(5))
 }
 
+/// `fchmod(2)`.
+pub fn fchmod(fd: i32, mode: u32) -> Res {
+    sc!(libc::SYS_fchmod, fd, mode)
+}
+
+/// `fchown(2)`.
+pub fn fchown(fd: i32, uid: u32, gid: u32) -> Res {
+    sc!(libc::SYS_fchown, fd, uid, gid)
+}
+
+/// `futimens(3)`: `utimensat(fd, NULL, times, 0)`.
+pub fn futimens(fd: i32, times: &[libc::timespec; 2]) -> Res {
+    sc!(libc::SYS_utimensat, fd, 0, times.as_ptr(), 0)
+}
+
 /// `flock(2)`.
 pub fn flock(fd: i32, op: i32) -> Res {
     sc!(libc::SYS_flock, fd, op)

@@ -372,7 +372,8 @@ fn tree_objects(image: &std::path::Path, img: &VerifiedImage) -> std::result::Re
         }
         let cname = CString::new(name.replace('\0', "")).unwrap_or_default();
         // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
-        let fd = unsafe { libc::memfd_create(cname.as_ptr(), 0) };
+        // Sealable: libpmig seals it again as the program had (a memfd's seals).
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_ALLOW_SEALING) };
         if fd < 0 {
             return Err(format!("memfd_create for shared object {name}: {}", last_error()));
         }

@@ -73,7 +73,8 @@ fn sysv_segment(key: i32, shmid: i32, size: u64, mode: u32) -> Result<(i32, bool
 fn make_object(m: &Manifest, o: &ObjectState) -> Result<i32> {
     let name = std::ffi::CString::new(o.name.replace('\0', "")).unwrap_or_default();
     // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    // Sealable: libpmig seals it again as the program had (a memfd's seals).
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         bail!("memfd_create for shared object {}: {}", o.name, std::io::Error::last_os_error());
     }

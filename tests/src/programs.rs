@@ -75,6 +75,10 @@ pub const TREE_SHARE: &str = env!("PMIG_TEST_PROG_TREE_SHARE");
 /// slack, pdeathsig, personality, no_new_privs, oom_score_adj, THP, subreaper), checked.
 pub const ATTRS: &str = env!("PMIG_TEST_PROG_ATTRS");
 
+/// `fileattrs.c`: deleted files (mode, times, two descriptions of one) and memfds (mode,
+/// size, seals), checked.
+pub const FILEATTRS: &str = env!("PMIG_TEST_PROG_FILEATTRS");
+
 /// `locks.c`: flock, POSIX record locks and an OFD lock, checked from another process.
 pub const LOCKS: &str = env!("PMIG_TEST_PROG_LOCKS");
 

@@ -857,3 +857,18 @@ fn a_seccomp_filter_fails_the_checkpoint_by_name() {
     assert!(err.contains("checkpoint failed") && err.contains("seccomp"), "the refusal must name the seccomp filter: {err}");
     assert!(!image.exists(), "no image after a refused checkpoint");
 }
+
+/// Deleted files keep their mode and times, two descriptions of one stay one file with their
+/// own access modes, and memfds keep their mode, size and seals (`fileattrs.c`).
+#[test]
+fn file_attributes_chain() {
+    run_chain(&Program::new("fileattrs", programs::FILEATTRS, STEPS, &[]));
+}
+
+#[test]
+fn file_attributes_chain_unprivileged() {
+    let sb = Sandbox::with_user(RunAs::nobody_if_root());
+    let exe = sb.stage(programs::FILEATTRS);
+    let prog = Program::new("fileattrs-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
+}

@@ -35,14 +35,25 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
     if t == libc::S_IFREG && i.link.starts_with("/memfd:") {
         let name = i.link.trim_start_matches("/memfd:").trim_end_matches(" (deleted)").to_string();
         let ino = i.st.st_ino;
-        return Some(read_all(i.fd, i.st.st_size as u64).map(|content| FileKind::Memfd { name, ino, content }));
+        let mode = i.st.st_mode & 0o7777;
+        // F_GET_SEALS: a memfd made without MFD_ALLOW_SEALING answers F_SEAL_SEAL.
+        let seals = sys::fcntl(i.fd, F_GET_SEALS, 0).map(|s| s as u32).unwrap_or(F_SEAL_SEAL);
+        return Some(read_all(i.fd, i.st.st_size as u64).map(|content| FileKind::Memfd { name, ino, content, mode, seals }));
     }
     if (t == libc::S_IFREG || t == libc::S_IFDIR) && i.link.starts_with('/') {
         if let Some(path) = i.link.strip_suffix(" (deleted)") {
             if t == libc::S_IFREG && i.st.st_nlink == 0 {
                 let path = path.to_string();
                 let ino = i.st.st_ino;
-                return Some(read_all(i.fd, i.st.st_size as u64).map(|content| FileKind::Deleted { path, ino, content }));
+                let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+                let meta = pmig_image::FileMeta {
+                    mode: i.st.st_mode & 0o7777,
+                    uid: i.st.st_uid,
+                    gid: i.st.st_gid,
+                    atime_ns: ns(i.st.st_atime, i.st.st_atime_nsec),
+                    mtime_ns: ns(i.st.st_mtime, i.st.st_mtime_nsec),
+                };
+                return Some(read_all(i.fd, i.st.st_size as u64).map(|content| FileKind::Deleted { path, ino, content, meta }));
             }
         }
         let ident = memory::file_ident(&i.link).unwrap_or_default();
@@ -59,6 +70,27 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
 /// Open flags without the ones that only matter when a file is created.
 fn reopen_flags(flags: i32) -> i32 {
     flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) | libc::O_CLOEXEC
+}
+
+const F_ADD_SEALS: i32 = 1033;
+const F_GET_SEALS: i32 = 1034;
+const F_SEAL_SEAL: u32 = 1;
+const MFD_ALLOW_SEALING: u32 = 2;
+
+/// Keeps `made` (read/write, at offset 0) for other descriptions of the same file, and
+/// returns this description: `made` itself when the saved one was read/write, else a new
+/// one with the saved access mode; at the saved offset.
+fn keep_made(ctx: &mut RestoreCtx, ino: u64, made: i32, f: &FileState) -> Result<i32, String> {
+    let made = ctx.lift(made)?;
+    ctx.deleted.push((ino, made));
+    let fd = if f.flags & libc::O_ACCMODE == libc::O_RDWR {
+        sys::fcntl(made, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map(|fd| fd as i32)
+    } else {
+        sys::openat(libc::AT_FDCWD, &sys::cstr(&format!("/proc/self/fd/{made}")), reopen_flags(f.flags), 0).map(|fd| fd as i32)
+    }
+    .map_err(|e| format!("cannot open it again as saved: {}", Errno(e)))?;
+    let _ = sys::lseek(fd, f.pos, libc::SEEK_SET);
+    Ok(fd)
 }
 
 fn with_content(fd: i32, content: &[u8], pos: i64) -> Result<i32, String> {
@@ -90,17 +122,57 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
             let acc = if f.flags & libc::O_ACCMODE == libc::O_RDONLY { libc::O_RDONLY } else { libc::O_RDWR };
             open(&format!("/proc/self/fd/{ofd}"), acc | libc::O_CLOEXEC).inspect(|&fd| {
                 let _ = sys::lseek(fd, f.pos, libc::SEEK_SET);
+                if let FileKind::Memfd { name, mode, seals, .. } = &f.kind {
+                    let _ = sys::fchmod(fd, *mode);
+                    let now = sys::fcntl(fd, F_GET_SEALS, 0).unwrap_or(0) as u32;
+                    if *seals & !now != 0 {
+                        if let Err(e) = sys::fcntl(fd, F_ADD_SEALS, (*seals & !now) as u64) {
+                            crate::log::say!("warning: memfd {name} cannot be sealed again ({seals:#x}): {}", Errno(e));
+                        }
+                    }
+                }
             })
         }
-        FileKind::Deleted { path, content, .. } => {
-            // An unlinked file in the same directory (or /tmp), as the original was.
+        FileKind::Deleted { ino, .. } | FileKind::Memfd { ino, .. } if ctx.deleted.iter().any(|d| d.0 == *ino) => {
+            // Another description of a file this restore already made: the same file.
+            let made = ctx.deleted.iter().find(|d| d.0 == *ino).map_or(-1, |d| d.1);
+            open(&format!("/proc/self/fd/{made}"), reopen_flags(f.flags)).inspect(|&fd| {
+                let _ = sys::lseek(fd, f.pos, libc::SEEK_SET);
+            })
+        }
+        FileKind::Deleted { path, content, meta, ino } => {
+            // An unlinked file in the same directory (or /tmp), as the original was, with its
+            // mode, owner (where this process may) and times.
             let dir = path.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d }).unwrap_or("/tmp");
             let tmp = libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC;
-            open(dir, tmp).or_else(|_| open("/tmp", tmp)).and_then(|fd| with_content(fd, content, f.pos))
+            let made = sys::openat(libc::AT_FDCWD, &sys::cstr(dir), tmp, meta.mode)
+                .or_else(|_| sys::openat(libc::AT_FDCWD, b"/tmp\0", tmp, meta.mode))
+                .map(|fd| fd as i32)
+                .map_err(|e| format!("cannot make the deleted file {path} again: {}", Errno(e)))
+                .and_then(|fd| with_content(fd, content, 0));
+            made.and_then(|fd| {
+                let _ = sys::fchmod(fd, meta.mode);
+                let _ = sys::fchown(fd, meta.uid, meta.gid);
+                let ts = |ns: i128| libc::timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 };
+                let _ = sys::futimens(fd, &[ts(meta.atime_ns), ts(meta.mtime_ns)]);
+                keep_made(ctx, *ino, fd, f)
+            })
         }
-        FileKind::Memfd { name, content, .. } => sys::memfd_create(&sys::cstr(name), libc::MFD_CLOEXEC)
-            .map_err(|e| format!("memfd_create: {}", Errno(e)))
-            .and_then(|fd| with_content(fd as i32, content, f.pos)),
+        FileKind::Memfd { name, content, mode, seals, ino } => {
+            let flags = libc::MFD_CLOEXEC | if seals & F_SEAL_SEAL == 0 || *seals != F_SEAL_SEAL { MFD_ALLOW_SEALING } else { 0 };
+            sys::memfd_create(&sys::cstr(name), flags)
+                .map_err(|e| format!("memfd_create: {}", Errno(e)))
+                .and_then(|fd| with_content(fd as i32, content, 0))
+                .and_then(|fd| {
+                    let _ = sys::fchmod(fd, *mode);
+                    if flags & MFD_ALLOW_SEALING != 0 && *seals != 0 {
+                        if let Err(e) = sys::fcntl(fd, F_ADD_SEALS, *seals as u64) {
+                            crate::log::say!("warning: memfd {name} cannot be sealed again ({seals:#x}): {}", Errno(e));
+                        }
+                    }
+                    keep_made(ctx, *ino, fd, f)
+                })
+        }
         _ => return None,
     })
 }

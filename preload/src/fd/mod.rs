@@ -65,6 +65,8 @@ pub struct RestoreCtx {
     pub pairs: Vec<(u64, i32)>,
     /// Time between the checkpoint and this restore, per clock (timers ran on).
     pub gap: crate::timer::Gap,
+    /// Deleted files and memfds made so far: `(inode at checkpoint, read/write fd)`.
+    pub deleted: Vec<(u64, i32)>,
     /// Objects pmig-resume made and this process inherits: `(inode at checkpoint, fd, kind)`
     /// (`pmig_abi::OBJECT_*`: shared memory, the ends of pipes the tree shares).
     pub objects: Vec<(u64, i32, u32)>,
@@ -212,7 +214,7 @@ pub fn restore(
 ) -> (Owners, Option<Board>) {
     let mut later = Vec::new();
     let top = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
-    let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap, objects };
+    let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap, objects, deleted: Vec::new() };
     for k in keep.iter_mut() {
         if let Ok(n) = ctx.lift(*k) {
             *k = n;
@@ -329,7 +331,7 @@ pub fn restore(
     if let Some(b) = board.as_mut() {
         b.fds_done();
     }
-    for (_, fd) in ctx.pairs.drain(..).chain(ctx.objects.drain(..).map(|o| (o.0, o.1))) {
+    for (_, fd) in ctx.pairs.drain(..).chain(ctx.objects.drain(..).map(|o| (o.0, o.1))).chain(ctx.deleted.drain(..)) {
         let _ = sys::close(fd);
     }
     // Locks last, through fds in place: closing any fd of a file drops the process's POSIX
