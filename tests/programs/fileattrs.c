@@ -4,7 +4,11 @@
  * - a deleted file open twice (read/write, and read-only through /proc/self/fd): one file
  *   (same inode), each description with its access mode; what one writes the other reads;
  * - a memfd with mode 0600, a size, and seals (F_SEAL_SHRINK | F_SEAL_GROW), and a memfd
- *   made without MFD_ALLOW_SEALING (its seals: F_SEAL_SEAL).
+ *   made without MFD_ALLOW_SEALING (its seals: F_SEAL_SEAL);
+ * - a pipe whose read end has a second description (through /proc/self/fd) with O_NONBLOCK,
+ *   the first without: each keeps its own flags, and both read the one pipe;
+ * - /proc/self/status open (the fd names /proc/PID/status): after a restore it reads the
+ *   restored process's own status (its Pid line is the program's pid).
  *
  * Usage: fileattrs STEPS
  */
@@ -36,8 +40,31 @@ int main(int argc, char **argv)
     int m2 = memfd_create("plain", 0);
     if (m < 0 || m2 < 0 || write(m, "data", 4) != 4 || fchmod(m, 0600) != 0 || fcntl(m, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0)
         corrupt("memfd: %s", strerror(errno));
+    int p[2];
+    if (pipe(p) != 0)
+        corrupt("pipe: %s", strerror(errno));
+    snprintf(path, sizeof path, "/proc/self/fd/%d", p[0]);
+    int p2 = open(path, O_RDONLY | O_NONBLOCK);
+    if (p2 < 0)
+        corrupt("second description of the pipe: %s", strerror(errno));
+    int ps = open("/proc/self/status", O_RDONLY);
+    if (ps < 0)
+        corrupt("open /proc/self/status: %s", strerror(errno));
     for (long step = 1; step <= steps; step++) {
         struct stat st, st2;
+        char status[4096];
+        ssize_t n = pread(ps, status, sizeof status - 1, 0);
+        char want[32];
+        snprintf(want, sizeof want, "\nPid:\t%d\n", (int)getpid());
+        if (n <= 0 || (status[n] = 0, !strstr(status, want)))
+            corrupt("step %ld: the open /proc/self/status is not this process's (%zd bytes)", step, n);
+        if ((fcntl(p[0], F_GETFL) & O_NONBLOCK) || !(fcntl(p2, F_GETFL) & O_NONBLOCK))
+            corrupt("step %ld: the pipe's two descriptions no longer have their own O_NONBLOCK", step);
+        if (write(p[1], &step, sizeof step) != sizeof step)
+            corrupt("step %ld: write to the pipe: %s", step, strerror(errno));
+        long got = 0;
+        if (read(p2, &got, sizeof got) != sizeof got || got != step)
+            corrupt("step %ld: the second description read %ld", step, got);
         if (fstat(fa, &st) != 0 || (st.st_mode & 07777) != 0640 || st.st_size != 5 || st.st_nlink != 0 ||
             st.st_mtim.tv_sec != 1234567890 || st.st_mtim.tv_nsec != 222)
             corrupt("step %ld: the deleted file reads mode %o size %ld links %ld mtime %ld.%ld", step, st.st_mode & 07777, (long)st.st_size,

@@ -65,6 +65,8 @@ pub struct RestoreCtx {
     pub pairs: Vec<(u64, i32)>,
     /// Time between the checkpoint and this restore, per clock (timers ran on).
     pub gap: crate::timer::Gap,
+    /// Pipe ends already given to a description: `(inode, read end)`.
+    pub pipe_ends: Vec<(u64, bool)>,
     /// Deleted files and memfds made so far: `(inode at checkpoint, read/write fd)`.
     pub deleted: Vec<(u64, i32)>,
     /// Objects pmig-resume made and this process inherits: `(inode at checkpoint, fd, kind)`
@@ -214,7 +216,7 @@ pub fn restore(
 ) -> (Owners, Option<Board>) {
     let mut later = Vec::new();
     let top = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
-    let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap, objects, deleted: Vec::new() };
+    let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap, objects, deleted: Vec::new(), pipe_ends: Vec::new() };
     for k in keep.iter_mut() {
         if let Ok(n) = ctx.lift(*k) {
             *k = n;

@@ -103,6 +103,16 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
             sys::write_all(w, data).map_err(|e| format!("cannot put the queued bytes back: {}", Errno(e)))?;
         }
         let end = if *read_end { r } else { w };
+        if ctx.pipe_ends.contains(&(*ino, *read_end)) {
+            // Another description of this end (opened through /proc/self/fd): a new one, so
+            // that its flags stay its own (the pipe has both ends open here: no wait).
+            let acc = if *read_end { libc::O_RDONLY } else { libc::O_WRONLY };
+            let path = sys::cstr(&format!("/proc/self/fd/{end}"));
+            return sys::openat(libc::AT_FDCWD, &path, acc | libc::O_NONBLOCK | libc::O_CLOEXEC, 0)
+                .map(|f| f as i32)
+                .map_err(|e| format!("cannot open another description of the pipe: {}", Errno(e)));
+        }
+        ctx.pipe_ends.push((*ino, *read_end));
         sys::fcntl(end, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map(|f| f as i32).map_err(|e| format!("{}", Errno(e)))
     })())
 }
