@@ -430,9 +430,13 @@ pub enum FileKind {
 /// One registration of an epoll set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpollTarget {
+    /// The fd number it was registered under (part of the registration's key).
     pub fd: i32,
     pub events: u32,
     pub data: u64,
+    /// -1 when `fd` still names the registered file; else an fd of the process that does
+    /// (the program closed or reused `fd` since: the registration lives on the file).
+    pub via: i32,
 }
 
 /// One inotify watch.

@@ -481,6 +481,14 @@ pub fn epoll_create1(flags: i32) -> Res {
     sc!(libc::SYS_epoll_create1, flags)
 }
 
+/// `kcmp(KCMP_EPOLL_TFD)` in this process: 0 when `fd` is the file epoll set `epfd` has
+/// registered under fd number `tfd` (the `toff`-th such registration, in the set's order).
+pub fn kcmp_epoll_target(fd: i32, epfd: i32, tfd: i32, toff: u32) -> Res {
+    let slot: [u32; 3] = [epfd as u32, tfd as u32, toff];
+    let pid = getpid();
+    sc!(libc::SYS_kcmp, pid, pid, 7, fd, slot.as_ptr())
+}
+
 /// `epoll_ctl(EPOLL_CTL_ADD)`.
 pub fn epoll_add(epfd: i32, fd: i32, events: u32, data: u64) -> Res {
     let ev = libc::epoll_event { events, u64: data };

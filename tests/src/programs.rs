@@ -79,6 +79,9 @@ pub const ATTRS: &str = env!("PMIG_TEST_PROG_ATTRS");
 /// size, seals), checked.
 pub const FILEATTRS: &str = env!("PMIG_TEST_PROG_FILEATTRS");
 
+/// `epoll_stale.c`: two epoll registrations under one fd number, for two files.
+pub const EPOLL_STALE: &str = env!("PMIG_TEST_PROG_EPOLL_STALE");
+
 /// `locks.c`: flock, POSIX record locks and an OFD lock, checked from another process.
 pub const LOCKS: &str = env!("PMIG_TEST_PROG_LOCKS");
 
@@ -241,13 +244,15 @@ impl Program {
         }
     }
 
-    /// `/usr/bin/python3 -u -c PYTHON_THREADS STEPS`.
+    /// `/usr/bin/python3 -c PYTHON_THREADS STEPS`. Not `-u`: unbuffered, `print` writes a
+    /// line's text and its newline in two writes, which a checkpoint can fall between — the
+    /// line then ends in the next process's output, which the step check reads as an empty
+    /// line. `flush=True` makes each line one write.
     pub fn python_threads(steps: u32) -> Program {
         Program {
             name: "python-threads".to_string(),
             argv: vec![
                 PYTHON3.into(),
-                "-u".into(),
                 "-c".into(),
                 PYTHON_THREADS.into(),
                 steps.to_string().into(),

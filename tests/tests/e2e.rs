@@ -872,3 +872,10 @@ fn file_attributes_chain_unprivileged() {
     let prog = Program::new("fileattrs-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
     Chain::new(&sb, &prog, ChainOpts::default()).run();
 }
+
+/// Epoll registrations whose fd number the program closed or reused (`epoll_stale.c`: two
+/// registrations under one number, for an eventfd and a pipe) come back and deliver both.
+#[test]
+fn epoll_registrations_outlive_their_fd_numbers() {
+    run_chain(&Program::new("epoll-stale", programs::EPOLL_STALE, STEPS, &[]));
+}

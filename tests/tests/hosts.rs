@@ -384,7 +384,7 @@ fn carried_executable_and_working_directory() {
     migrate(&hosts, &prog, &[], 5, &mut check);
 }
 
-/// The moved TCP server: `python3 -u -c TCP_SERVER STEPS PORT CLIENTS` listens on
+/// The moved TCP server: `python3 -c TCP_SERVER STEPS PORT CLIENTS` listens on
 /// 0.0.0.0:PORT; a thread answers each line a client sends with its upper-case, one client
 /// at a time, and says `served ...` on stderr when a client hung up; the main thread prints
 /// `step N` every 30 ms, and before the last step waits (at most 30 s) until CLIENTS
@@ -502,7 +502,6 @@ fn tcp_server_answers_on_the_target_after_the_move() {
         name: "tcp-server".into(),
         argv: vec![
             programs::PYTHON3.into(),
-            "-u".into(),
             "-c".into(),
             TCP_SERVER.into(),
             STEPS.to_string().into(),

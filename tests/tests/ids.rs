@@ -136,7 +136,7 @@ fn resume_returns_the_programs_exit_status() {
     let sb = Sandbox::new();
     let script = "import sys, time\nfor i in range(1, int(sys.argv[1]) + 1):\n    print('step', i, flush=True)\n    time.sleep(0.05)\nsys.exit(7)\n";
     let mut prog = Program::new("exit7", programs::PYTHON3, 40, &[]);
-    prog.argv = vec![programs::PYTHON3.into(), "-u".into(), "-c".into(), script.into(), "40".into()];
+    prog.argv = vec![programs::PYTHON3.into(), "-c".into(), script.into(), "40".into()];
     let mut chain = Chain::new(&sb, &prog, ChainOpts { first_stop: 3, resume_steps: 2, ..ChainOpts::default() });
     chain.start_and_checkpoint();
     for ids in ["exact", "virtual"] {

@@ -71,7 +71,7 @@ fn python_asyncio_thread_sqlite_chain() {
     let db = sb.file("py.db");
     let prog = Program {
         name: "python-asyncio".to_string(),
-        argv: vec![programs::PYTHON3.into(), "-u".into(), "-c".into(), PY_ASYNC.into(), "60".into(), db.into()],
+        argv: vec![programs::PYTHON3.into(), "-c".into(), PY_ASYNC.into(), "60".into(), db.into()],
         steps: 60,
         input: Input::Idle,
     };

@@ -18,8 +18,8 @@ fn parse_time(v: &str) -> Option<u64> {
     Some(s.trim().parse::<u64>().ok()? * 1_000_000_000 + n.trim().parse::<u64>().ok()?)
 }
 
-/// Parses the `tfd:` lines of an epoll fdinfo.
-fn epoll_targets(fdinfo: &str) -> Vec<EpollTarget> {
+/// Parses the `tfd:` lines of an epoll fdinfo: each target, and the inode of its file.
+fn epoll_targets(fdinfo: &str) -> Vec<(EpollTarget, u64)> {
     fdinfo
         .lines()
         .filter_map(|l| {
@@ -32,9 +32,42 @@ fn epoll_targets(fdinfo: &str) -> Vec<EpollTarget> {
             let events = u32::from_str_radix(it.next()?, 16).ok()?;
             let _ = it.next()?; // "data:"
             let data = u64::from_str_radix(it.next()?, 16).ok()?;
-            Some(EpollTarget { fd, events, data })
+            let ino = it.find_map(|f| f.strip_prefix("ino:")).and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
+            Some((EpollTarget { fd, events, data, via: -1 }, ino))
         })
         .collect()
+}
+
+/// The targets of epoll set `epfd`, each with an fd of this process that names its file
+/// (`via`) when its registered number no longer does (closed, or reused for another file).
+fn epoll_dump(epfd: i32, fdinfo: &str) -> Result<Vec<EpollTarget>, String> {
+    let mut out: Vec<EpollTarget> = Vec::new();
+    for (mut t, ino) in epoll_targets(fdinfo) {
+        // fdinfo lists the set in its own order, which is the order kcmp counts
+        // registrations under one number in.
+        let toff = out.iter().filter(|o| o.fd == t.fd).count() as u32;
+        if sys::kcmp_epoll_target(t.fd, epfd, t.fd, toff) != Ok(0) {
+            let mut found = -1;
+            let _ = sys::for_each_numbered_entry(b"/proc/self/fd\0", |fd, dir| {
+                if found < 0 && fd != dir {
+                    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+                    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+                    if sys::fstat(fd, &mut st).is_ok() && st.st_ino == ino && sys::kcmp_epoll_target(fd, epfd, t.fd, toff) == Ok(0) {
+                        found = fd;
+                    }
+                }
+            });
+            if found < 0 {
+                return Err(format!(
+                    "a file it watches (registered as fd {}) is no longer open in this process; pmig cannot register it again",
+                    t.fd
+                ));
+            }
+            t.via = found;
+        }
+        out.push(t);
+    }
+    Ok(out)
 }
 
 fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
@@ -62,7 +95,7 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
             Some(mask) => Some(Ok(FileKind::SignalFd { mask })),
             None => bad("signalfd"),
         },
-        "anon_inode:[eventpoll]" => Some(Ok(FileKind::Epoll { targets: epoll_targets(&i.fdinfo) })),
+        "anon_inode:[eventpoll]" => Some(epoll_dump(i.fd, &i.fdinfo).map(|targets| FileKind::Epoll { targets })),
         _ => None,
     }
 }
@@ -122,7 +155,7 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
         FileKind::Epoll { targets } => sys::epoll_create1(cloexec).map_err(|e| format!("epoll_create1: {}", Errno(e))).map(|ep| {
             let ep = ep as i32;
             for t in targets {
-                if let Err(e) = sys::epoll_add(ep, t.fd, t.events, t.data) {
+                if let Err(e) = register(ep, t) {
                     crate::log::say!("warning: cannot register fd {} with epoll again: {}", t.fd, Errno(e));
                 }
             }
@@ -130,6 +163,32 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
         }),
         _ => return None,
     })
+}
+
+/// Registers `t` with `ep` under its own fd number. A target whose number the program had
+/// since closed or given to another file (`via` names its file now): that number is made to
+/// name the file just for the registration, and then given back what it was.
+fn register(ep: i32, t: &EpollTarget) -> Result<u64, i32> {
+    if t.via < 0 {
+        return sys::epoll_add(ep, t.fd, t.events, t.data);
+    }
+    // What the number holds now (a file of the program's, or nothing), with its FD_CLOEXEC.
+    let was = sys::fcntl(t.fd, libc::F_GETFD, 0).ok().map(|fl| fl as i32 & libc::FD_CLOEXEC);
+    let saved = match was {
+        Some(_) => Some(sys::fcntl(t.fd, libc::F_DUPFD_CLOEXEC, 0)? as i32),
+        None => None,
+    };
+    let r = sys::dup3(t.via, t.fd, 0).and_then(|_| sys::epoll_add(ep, t.fd, t.events, t.data));
+    match (saved, was) {
+        (Some(s), Some(cloexec)) => {
+            let _ = sys::dup3(s, t.fd, if cloexec != 0 { libc::O_CLOEXEC } else { 0 });
+            let _ = sys::close(s);
+        }
+        _ => {
+            let _ = sys::close(t.fd);
+        }
+    }
+    r
 }
 
 #[cfg(test)]
@@ -140,10 +199,10 @@ mod tests {
     fn parses_fdinfo_times_and_epoll_lines() {
         assert_eq!(parse_time("(1, 500)"), Some(1_000_000_500));
         assert_eq!(parse_time(" (0, 0)"), Some(0));
-        let t = epoll_targets("pos:\t0\ntfd:        3 events:       19 data:                3  pos:0 ino:40f sdev:10\ntfd:       12 events: 80000001 data: ffffffffffffffff  pos:0 ino:1 sdev:2\n");
+        let t: Vec<EpollTarget> = epoll_targets("pos:\t0\ntfd:        3 events:       19 data:                3  pos:0 ino:40f sdev:10\ntfd:       12 events: 80000001 data: ffffffffffffffff  pos:0 ino:1 sdev:2\n").into_iter().map(|(t, _)| t).collect();
         assert_eq!(t, vec![
-            EpollTarget { fd: 3, events: 0x19, data: 3 },
-            EpollTarget { fd: 12, events: 0x8000_0001, data: u64::MAX },
+            EpollTarget { fd: 3, events: 0x19, data: 3, via: -1 },
+            EpollTarget { fd: 12, events: 0x8000_0001, data: u64::MAX, via: -1 },
         ]);
     }
 }
