@@ -470,6 +470,8 @@ pub struct SocketState {
     pub recv_queue: Vec<u8>,
     /// TCP repair state of an established connection (taken as root).
     pub tcp: Option<TcpRepairState>,
+    /// A UNIX socket bound to a path: its file's mode, owner and group.
+    pub path_meta: Option<(u32, u32, u32)>,
 }
 
 /// What a socket was doing at checkpoint time.

@@ -115,6 +115,17 @@ pub fn futimens(fd: i32, times: &[libc::timespec; 2]) -> Res {
     sc!(libc::SYS_utimensat, fd, 0, times.as_ptr(), 0)
 }
 
+/// `fchmodat(AT_FDCWD, path, mode)`; `path` must end with a NUL byte.
+pub fn fchmodat(path: &[u8], mode: u32) -> Res {
+    sc!(libc::SYS_fchmodat, libc::AT_FDCWD, path.as_ptr(), mode)
+}
+
+/// `fchownat(AT_FDCWD, path, uid, gid, AT_SYMLINK_NOFOLLOW)`; `path` must end with a NUL
+/// byte.
+pub fn lchown(path: &[u8], uid: u32, gid: u32) -> Res {
+    sc!(libc::SYS_fchownat, libc::AT_FDCWD, path.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW)
+}
+
 /// `flock(2)`.
 pub fn flock(fd: i32, op: i32) -> Res {
     sc!(libc::SYS_flock, fd, op)

@@ -82,6 +82,10 @@ pub const FILEATTRS: &str = env!("PMIG_TEST_PROG_FILEATTRS");
 /// `epoll_stale.c`: two epoll registrations under one fd number, for two files.
 pub const EPOLL_STALE: &str = env!("PMIG_TEST_PROG_EPOLL_STALE");
 
+/// `unix_dgram.c`: a UNIX datagram client aimed at an in-program server bound to a chmodded
+/// path.
+pub const UNIX_DGRAM: &str = env!("PMIG_TEST_PROG_UNIX_DGRAM");
+
 /// `locks.c`: flock, POSIX record locks and an OFD lock, checked from another process.
 pub const LOCKS: &str = env!("PMIG_TEST_PROG_LOCKS");
 

@@ -879,3 +879,18 @@ fn file_attributes_chain_unprivileged() {
 fn epoll_registrations_outlive_their_fd_numbers() {
     run_chain(&Program::new("epoll-stale", programs::EPOLL_STALE, STEPS, &[]));
 }
+
+/// A UNIX datagram client aimed at the program's own server (`unix_dgram.c`) is aimed at it
+/// again once the server is bound, and the server's socket file keeps its mode.
+#[test]
+fn unix_datagram_client_and_socket_file_chain() {
+    run_chain(&Program::new("unix-dgram", programs::UNIX_DGRAM, STEPS, &[]));
+}
+
+#[test]
+fn unix_datagram_client_and_socket_file_chain_unprivileged() {
+    let sb = Sandbox::with_user(RunAs::nobody_if_root());
+    let exe = sb.stage(programs::UNIX_DGRAM);
+    let prog = Program::new("unix-dgram-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
+}

@@ -95,6 +95,9 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
             Some(mask) => Some(Ok(FileKind::SignalFd { mask })),
             None => bad("signalfd"),
         },
+        // Another process of the tree saves (and makes) an epoll set it shares with this one,
+        // whose targets may be fds of that process only.
+        "anon_inode:[eventpoll]" if i.share & pmig_abi::SHARE_FOLLOWER != 0 => Some(Ok(FileKind::Epoll { targets: Vec::new() })),
         "anon_inode:[eventpoll]" => Some(epoll_dump(i.fd, &i.fdinfo).map(|targets| FileKind::Epoll { targets })),
         _ => None,
     }

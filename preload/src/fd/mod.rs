@@ -254,7 +254,10 @@ pub fn restore(
     // place. Objects other processes make come after this process's own (which they may be
     // waiting for): no two processes wait for each other.
     let mut order: Vec<usize> = (0..files.len()).collect();
-    order.sort_by_key(|&i| (matches!(files[i].kind, FileKind::Epoll { .. }), taken[i]));
+    // UNIX datagram sockets aimed at a named one come after the sockets that bind names (an
+    // in-program server), so they can aim at it again.
+    let aims = |k: &FileKind| matches!(k, FileKind::Socket(s) if s.family == libc::AF_UNIX && s.sotype == libc::SOCK_DGRAM && s.role == pmig_image::SocketRole::Connected);
+    order.sort_by_key(|&i| (matches!(files[i].kind, FileKind::Epoll { .. }), taken[i], aims(&files[i].kind)));
     for i in order {
         let users: Vec<&FdState> = fds.iter().filter(|f| f.file as usize == i).collect();
         if users.is_empty() || matches!(files[i].kind, FileKind::Other { .. }) {

@@ -765,6 +765,16 @@ fn dump_unix(fd: i32, s: &mut SocketState, tree_peer: bool) -> Result<(), String
         }
         _ => {}
     }
+    // The socket file's mode and owner (what `chmod`/`chown` the program did on it).
+    if let Some(path) = s.local.as_deref().and_then(unix_path) {
+        let mut p = path.to_vec();
+        p.push(0);
+        // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        if sys::fstatat(libc::AT_FDCWD, &p, &mut st, libc::AT_SYMLINK_NOFOLLOW).is_ok() && st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+            s.path_meta = Some((st.st_mode & 0o7777, st.st_uid, st.st_gid));
+        }
+    }
     // A relative path is relative to the cwd at bind time: take the cwd now as the best guess.
     if let Ok(cwd) = sys::readlink_string(b"/proc/self/cwd\0") {
         for a in [&mut s.local, &mut s.peer].into_iter().flatten() {
@@ -1106,7 +1116,16 @@ fn bind_again(fd: &Fd, s: &SocketState, local: &[u8]) -> Result<bool, String> {
     }
     let what = |e: i32| format!("bind to {}: {}", addr_text(Some(local)), Errno(e));
     match sys::bind(fd.0, &addr) {
-        Ok(_) => Ok(false),
+        Ok(_) => {
+            // The socket file as the program left it.
+            if let (Some(path), Some((mode, uid, gid))) = (unix_path(local), s.path_meta) {
+                let mut p = path.to_vec();
+                p.push(0);
+                let _ = sys::fchmodat(&p, mode);
+                let _ = sys::lchown(&p, uid, gid);
+            }
+            Ok(false)
+        }
         Err(libc::EADDRINUSE) if is_tcp(s) => {
             // The old process's closed connections (TIME_WAIT) hold the port; those of a
             // listener without SO_REUSEADDR block even a reusing bind: end them (root).
