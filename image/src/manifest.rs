@@ -472,6 +472,8 @@ pub struct SocketState {
     pub tcp: Option<TcpRepairState>,
     /// A UNIX socket bound to a path: its file's mode, owner and group.
     pub path_meta: Option<(u32, u32, u32)>,
+    /// What `shutdown()` left of a UNIX socket: 1 no more reading, 2 no more writing.
+    pub shutdown: u8,
 }
 
 /// What a socket was doing at checkpoint time.

@@ -126,6 +126,11 @@ pub fn lchown(path: &[u8], uid: u32, gid: u32) -> Res {
     sc!(libc::SYS_fchownat, libc::AT_FDCWD, path.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW)
 }
 
+/// `shutdown(2)`.
+pub fn shutdown(fd: i32, how: i32) -> Res {
+    sc!(libc::SYS_shutdown, fd, how)
+}
+
 /// `flock(2)`.
 pub fn flock(fd: i32, op: i32) -> Res {
     sc!(libc::SYS_flock, fd, op)

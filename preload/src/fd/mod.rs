@@ -250,6 +250,8 @@ pub fn restore(
     let taken: Vec<bool> = slot.iter().map(|s| s.is_some_and(|s| board.as_ref().is_some_and(|b| !b.makes(s)))).collect();
     // Files with locks to take again, once every fd is in place: (fd, file).
     let mut locked: Vec<(i32, usize)> = Vec::new();
+    // Sockets to shut down again, once every queue is written: (fd, shutdown bits).
+    let mut shut: Vec<(i32, u8)> = Vec::new();
     // Epoll sets refer to other fds by number: make them last, once every other fd is in
     // place. Objects other processes make come after this process's own (which they may be
     // waiting for): no two processes wait for each other.
@@ -324,6 +326,11 @@ pub fn restore(
         if let Some(u) = users.iter().find(|u| !inherited(u)).filter(|_| !f.locks.is_empty()) {
             locked.push((u.fd, i));
         }
+        if let (FileKind::Socket(so), Some(u)) = (&f.kind, users.iter().find(|u| !inherited(u))) {
+            if so.shutdown != 0 {
+                shut.push((u.fd, so.shutdown));
+            }
+        }
         log::debug!("fd {:?} restored: {}", users.iter().map(|u| u.fd).collect::<Vec<_>>(), files[i].kind.name());
     }
     for (_, r, w) in ctx.pipes.drain(..) {
@@ -338,6 +345,16 @@ pub fn restore(
     }
     for (_, fd) in ctx.pairs.drain(..).chain(ctx.objects.drain(..).map(|o| (o.0, o.1))).chain(ctx.deleted.drain(..)) {
         let _ = sys::close(fd);
+    }
+    for (fd, how) in shut {
+        let how = match how & 3 {
+            3 => libc::SHUT_RDWR,
+            2 => libc::SHUT_WR,
+            _ => libc::SHUT_RD,
+        };
+        if let Err(e) = sys::shutdown(fd, how) {
+            log::debug!("fd {fd}: cannot shut the socket down again: {}", Errno(e));
+        }
     }
     // Locks last, through fds in place: closing any fd of a file drops the process's POSIX
     // locks on it, so none is taken before every temporary fd is closed.

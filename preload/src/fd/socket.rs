@@ -124,6 +124,7 @@ const UDIAG_SHOW_PEER: u32 = 4;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
 const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_RQLEN: u16 = 4;
+const UNIX_DIAG_SHUTDOWN: u16 = 6;
 
 /// Backlog of a listener whose real one cannot be read.
 const DEFAULT_BACKLOG: i32 = 128;
@@ -526,6 +527,8 @@ struct UnixDiag {
     peer: Option<u32>,
     /// `(queued, max backlog)` for a listener; `(queued bytes, sent bytes)` otherwise.
     queue: Option<(u32, u32)>,
+    /// `sk_shutdown`: `RCV_SHUTDOWN` (1), `SEND_SHUTDOWN` (2).
+    shutdown: u8,
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -579,6 +582,7 @@ fn parse_unix_diag(b: &[u8], ino: u32) -> Result<UnixDiag, i32> {
         match u16_at(b, at + 2) {
             UNIX_DIAG_PEER if payload.len() >= 4 => d.peer = Some(u32_at(payload, 0)).filter(|&p| p != 0),
             UNIX_DIAG_RQLEN if payload.len() >= 8 => d.queue = Some((u32_at(payload, 0), u32_at(payload, 4))),
+            UNIX_DIAG_SHUTDOWN if !payload.is_empty() => d.shutdown = payload[0],
             _ => {}
         }
         at += (alen + 3) & !3;
@@ -586,13 +590,13 @@ fn parse_unix_diag(b: &[u8], ino: u32) -> Result<UnixDiag, i32> {
     Ok(d)
 }
 
-/// Whether one of this process's fds is the socket with inode `ino`.
 /// The inode of the other end of UNIX socket `ino`'s connection (`None`: not a connected
 /// UNIX socket).
 pub fn unix_peer(ino: u64) -> Option<u64> {
     unix_diag(ino).ok()?.peer.filter(|&p| p != 0).map(u64::from)
 }
 
+/// Whether one of this process's fds is the socket with inode `ino`.
 fn holds_socket(ino: u64) -> bool {
     let want = format!("socket:[{ino}]");
     let Ok(dir) =
@@ -747,6 +751,7 @@ fn read_options(fd: i32, s: &SocketState) -> Vec<(i32, i32, Vec<u8>)> {
 
 fn dump_unix(fd: i32, s: &mut SocketState, tree_peer: bool) -> Result<(), String> {
     let diag = unix_diag(s.ino).map_err(|e| debug!("unix_diag of socket {}: {}", s.ino, Errno(e))).ok();
+    s.shutdown = diag.as_ref().map_or(0, |d| d.shutdown);
     match s.role {
         SocketRole::Listening => {
             let backlog = diag.as_ref().and_then(|d| d.queue).map(|(_, max)| max as i32);
@@ -1592,7 +1597,7 @@ mod tests {
         attr(&mut b, UNIX_DIAG_RQLEN, &[5u32.to_ne_bytes(), 9u32.to_ne_bytes()].concat());
         let n = b.len() as u32;
         b[0..4].copy_from_slice(&n.to_ne_bytes());
-        assert_eq!(parse_unix_diag(&b, 77), Ok(UnixDiag { peer: Some(78), queue: Some((5, 9)) }));
+        assert_eq!(parse_unix_diag(&b, 77), Ok(UnixDiag { peer: Some(78), queue: Some((5, 9)), shutdown: 0 }));
         assert_eq!(parse_unix_diag(&b, 78), Err(libc::EIO));
         let mut e = vec![0u8; 36];
         e[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
