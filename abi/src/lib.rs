@@ -235,6 +235,9 @@ pub const REGION_FILL: u32 = 1;
 /// [`PlanRegion::flags`] of a SysV region: mark the segment for removal once attached (the
 /// program had done `IPC_RMID`).
 pub const REGION_SYSV_RMID: u32 = 2;
+/// [`PlanRegion::flags`]: map anonymous memory with `MAP_NORESERVE` (the program's region
+/// had it).
+pub const REGION_NORESERVE: u32 = 4;
 
 /// An object pmig-resume made for the restored process, which inherits it: the inode it had
 /// at checkpoint time, the fd, and what it is ([`OBJECT_SHARED_MEMORY`], …).

@@ -28,9 +28,61 @@ pub struct Manifest {
     /// The other processes of the program's tree (in the root's manifest only; empty for a
     /// single process): each one's own image lies earlier in the same file.
     pub tree: Vec<MemberState>,
+    /// Regions with `madvise`/`mlock`/`MAP_NORESERVE` flags (smaps `VmFlags`), to set again.
+    pub advice: Vec<RegionAdvice>,
     /// System V semaphore sets and message queues the process got (`semget`, `msgget`) and
     /// that still existed, with their state.
     pub sysv: Vec<SysvIpc>,
+}
+
+/// A region's flags a program sets (`ADVICE_*` bits), from smaps `VmFlags`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionAdvice {
+    pub start: u64,
+    pub end: u64,
+    pub flags: u32,
+}
+
+/// `MAP_NORESERVE` ("nr").
+pub const ADVICE_NORESERVE: u32 = 1;
+/// `MADV_DONTFORK` ("dc").
+pub const ADVICE_DONTFORK: u32 = 2;
+/// `MADV_DONTDUMP` ("dd").
+pub const ADVICE_DONTDUMP: u32 = 4;
+/// `MADV_HUGEPAGE` ("hg").
+pub const ADVICE_HUGEPAGE: u32 = 8;
+/// `MADV_NOHUGEPAGE` ("nh").
+pub const ADVICE_NOHUGEPAGE: u32 = 16;
+/// `MADV_WIPEONFORK` ("wf").
+pub const ADVICE_WIPEONFORK: u32 = 32;
+/// `mlock` ("lo").
+pub const ADVICE_LOCKED: u32 = 64;
+/// `mlock2(MLOCK_ONFAULT)` ("lf").
+pub const ADVICE_LOCKONFAULT: u32 = 128;
+/// `MADV_RANDOM` ("rr").
+pub const ADVICE_RANDOM: u32 = 256;
+/// `MADV_SEQUENTIAL` ("sr").
+pub const ADVICE_SEQUENTIAL: u32 = 512;
+
+impl RegionAdvice {
+    /// The `ADVICE_*` bits of a smaps `VmFlags:` value (`rd wr mr mw me nr ...`).
+    pub fn parse_vmflags(v: &str) -> u32 {
+        v.split_whitespace()
+            .map(|f| match f {
+                "nr" => ADVICE_NORESERVE,
+                "dc" => ADVICE_DONTFORK,
+                "dd" => ADVICE_DONTDUMP,
+                "hg" => ADVICE_HUGEPAGE,
+                "nh" => ADVICE_NOHUGEPAGE,
+                "wf" => ADVICE_WIPEONFORK,
+                "lo" => ADVICE_LOCKED,
+                "lf" => ADVICE_LOCKONFAULT,
+                "rr" => ADVICE_RANDOM,
+                "sr" => ADVICE_SEQUENTIAL,
+                _ => 0,
+            })
+            .fold(0, |a, b| a | b)
+    }
 }
 
 /// A System V semaphore set or message queue.

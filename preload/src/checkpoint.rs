@@ -283,6 +283,7 @@ fn dump(
     let arena = alloc::ARENA_BASE.load(Relaxed);
     let skip = [(ENGINE_BASE, ENGINE_BASE + RESERVE_LEN), (arena, arena + alloc::ARENA_LEN)];
     let layout = memory::collect(&skip)?;
+    let advice = memory::advice(&skip);
     debug!("{} regions, {} KiB of populated pages", layout.regions.len(), layout.pages_len >> 10);
     let mut process = process::dump()?;
     // Signals queued for the whole process, with their siginfo (this thread blocks them all).
@@ -383,6 +384,7 @@ fn dump(
         carried: Vec::new(),
         tree: Vec::new(),
         sysv: crate::sysv::dump()?,
+        advice,
         vdso: layout.vdso,
         process,
     };

@@ -81,6 +81,67 @@ pub struct Layout {
 }
 
 /// Reads the address space. `skip` are ranges that are pmig's own and never saved.
+/// The regions outside `skip` with flags a program sets (smaps `VmFlags`).
+pub fn advice(skip: &[(u64, u64)]) -> Vec<pmig_image::RegionAdvice> {
+    let text = sys::read_file_vec(b"/proc/self/smaps\0").unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let mut out = Vec::new();
+    let mut range: Option<(u64, u64)> = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("VmFlags:") {
+            let flags = pmig_image::RegionAdvice::parse_vmflags(v);
+            if let Some((start, end)) = range.take() {
+                if flags != 0 && !skip.iter().any(|&(a, b)| start < b && a < end) {
+                    out.push(pmig_image::RegionAdvice { start, end, flags });
+                }
+            }
+        } else if let Some((a, rest)) = line.split_once('-') {
+            // A mapping's first line: "start-end perms ...".
+            if let (Ok(start), Some(end)) = (u64::from_str_radix(a, 16), rest.split_whitespace().next()) {
+                if let Ok(end) = u64::from_str_radix(end, 16) {
+                    range = Some((start, end));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Gives regions their flags back (after the engine mapped them): advice, locks. What
+/// cannot be (a lock over `RLIMIT_MEMLOCK`) is said in debug.
+pub fn restore_advice(advice: &[pmig_image::RegionAdvice]) {
+    use pmig_image::*;
+    const MADV_WIPEONFORK: i32 = 18;
+    for a in advice {
+        let len = a.end - a.start;
+        let mut todo: Vec<i32> = Vec::new();
+        for (bit, adv) in [
+            (ADVICE_DONTFORK, libc::MADV_DONTFORK),
+            (ADVICE_DONTDUMP, libc::MADV_DONTDUMP),
+            (ADVICE_HUGEPAGE, libc::MADV_HUGEPAGE),
+            (ADVICE_NOHUGEPAGE, libc::MADV_NOHUGEPAGE),
+            (ADVICE_WIPEONFORK, MADV_WIPEONFORK),
+            (ADVICE_RANDOM, libc::MADV_RANDOM),
+            (ADVICE_SEQUENTIAL, libc::MADV_SEQUENTIAL),
+        ] {
+            if a.flags & bit != 0 {
+                todo.push(adv);
+            }
+        }
+        for adv in todo {
+            if let Err(e) = sys::raw(libc::SYS_madvise, &[a.start, len, adv as u64]) {
+                crate::log::debug!("madvise({:#x}, {len}, {adv}) again: {}", a.start, Errno(e));
+            }
+        }
+        if a.flags & (ADVICE_LOCKED | ADVICE_LOCKONFAULT) != 0 {
+            let onfault = u64::from(a.flags & ADVICE_LOCKONFAULT != 0);
+            if let Err(e) = sys::raw(libc::SYS_mlock2, &[a.start, len, onfault]) {
+                crate::log::debug!("mlock({:#x}, {len}) again: {}", a.start, Errno(e));
+            }
+        }
+    }
+}
+
 pub fn collect(skip: &[(u64, u64)]) -> Result<Layout, String> {
     let text = sys::read_file_vec(b"/proc/self/maps\0").map_err(|e| format!("cannot read /proc/self/maps: {}", Errno(e)))?;
     let text = String::from_utf8_lossy(&text).into_owned();

@@ -91,6 +91,7 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
         }
     }
     process::restore(&m.process);
+    crate::memory::restore_advice(&m.advice);
     // Filters from here on are the ones this process inherited (its next checkpoint counts
     // only what the program adds).
     process::START_SECCOMP_FILTERS.store(process::seccomp_filters(), Relaxed);

@@ -172,7 +172,8 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
         };
         // A tree's shared object was filled before any of its processes existed.
         let filled = matches!(&r.kind, RegionKind::SharedObject { object, .. } if m.objects.get(*object as usize).is_some_and(|o| shared(o.ino).is_some()));
-        let flags = if r.runs.is_empty() || filled { 0 } else { REGION_FILL };
+        let noreserve = m.advice.iter().any(|a| a.start <= r.start && r.end <= a.end && a.flags & pmig_image::ADVICE_NORESERVE != 0);
+        let flags = if r.runs.is_empty() || filled { 0 } else { REGION_FILL } | if noreserve { pmig_abi::REGION_NORESERVE } else { 0 };
         regions.push(PlanRegion { start: r.start, end: r.end, prot: r.prot, kind, fd, flags, offset });
         for run in r.runs.iter().filter(|_| !filled) {
             runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.base + img.header.pages_off + run.data_off });

@@ -86,6 +86,9 @@ pub const EPOLL_STALE: &str = env!("PMIG_TEST_PROG_EPOLL_STALE");
 /// path.
 pub const UNIX_DGRAM: &str = env!("PMIG_TEST_PROG_UNIX_DGRAM");
 
+/// `memflags.c`: MAP_NORESERVE, madvise flags and mlock on regions, checked in smaps.
+pub const MEMFLAGS: &str = env!("PMIG_TEST_PROG_MEMFLAGS");
+
 /// `locks.c`: flock, POSIX record locks and an OFD lock, checked from another process.
 pub const LOCKS: &str = env!("PMIG_TEST_PROG_LOCKS");
 

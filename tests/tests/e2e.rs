@@ -894,3 +894,18 @@ fn unix_datagram_client_and_socket_file_chain_unprivileged() {
     let prog = Program::new("unix-dgram-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
     Chain::new(&sb, &prog, ChainOpts::default()).run();
 }
+
+/// Memory flags (`memflags.c`: MAP_NORESERVE only where asked, MADV_DONTFORK, DONTDUMP,
+/// NOHUGEPAGE, WIPEONFORK, RANDOM, mlock) come back as smaps shows them.
+#[test]
+fn memory_flags_chain() {
+    run_chain(&Program::new("memflags", programs::MEMFLAGS, STEPS, &[]));
+}
+
+#[test]
+fn memory_flags_chain_unprivileged() {
+    let sb = Sandbox::with_user(RunAs::nobody_if_root());
+    let exe = sb.stage(programs::MEMFLAGS);
+    let prog = Program::new("memflags-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
+}

@@ -298,14 +298,11 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
         let len = r.end - r.start;
         let fill_prot = r.prot as u64 | libc::PROT_WRITE as u64;
         let fixed = libc::MAP_FIXED as u64;
+        let noreserve = if r.flags & pmig_abi::REGION_NORESERVE != 0 { libc::MAP_NORESERVE as u64 } else { 0 };
         let (prot, flags, fd, off) = match r.kind {
-            rk::ANON => (fill_prot, (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as u64, u64::MAX, 0),
-            rk::STACK => (
-                fill_prot,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_GROWSDOWN) as u64,
-                u64::MAX,
-                0,
-            ),
+            // MAP_NORESERVE only where the program's region had it (it shows in smaps).
+            rk::ANON => (fill_prot, (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64 | noreserve, u64::MAX, 0),
+            rk::STACK => (fill_prot, (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u64 | noreserve, u64::MAX, 0),
             rk::SHARED_ANON => (fill_prot, (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64, u64::MAX, 0),
             rk::FILE_PRIVATE => (fill_prot, libc::MAP_PRIVATE as u64, r.fd as u64, r.offset),
             rk::SYSV => {
