@@ -3,6 +3,28 @@
 use crate::{FileKind, FileState, Manifest, RegionKind, SocketRole, SocketState};
 use std::fmt::Write;
 
+/// The names of a region's `ADVICE_*` bits, as ` [nr dc ...]` (empty for none).
+fn advice_text(flags: u32) -> String {
+    let names = [
+        (crate::ADVICE_NORESERVE, "noreserve"),
+        (crate::ADVICE_DONTFORK, "dontfork"),
+        (crate::ADVICE_DONTDUMP, "dontdump"),
+        (crate::ADVICE_HUGEPAGE, "hugepage"),
+        (crate::ADVICE_NOHUGEPAGE, "nohugepage"),
+        (crate::ADVICE_WIPEONFORK, "wipeonfork"),
+        (crate::ADVICE_LOCKED, "locked"),
+        (crate::ADVICE_LOCKONFAULT, "lockonfault"),
+        (crate::ADVICE_RANDOM, "random"),
+        (crate::ADVICE_SEQUENTIAL, "sequential"),
+    ];
+    let on: Vec<&str> = names.iter().filter(|(b, _)| flags & b != 0).map(|(_, n)| *n).collect();
+    if on.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", on.join(" "))
+    }
+}
+
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
@@ -152,15 +174,17 @@ pub fn describe(m: &Manifest, file_len: u64) -> String {
             },
         };
         let saved: u64 = r.runs.iter().map(|x| x.len).sum();
+        let flags = m.advice.iter().find(|a| a.start <= r.start && r.end <= a.end).map_or(String::new(), |a| advice_text(a.flags));
         let _ = writeln!(
             o,
-            "  {:012x}-{:012x} {} {:>10} saved {:>10}  {}",
+            "  {:012x}-{:012x} {} {:>10} saved {:>10}  {}{}",
             r.start,
             r.end,
             prot(r.prot, r.shared),
             mib(r.end - r.start),
             mib(saved),
-            what
+            what,
+            flags
         );
     }
     let _ = writeln!(o, "fds:       {}", m.fds.len());
@@ -171,14 +195,27 @@ pub fn describe(m: &Manifest, file_len: u64) -> String {
         };
         let shared: Vec<String> =
             m.fds.iter().filter(|g| g.file == f.file && g.fd != f.fd).map(|g| g.fd.to_string()).collect();
+        let locks: Vec<String> = file
+            .locks
+            .iter()
+            .map(|l| {
+                let range = match (l.kind, l.end) {
+                    (crate::LockKind::Flock, _) => String::new(),
+                    (_, Some(e)) => format!(" {}-{e}", l.start),
+                    (_, None) => format!(" {}-EOF", l.start),
+                };
+                format!("{:?} {}{range}", l.kind, if l.write { "write" } else { "read" })
+            })
+            .collect();
         let _ = writeln!(
             o,
-            "  {:<4} {:<8}{}{} {}",
+            "  {:<4} {:<8}{}{} {}{}",
             f.fd,
             file.kind.name(),
             if f.cloexec { " cloexec" } else { "" },
             if shared.is_empty() { String::new() } else { format!(" (shared with fd {})", shared.join(", ")) },
-            fd_plan(f.fd, file)
+            fd_plan(f.fd, file),
+            if locks.is_empty() { String::new() } else { format!(" [locks: {}]", locks.join(", ")) }
         );
     }
     let handled: Vec<String> =

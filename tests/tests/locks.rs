@@ -27,8 +27,9 @@ fn locks_chain_unprivileged() {
     Chain::new(&sb, &prog, ChainOpts::default()).run();
 }
 
-/// A checkpoint the program survives: its copy still holds the locks, so resuming the image
-/// is refused, naming the file, and nothing runs; once the original is gone the resume works.
+/// A checkpoint the program survives: `--inspect` lists the locks the image holds; its copy
+/// still holds them, so resuming the image is refused, naming the file, and nothing runs;
+/// once the original is gone the resume works.
 #[test]
 fn a_lock_held_elsewhere_refuses_the_restore() {
     let sb = Sandbox::new();
@@ -45,6 +46,12 @@ fn a_lock_held_elsewhere_refuses_the_restore() {
     p.signal(libc::SIGUSR2).unwrap();
     wait_until(TIMEOUT, "the checkpoint", || p.stderr_text().contains("checkpoint written").then_some(()))
         .unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    // --inspect names the locks the image holds.
+    let out = Command::new(&sb.bins().resume).arg("--inspect").arg(&image).output().expect("pmig-resume --inspect");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in ["Flock write", "Posix write 10-19", "Posix read 100-EOF", "Ofd write 0-4"] {
+        assert!(text.contains(want), "--inspect must list the lock {want:?}:\n{text}");
+    }
     let mut cmd = sb.command(&sb.bins().resume, &sb.workdir("resume"));
     cmd.arg(&image);
     pmig_env(&mut cmd);
