@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::process::{describe_status, Proc, Terminal};
 use crate::programs::{Input, Program};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{RunAs, Sandbox};
 use crate::steps::{input_line, StepCheck};
 
 /// Longest wait for the next `step` line of a running program.
@@ -392,6 +392,15 @@ impl<'a> Chain<'a> {
 }
 
 /// Panics with `msg` followed by the description of each process.
+/// Runs the test program `program` through the chain on the unprivileged path: as nobody
+/// when the tests run as root (a copy of the program it can run), else as the current user.
+pub fn run_chain_unprivileged(name: &str, program: &str, steps: u32) {
+    let sb = Sandbox::with_user(RunAs::nobody_if_root());
+    let exe = sb.stage(program);
+    let prog = Program::new(name, exe.to_str().expect("UTF-8 path"), steps, &[]);
+    Chain::new(&sb, &prog, ChainOpts::default()).run();
+}
+
 pub fn fail_with(msg: &str, procs: &mut [&mut Proc]) -> ! {
     let mut s = format!("{msg}\n");
     for p in procs.iter_mut() {

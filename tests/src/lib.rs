@@ -30,8 +30,8 @@ mod wait;
 
 pub use bins::Bins;
 pub use chain::{
-    fail_with, pmig_env, Chain, ChainOpts, ChainReport, ImageCheck, CHECKPOINT_TIMEOUT,
-    RESUME_TIMEOUT, STEP_TIMEOUT,
+    fail_with, pmig_env, run_chain_unprivileged, Chain, ChainOpts, ChainReport, ImageCheck,
+    CHECKPOINT_TIMEOUT, RESUME_TIMEOUT, STEP_TIMEOUT,
 };
 pub use process::{describe_status, program_pid, Proc, Terminal};
 pub use programs::{Input, Program};

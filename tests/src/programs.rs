@@ -291,3 +291,23 @@ impl Program {
         self
     }
 }
+
+/// Writes `DIR/nginx.conf` for Debian's nginx run in the foreground with a master and two
+/// workers listening on `listen`, every path under `DIR`, each answer `worker PID`; returns
+/// its path.
+pub fn nginx_config(dir: &std::path::Path, listen: &str) -> std::path::PathBuf {
+    let conf = dir.join("nginx.conf");
+    let d = dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log info;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
+             uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             server {{ listen {listen}; location / {{ return 200 \"worker $pid\\n\"; }} }} }}\n"
+        ),
+    )
+    .expect("write nginx.conf");
+    conf
+}

@@ -826,10 +826,7 @@ fn attributes_chain() {
 
 #[test]
 fn attributes_chain_unprivileged() {
-    let sb = Sandbox::with_user(RunAs::nobody_if_root());
-    let exe = sb.stage(programs::ATTRS);
-    let prog = Program::new("attrs-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
-    Chain::new(&sb, &prog, ChainOpts::default()).run();
+    pmig_tests::run_chain_unprivileged("attrs-user", programs::ATTRS, STEPS);
 }
 
 /// A seccomp filter the program installed cannot be installed again yet: the checkpoint
@@ -867,10 +864,7 @@ fn file_attributes_chain() {
 
 #[test]
 fn file_attributes_chain_unprivileged() {
-    let sb = Sandbox::with_user(RunAs::nobody_if_root());
-    let exe = sb.stage(programs::FILEATTRS);
-    let prog = Program::new("fileattrs-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
-    Chain::new(&sb, &prog, ChainOpts::default()).run();
+    pmig_tests::run_chain_unprivileged("fileattrs-user", programs::FILEATTRS, STEPS);
 }
 
 /// Epoll registrations whose fd number the program closed or reused (`epoll_stale.c`: two
@@ -889,10 +883,7 @@ fn unix_datagram_client_and_socket_file_chain() {
 
 #[test]
 fn unix_datagram_client_and_socket_file_chain_unprivileged() {
-    let sb = Sandbox::with_user(RunAs::nobody_if_root());
-    let exe = sb.stage(programs::UNIX_DGRAM);
-    let prog = Program::new("unix-dgram-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
-    Chain::new(&sb, &prog, ChainOpts::default()).run();
+    pmig_tests::run_chain_unprivileged("unix-dgram-user", programs::UNIX_DGRAM, STEPS);
 }
 
 /// Memory flags (`memflags.c`: MAP_NORESERVE only where asked, MADV_DONTFORK, DONTDUMP,
@@ -904,8 +895,5 @@ fn memory_flags_chain() {
 
 #[test]
 fn memory_flags_chain_unprivileged() {
-    let sb = Sandbox::with_user(RunAs::nobody_if_root());
-    let exe = sb.stage(programs::MEMFLAGS);
-    let prog = Program::new("memflags-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
-    Chain::new(&sb, &prog, ChainOpts::default()).run();
+    pmig_tests::run_chain_unprivileged("memflags-user", programs::MEMFLAGS, STEPS);
 }

@@ -750,20 +750,8 @@ fn move_nginx_to_another_host() {
     }
     let dir = hosts.src_dir().join("nginx");
     std::fs::create_dir_all(&dir).expect("nginx dir");
-    let d = dir.display();
     let port = SERVER_PORT + 1;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off; master_process on; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log info;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
-             uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-             server {{ listen {port}; location / {{ return 200 \"worker $pid\\n\"; }} }} }}\n"
-        ),
-    )
-    .expect("write nginx.conf");
+    let conf = programs::nginx_config(&dir, &port.to_string());
     let prog = Program {
         name: "nginx".into(),
         argv: vec!["/usr/sbin/nginx".into(), "-c".into(), conf.clone().into(), "-p".into(), dir.clone().into()],

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use pmig_tests::{fail_with, pmig_env, programs, wait_until, Chain, ChainOpts, Input, Proc, Program, RunAs, Sandbox, StepCheck, Terminal};
+use pmig_tests::{fail_with, pmig_env, programs, wait_until, Chain, ChainOpts, Input, Proc, Program, Sandbox, StepCheck, Terminal};
 
 const STEPS: u32 = 60;
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -21,10 +21,7 @@ fn locks_chain() {
 
 #[test]
 fn locks_chain_unprivileged() {
-    let sb = Sandbox::with_user(RunAs::nobody_if_root());
-    let exe = sb.stage(programs::LOCKS);
-    let prog = Program::new("locks-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
-    Chain::new(&sb, &prog, ChainOpts::default()).run();
+    pmig_tests::run_chain_unprivileged("locks-user", programs::LOCKS, STEPS);
 }
 
 /// A checkpoint the program survives: `--inspect` lists the locks the image holds; its copy

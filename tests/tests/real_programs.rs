@@ -453,19 +453,7 @@ fn nginx_master_and_workers_serve_after_restore() {
     let image = sb.image("nginx.pmig");
     let dir = sb.workdir("nginx");
     let port = free_port();
-    let conf = dir.join("nginx.conf");
-    let d = dir.display();
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off; master_process on; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log info;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
-             uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"worker $pid\\n\"; }} }} }}\n"
-        ),
-    )
-    .expect("write nginx.conf");
+    let conf = programs::nginx_config(&dir, &format!("127.0.0.1:{port}"));
     let nginx = |c: &mut Command| {
         c.arg("/usr/sbin/nginx").arg("-c").arg(&conf).arg("-p").arg(&dir);
     };

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use pmig_tests::{pmig_env, programs, Chain, ChainOpts, Program, RunAs, Sandbox};
+use pmig_tests::{pmig_env, programs, Chain, ChainOpts, Program, Sandbox};
 
 const STEPS: u32 = 60;
 
@@ -21,10 +21,7 @@ fn tree_chain() {
 
 #[test]
 fn tree_chain_unprivileged() {
-    let sb = Sandbox::with_user(RunAs::nobody_if_root());
-    let exe = sb.stage(programs::TREE);
-    let prog = Program::new("tree-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
-    Chain::new(&sb, &prog, ChainOpts::default()).run();
+    pmig_tests::run_chain_unprivileged("tree-user", programs::TREE, STEPS);
 }
 
 /// `--inspect` lists every process of the tree; `--ids virtual` is refused for a tree; a
@@ -248,10 +245,7 @@ fn tree_shared_sockets_chain() {
 
 #[test]
 fn tree_shared_sockets_chain_unprivileged() {
-    let sb = Sandbox::with_user(RunAs::nobody_if_root());
-    let exe = sb.stage(programs::TREE_SHARE);
-    let prog = Program::new("tree-share-user", exe.to_str().expect("UTF-8 path"), STEPS, &[]);
-    Chain::new(&sb, &prog, ChainOpts::default()).run();
+    pmig_tests::run_chain_unprivileged("tree-share-user", programs::TREE_SHARE, STEPS);
 }
 
 /// python3 `multiprocessing.Pipe()` (a socketpair, one end in each process) and a

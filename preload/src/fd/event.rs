@@ -63,7 +63,8 @@ fn epoll_dump(epfd: i32, fdinfo: &str) -> Result<Vec<EpollTarget>, String> {
                     t.fd
                 ));
             }
-            t.via = found;
+            // (`found` is `t.fd` itself when the first comparison failed for another reason.)
+            t.via = if found == t.fd { -1 } else { found };
         }
         out.push(t);
     }
@@ -172,7 +173,7 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
 /// since closed or given to another file (`via` names its file now): that number is made to
 /// name the file just for the registration, and then given back what it was.
 fn register(ep: i32, t: &EpollTarget) -> Result<u64, i32> {
-    if t.via < 0 {
+    if t.via < 0 || t.via == t.fd {
         return sys::epoll_add(ep, t.fd, t.events, t.data);
     }
     // What the number holds now (a file of the program's, or nothing), with its FD_CLOEXEC.
