@@ -211,16 +211,41 @@ unsafe fn init_main(b: &Build<'_>, pipe: &Pipe) -> ! {
         if let Err((what, e)) = prepare_tree(b) {
             fail(what, e);
         }
-        let child = if pid == 1 { 0 } else { clone_with_pid(pid) };
+        let child = if pid == 1 { 0 } else { clone_with_pid(pid, 0) };
         if child < 0 {
             fail(3, errno());
         }
         if child == 0 {
             build_process(b, pipe, pid, pid != 1);
         }
-        // Processes that had left the tree's parentage (daemonized) are init's children.
-        for m in b.img.members.iter().filter(|m| m.state.ppid == 0 && m.image.is_some()) {
-            let c = clone_with_pid(m.state.pid);
+        // Processes that had left the tree's parentage (daemonized) are init's children, each
+        // in its session (see `daemon_maker`).
+        for m in daemons(b.img) {
+            match daemon_maker(b.img, m) {
+                Maker::Init => {}
+                Maker::Leader(_) => continue,
+                Maker::Helper(sid) => {
+                    // The first daemon of a session whose leader is gone: a helper with the
+                    // session's id makes it again and makes its daemons as init's children.
+                    if daemons(b.img).take_while(|d| d.state.pid != m.state.pid).any(|d| daemon_maker(b.img, d) == Maker::Helper(sid)) {
+                        continue;
+                    }
+                    let h = clone_with_pid(sid, 0);
+                    if h < 0 {
+                        eprintln!("pmig-resume: cannot make session {sid} of the tree again (its leader had exited): {}", last_error());
+                        fail(3, errno());
+                    }
+                    if h == 0 {
+                        libc::setsid();
+                        for d in daemons(b.img).filter(|d| daemon_maker(b.img, d) == Maker::Helper(sid)) {
+                            make_daemon(b, pipe, d);
+                        }
+                        libc::_exit(0);
+                    }
+                    continue;
+                }
+            }
+            let c = clone_with_pid(m.state.pid, 0);
             if c < 0 {
                 eprintln!("pmig-resume: cannot make process {} ({}) of the tree with its pid: {}", m.state.pid, m.state.comm, last_error());
                 fail(3, errno());
@@ -272,7 +297,8 @@ unsafe fn init_main(b: &Build<'_>, pipe: &Pipe) -> ! {
     }
 }
 
-/// `clone3` a process (a copy of this one) with pid `pid` in the new namespace: 0 in the
+/// `clone3` a process (a copy of this one) with pid `pid` in the new namespace (and `flags`,
+/// e.g. `CLONE_PARENT`): 0 in the
 /// child, its pid in the parent, or -1. Where it can (root in the host's namespaces, the pid
 /// free there), the process gets `pid` in the host's namespace too, so that what outside the
 /// tree knows it by (a pid file read by `nginx -s reload`, a `kill` from a script) still
@@ -280,11 +306,13 @@ unsafe fn init_main(b: &Build<'_>, pipe: &Pipe) -> ! {
 ///
 /// # Safety
 /// The caller must be single-threaded (the child is a copy that goes on from here).
-unsafe fn clone_with_pid(pid: i32) -> i64 {
+unsafe fn clone_with_pid(pid: i32, flags: u64) -> i64 {
     let tids = [pid, pid];
     for levels in [2u64, 1] {
         let args = pmig_abi::CloneArgs {
-            exit_signal: libc::SIGCHLD as u64,
+            flags,
+            // (With CLONE_PARENT clone3 wants none: the child gets the caller's.)
+            exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 { 0 } else { libc::SIGCHLD as u64 },
             set_tid: tids.as_ptr() as u64,
             set_tid_size: levels,
             ..Default::default()
@@ -602,19 +630,28 @@ unsafe fn build_process(b: &Build<'_>, pipe: &Pipe, pid: i32, has_init: bool) ->
     }
     let objects = OBJECTS.get().map(Vec::as_slice).unwrap_or(&[]);
     // Its own process group or session, when it led one.
-    if let Some(m) = b.img.members.iter().find(|m| m.state.pid == pid) {
-        // SAFETY: setsid/setpgid on this process.
-        unsafe {
-            if m.state.sid == pid {
-                libc::setsid();
-            } else if m.state.pgid == pid {
-                libc::setpgid(0, 0);
-            }
+    let (sid, pgid) = match b.img.members.iter().find(|m| m.state.pid == pid) {
+        Some(m) => (m.state.sid, m.state.pgid),
+        None if root => (b.img.manifest.process.sid, b.img.manifest.process.pgid),
+        None => (0, 0),
+    };
+    // SAFETY: setsid/setpgid on this process.
+    unsafe {
+        if sid == pid {
+            libc::setsid();
+        } else if pgid == pid {
+            libc::setpgid(0, 0);
         }
+    }
+    // Daemons in the session this process leads, when it is init's child too: made here
+    // (in its session) as init's children.
+    for d in daemons(b.img).filter(|d| daemon_maker(b.img, d) == Maker::Leader(pid)) {
+        // SAFETY: this process is single-threaded (a copy of pmig-resume).
+        unsafe { make_daemon(b, pipe, d) };
     }
     for m in b.img.members.iter().filter(|m| m.state.ppid == pid) {
         // SAFETY: this process is single-threaded (a copy of pmig-resume).
-        let c = unsafe { clone_with_pid(m.state.pid) };
+        let c = unsafe { clone_with_pid(m.state.pid, 0) };
         if c < 0 {
             eprintln!("pmig-resume: cannot make process {} ({}) of the tree with its pid: {}", m.state.pid, m.state.comm, last_error());
             fail(3, errno());
@@ -649,6 +686,68 @@ unsafe fn build_process(b: &Build<'_>, pipe: &Pipe, pid: i32, has_init: bool) ->
     // SAFETY: argv and envp are NULL-terminated arrays of NUL-terminated strings.
     unsafe { libc::execve(b.engine.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     fail(6, errno())
+}
+
+/// The processes of the tree that had left its parentage (daemonized): init's children.
+fn daemons(img: &VerifiedImage) -> impl Iterator<Item = &pmig_image::VerifiedMember> {
+    img.members.iter().filter(|m| m.state.ppid == 0 && m.image.is_some())
+}
+
+/// Which process makes a daemon (as init's child, so that it is in its session).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Maker {
+    /// Init: the daemon leads its own session, or is in the root's (init's after the
+    /// restore), or its session cannot be made again (the restore says so).
+    Init,
+    /// The process of the tree (init's child too) that leads the daemon's session, with
+    /// `CLONE_PARENT`.
+    Leader(i32),
+    /// A helper given the session's id (its leader had exited, as after `fork`, `setsid`,
+    /// `fork`), which makes the session again, makes its daemons with `CLONE_PARENT` and exits.
+    Helper(i32),
+}
+
+fn daemon_maker(img: &VerifiedImage, d: &pmig_image::VerifiedMember) -> Maker {
+    let sid = d.state.sid;
+    let root = &img.manifest.process;
+    if sid == d.state.pid || sid == root.sid || sid <= 0 {
+        return Maker::Init;
+    }
+    if sid == root.pid {
+        // Init itself when the root is pid 1 (CLONE_PARENT is refused to a namespace's init).
+        return if root.pid == 1 { Maker::Init } else { Maker::Leader(sid) };
+    }
+    match img.members.iter().find(|m| m.state.pid == sid) {
+        // A daemon leading it, made before its followers (it makes them).
+        Some(l) if l.state.ppid == 0 && l.image.is_some() && l.state.sid == sid => Maker::Leader(sid),
+        Some(l) => {
+            eprintln!(
+                "pmig-resume: warning: process {} ({}) comes back in another session: {sid}'s leader {} is not init's child",
+                d.state.pid, d.state.comm, l.state.comm
+            );
+            Maker::Init
+        }
+        None => Maker::Helper(sid),
+    }
+}
+
+/// Makes daemon `d` as init's child (`CLONE_PARENT`: the caller is init's child too).
+///
+/// # Safety
+/// The caller must be single-threaded, a child of init.
+unsafe fn make_daemon(b: &Build<'_>, pipe: &Pipe, d: &pmig_image::VerifiedMember) {
+    // SAFETY: the caller's guarantees.
+    let c = unsafe { clone_with_pid(d.state.pid, libc::CLONE_PARENT as u64) };
+    if c < 0 {
+        eprintln!("pmig-resume: cannot make process {} ({}) of the tree with its pid: {}", d.state.pid, d.state.comm, last_error());
+        send(pipe.w, MSG_FAILED, (3 << 16) | errno() as u32);
+        // SAFETY: _exit has no preconditions.
+        unsafe { libc::_exit(127) }
+    }
+    if c == 0 {
+        // SAFETY: in the child clone_with_pid made.
+        unsafe { build_process(b, pipe, d.state.pid, true) }
+    }
 }
 
 fn failed_phase(what: u32) -> &'static str {
@@ -761,6 +860,10 @@ fn supervise(init: i32, pipe_r: i32, program: Option<i32>) -> Result<std::conver
                         let (what, e) = (msg[1] >> 16, (msg[1] & 0xffff) as i32);
                         eprintln!("pmig-resume: restore failed while {}: {}", failed_phase(what), pmig_abi::errno::Errno(e));
                         status = Some(1 << 8);
+                        // The tree cannot be whole: end it (init's end ends the namespace)
+                        // rather than leave the others waiting for the failed one.
+                        // SAFETY: kill has no memory preconditions.
+                        unsafe { libc::kill(init, libc::SIGKILL) };
                     }
                     _ => {}
                 }

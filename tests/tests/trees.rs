@@ -290,7 +290,8 @@ if __name__ == '__main__':
 /// A process that daemonized out of the tree (fork, setsid, fork: its parent exited and init
 /// took it) is still the tree's: checkpointed with it and made again (as a child of the
 /// namespace's init), still serving the root through the pipes between them, in the session
-/// it made and no child of the root.
+/// and process group it made (whose leader had exited: pmig-resume makes them again with a
+/// helper of that pid) and no child of the root.
 #[test]
 fn daemonized_process_stays_with_the_tree() {
     let sb = Sandbox::new();
@@ -306,11 +307,16 @@ if pid == 0:
     os.setsid()
     if os.fork() != 0:
         os._exit(0)
+    # Its session and group are its exited parent's, and stay so.
+    sid, pgid = os.getsid(0), os.getpgid(0)
     os.close(req_w); os.close(ans_r)
     fin = os.fdopen(req_r, 'r'); fout = os.fdopen(ans_w, 'w', buffering=1)
     for line in fin:
-        ok = os.getsid(0) != root_sid and os.getppid() != root
-        fout.write(str(int(line) * 2 if ok else -1) + '\n')
+        now = (os.getsid(0), os.getpgid(0))
+        if now != (sid, pgid) or sid == root_sid or sid == os.getpid() or os.getppid() == root:
+            fout.write(f'lost: session/group {now} (was {(sid, pgid)}), parent {os.getppid()}\n')
+        else:
+            fout.write(str(int(line) * 2) + '\n')
     os._exit(0)
 os.waitpid(pid, 0)
 os.close(req_r); os.close(ans_w)
