@@ -19,6 +19,7 @@
 
 pub mod arch;
 pub mod errno;
+pub mod pty;
 
 /// Start of the address range that libpmig reserves in every process it runs in, and where
 /// the restore engine is linked. Nothing of a saved process can ever live here.
@@ -262,6 +263,10 @@ pub const OBJECT_FILE: u32 = 3;
 /// [`BoardSlot`]s), through which the processes of a tree hand each other the sockets and
 /// kernel objects they share; `ino` is the number of slots.
 pub const OBJECT_BOARD: u32 = 4;
+/// [`PlanObject::kind`]: the master of a pseudo-terminal pair pmig-resume made again (with
+/// its index where it could, its settings and queued bytes); `ino` is its saved index
+/// (`/dev/pts/<ino>` at checkpoint time). Its slave is opened from it (`TIOCGPTPEER`).
+pub const OBJECT_PTY: u32 = 5;
 
 /// The start of the tree's board (every restored tree has one). Sockets and kernel objects (eventfd, epoll, timerfd,
 /// signalfd, inotify) that processes of a tree share are made at restore by one of them, the

@@ -46,7 +46,11 @@ fn fd_plan(fd: i32, f: &FileState) -> String {
         FileKind::Deleted { path, content, .. } => format!("recreated from the image ({} bytes; was {path})", content.len()),
         FileKind::Memfd { name, content, .. } => format!("memfd {name:?} recreated ({} bytes)", content.len()),
         FileKind::CharDevice { path } => format!("reopened: {path}"),
-        FileKind::Tty { path } => format!("reopened: terminal {path}"),
+        FileKind::Tty { path } => format!("reopened: terminal {path} (from its master, when that is in the image)"),
+        FileKind::PtyMaster { index, pty } => format!(
+            "pty master of /dev/pts/{index} made again{}",
+            if pty.saved { format!(" ({} bytes queued for the slave, {} for the master)", pty.input.len(), pty.output.len()) } else { String::new() }
+        ),
         FileKind::Pipe { ino, fifo: Some(p), data, .. } => format!("FIFO {p} reopened (pipe:[{ino}], {} bytes queued)", data.len()),
         FileKind::Pipe { ino, read_end, data, .. } => format!(
             "pipe:[{ino}] {} end recreated ({} bytes queued)",

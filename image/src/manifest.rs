@@ -218,6 +218,39 @@ pub struct ProcessState {
     /// Process group and session.
     pub pgid: i32,
     pub sid: i32,
+    /// The controlling terminal (`tty_nr` of `/proc/self/stat`, 0 for none) and its
+    /// foreground process group (`tpgid`).
+    pub ctty: u32,
+    pub tpgid: i32,
+}
+
+/// A pseudo-terminal's settings and queued bytes (saved once, by the lowest pid holding its
+/// master).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtyState {
+    /// The slave's `struct termios2`, as bytes.
+    pub termios: Vec<u8>,
+    /// Rows, columns, x and y pixels.
+    pub winsize: [u16; 4],
+    /// Packet mode (`TIOCPKT`) on the master.
+    pub packet: bool,
+    /// Still locked (`unlockpt` not called yet).
+    pub locked: bool,
+    /// Bytes the slave side had not read yet (typed or written to the master).
+    pub input: Vec<u8>,
+    /// Bytes the master side had not read yet (the slave's output).
+    pub output: Vec<u8>,
+    /// Whether this record holds the state (the other holders' records do not).
+    pub saved: bool,
+}
+
+impl ProcessState {
+    /// The pty index of its controlling terminal, when that is a pty slave.
+    pub fn ctty_pty(&self) -> Option<u32> {
+        let major = (self.ctty >> 8) & 0xfff;
+        let minor = (self.ctty & 0xff) | ((self.ctty >> 12) & 0xfff00);
+        (major == 136).then_some(minor)
+    }
 }
 
 /// How a process's pid and tids relate to the ones it saw before its restores.
@@ -456,8 +489,13 @@ pub enum FileKind {
     Deleted { path: String, ino: u64, content: Vec<u8>, meta: FileMeta },
     /// A memfd: name, content, mode, and its seals (`F_GET_SEALS`).
     Memfd { name: String, ino: u64, content: Vec<u8>, mode: u32, seals: u32 },
-    /// A terminal.
+    /// A terminal. A pty slave whose master is in the image (`/dev/pts/N` with a
+    /// [`FileKind::PtyMaster`] of index N) is opened from that master again; any other is
+    /// reopened at its path.
     Tty { path: String },
+    /// The master side of a pseudo-terminal (`/dev/ptmx`): made again at restore, with the
+    /// same index where it is free.
+    PtyMaster { index: u32, pty: PtyState },
     /// A character device other than a terminal (reopened at its path).
     CharDevice { path: String },
     /// One end of a pipe (`fifo`: the FIFO's path). `data`: bytes written but not yet read,
@@ -565,6 +603,7 @@ impl FileKind {
             FileKind::Deleted { .. } => "deleted",
             FileKind::Memfd { .. } => "memfd",
             FileKind::Tty { .. } => "tty",
+            FileKind::PtyMaster { .. } => "pty",
             FileKind::CharDevice { .. } => "chardev",
             FileKind::Pipe { fifo: Some(_), .. } => "fifo",
             FileKind::Pipe { .. } => "pipe",

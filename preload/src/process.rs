@@ -93,8 +93,18 @@ pub fn dump() -> Result<ProcessState, String> {
         creds: crate::creds::dump(&status),
         pgid: get(5) as i32,
         sid: get(6) as i32,
+        ctty: get(7) as u32,
+        tpgid: get(8) as i32,
         ids: crate::pid::mode(),
     })
+}
+
+/// Makes `pgid` the foreground process group of this process's controlling terminal.
+pub fn set_foreground(pgid: i32) -> Result<(), i32> {
+    let tty = sys::openat(libc::AT_FDCWD, b"/dev/tty\0", libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC, 0)? as i32;
+    let r = pmig_abi::pty::set_int(tty, pmig_abi::pty::TIOCSPGRP, pgid);
+    let _ = sys::close(tty);
+    r
 }
 
 /// Makes the file open on `exe_fd` this process's `/proc/self/exe`: `PR_SET_MM_MAP` again with

@@ -80,6 +80,8 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
         table.clear();
     }
     let objects = table.iter().filter(|o| o.fd >= 0).map(|o| (o.ino, o.fd, o.kind)).collect();
+    // Its controlling terminal is a pty pmig-resume made again (its session leader took it).
+    let tree_ctty = m.process.ctty_pty().is_some_and(|n| table.iter().any(|o| o.kind == pmig_abi::OBJECT_PTY && o.ino == u64::from(n)));
     let (owners, board) = fd::restore(&m.files, &m.fds, &mut keep, gap, objects);
     // In a tree every process exists by now (the board waited for all to have their fds):
     // one in a process group another process of the tree leads joins it again (pmig-resume
@@ -88,6 +90,13 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     if board.is_some() && pgid > 0 && pgid != m.process.pid && pgid != sys::getpgid() {
         if let Err(e) = sys::join_pgid(pgid) {
             debug!("restore: cannot join process group {pgid} again: {}", crate::errno::Errno(e));
+        }
+    }
+    // The session leader gives the terminal its foreground process group back (every
+    // process of the tree exists by now, in its group).
+    if tree_ctty && m.process.sid == m.process.pid && m.process.tpgid > 0 {
+        if let Err(e) = process::set_foreground(m.process.tpgid) {
+            say!("warning: cannot make process group {} its terminal's foreground group again: {}", m.process.tpgid, crate::errno::Errno(e));
         }
     }
     process::restore(&m.process);
@@ -142,6 +151,9 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     let pending: Vec<sys::SigInfo> =
         m.process.pending_signals.iter().filter_map(|i| <sys::SigInfo>::try_from(i.as_slice()).ok()).collect();
     signal::requeue(&pending, 0);
+    // (Said while pmig-resume's stderr is still the one: the program's may be a terminal the
+    // program itself reads, as under `script`.)
+    debug!("restore: done; the program goes on as pid {}", sys::getpid());
     log::release();
     for k in keep {
         let _ = sys::close(k);
@@ -152,6 +164,5 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     if let Some(b) = board {
         b.restored();
     }
-    debug!("restore: done; the program goes on as pid {}", sys::getpid());
     thread::release_all();
 }

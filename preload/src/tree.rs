@@ -413,6 +413,7 @@ impl Session {
     /// descriptions of regular files, sockets and anonymous-inode objects (eventfd, epoll,
     /// timerfd, signalfd, inotify) held by several (`kcmp` on fds of the same inode), and
     /// UNIX connections whose two ends are in different processes (`unix_diag`'s peer).
+    /// Pty masters too (pmig-resume makes them; the lowest pid saves their queues).
     ///
     /// Each such object gets a key, sent to every process holding it (and saved as
     /// `FileState::shared`), so that the restore makes it once: regular files by
@@ -433,7 +434,8 @@ impl Session {
                 let mut st: libc::stat = unsafe { core::mem::zeroed() };
                 if sys::fstatat(libc::AT_FDCWD, &sys::cstr(&format!("/proc/{p}/fd/{fd}")), &mut st, 0).is_ok() {
                     let t = st.st_mode & libc::S_IFMT;
-                    if t == libc::S_IFREG || t == libc::S_IFSOCK || t == 0 {
+                    let ptmx = t == libc::S_IFCHR && libc::major(st.st_rdev) == pmig_abi::pty::PTMX_MAJOR && libc::minor(st.st_rdev) == pmig_abi::pty::PTMX_MINOR;
+                    if t == libc::S_IFREG || t == libc::S_IFSOCK || t == 0 || ptmx {
                         all.push((p, fd, st.st_dev, st.st_ino));
                         kind_of.push(t);
                     }

@@ -18,6 +18,7 @@ macro_rules! say {
 mod addrs;
 mod ns;
 mod plan;
+mod pty;
 mod receive;
 mod sysv;
 
@@ -374,7 +375,7 @@ fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids) -> R
         let never = ns::run(&ns::Build { img, image, prepare: &prepare, engine, as_owner: owner }, debug)?;
         match never {}
     }
-    let prepared = plan::prepare(image, img, debug, false, &[])?;
+    let prepared = plan::prepare(image, img, debug, false, &pty::make_all(img)?)?;
     if me == 0 && as_owner && p.uid != 0 {
         // SAFETY: plain credential system calls; each result is checked.
         unsafe {

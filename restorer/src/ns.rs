@@ -594,6 +594,7 @@ unsafe fn prepare_tree(b: &Build<'_>) -> std::result::Result<(), (u32, i32)> {
         o.extend(tree_objects(b.image, b.img)?);
         o.extend(tree_files(b.img)?);
         o.extend(tree_board(b.img)?);
+        o.extend(crate::pty::make_all(b.img).map_err(|e| format!("{e:#}"))?);
         Ok(o)
     }) {
         Ok(o) => {
@@ -641,6 +642,17 @@ unsafe fn build_process(b: &Build<'_>, pipe: &Pipe, pid: i32, has_init: bool) ->
             libc::setsid();
         } else if pgid == pid {
             libc::setpgid(0, 0);
+        }
+    }
+    // A session leader whose terminal was a pty of the tree takes it again, before it makes
+    // the children that inherit it.
+    let own = if root { Some(&b.img.manifest.process) } else { b.img.members.iter().find(|m| m.state.pid == pid).and_then(|m| m.image.as_ref()).map(|i| &i.manifest.process) };
+    if let Some(index) = own.filter(|p| sid == pid && p.sid == pid).and_then(|p| p.ctty_pty()) {
+        if objects.iter().any(|o| o.kind == pmig_abi::OBJECT_PTY && o.ino == u64::from(index)) {
+            if let Err(e) = crate::pty::take_as_ctty(index, objects) {
+                eprintln!("pmig-resume: process {pid} cannot take /dev/pts/{index} as its controlling terminal again: {e}");
+                fail(3, 0);
+            }
         }
     }
     // Daemons in the session this process leads, when it is init's child too: made here

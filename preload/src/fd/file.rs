@@ -1,6 +1,6 @@
 //! Files with a path: regular files and directories (reopened at their path and offset),
 //! files deleted while open and memfds (their content travels in the image), terminals and
-//! other character devices (reopened).
+//! other character devices (reopened), pty masters (see `pty`).
 
 use crate::errno::Errno;
 use super::{FdInfo, DumpCtx, Ops, RestoreCtx};
@@ -59,6 +59,9 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
         let ident = memory::file_ident(&i.link).unwrap_or_default();
         return Some(Ok(FileKind::Regular { path: i.link.clone(), ident }));
     }
+    if t == libc::S_IFCHR && libc::major(i.st.st_rdev) == pmig_abi::pty::PTMX_MAJOR && libc::minor(i.st.st_rdev) == pmig_abi::pty::PTMX_MINOR {
+        return Some(super::pty::dump(i));
+    }
     if t == libc::S_IFCHR {
         let tty = i.link.starts_with("/dev/pts/") || i.link.starts_with("/dev/tty") || i.link == "/dev/console";
         let path = i.link.clone();
@@ -114,7 +117,15 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
         FileKind::Regular { path, .. } => open(path, reopen_flags(f.flags)).inspect(|&fd| {
             let _ = sys::lseek(fd, f.pos, libc::SEEK_SET);
         }),
-        FileKind::Tty { path } | FileKind::CharDevice { path } => open(path, reopen_flags(f.flags) | libc::O_NOCTTY),
+        FileKind::Tty { path } => match super::pty::slave_of_tree(path, &ctx.objects) {
+            Some(master) => pmig_abi::pty::peer(master, reopen_flags(f.flags) | libc::O_NOCTTY).map_err(|e| format!("cannot open the slave of its pty: {}", Errno(e))),
+            None => open(path, reopen_flags(f.flags) | libc::O_NOCTTY),
+        },
+        FileKind::PtyMaster { index, .. } => match ctx.objects.iter().find(|o| o.0 == u64::from(*index) && o.2 == pmig_abi::OBJECT_PTY) {
+            Some(o) => sys::fcntl(o.1, libc::F_DUPFD_CLOEXEC, ctx.high as u64).map(|fd| fd as i32).map_err(|e| format!("{}", Errno(e))),
+            None => Err(format!("pmig-resume did not make the pty /dev/pts/{index} again")),
+        },
+        FileKind::CharDevice { path } => open(path, reopen_flags(f.flags) | libc::O_NOCTTY),
         FileKind::Deleted { ino, .. } | FileKind::Memfd { ino, .. } if ctx.objects.iter().any(|o| o.0 == *ino && o.2 == pmig_abi::OBJECT_SHARED_MEMORY) => {
             // Also mapped shared: pmig-resume made the object (with this content) for the
             // mapping; open a new description of that same object.

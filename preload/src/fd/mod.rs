@@ -16,6 +16,7 @@ mod event;
 mod file;
 pub mod inotify;
 mod pipe;
+mod pty;
 pub mod socket;
 
 use crate::errno::Errno;
@@ -235,7 +236,13 @@ pub fn restore(
     // A pipe the tree shares is the tree's, even on fds 0-2.
     let tree_pipes: Vec<u64> = ctx.objects.iter().filter(|o| matches!(o.2, pmig_abi::OBJECT_PIPE_READ | pmig_abi::OBJECT_PIPE_WRITE)).map(|o| o.0).collect();
     let tree_pipe = |k: &FileKind| matches!(k, FileKind::Pipe { ino, fifo: None, .. } if tree_pipes.contains(ino));
-    let inherited = |f: &FdState| f.fd <= 2 && files[f.file as usize].kind.inherited_as_stdio() && !tree_pipe(&files[f.file as usize].kind);
+    // So is a pty slave whose master pmig-resume made again.
+    let tree_ptys: Vec<(u64, i32, u32)> = ctx.objects.iter().filter(|o| o.2 == pmig_abi::OBJECT_PTY).copied().collect();
+    let tree_tty = |k: &FileKind| matches!(k, FileKind::Tty { path } if pty::slave_of_tree(path, &tree_ptys).is_some());
+    let inherited = |f: &FdState| {
+        let k = &files[f.file as usize].kind;
+        f.fd <= 2 && k.inherited_as_stdio() && !tree_pipe(k) && !tree_tty(k)
+    };
     if let Ok(open) = list_fds(keep) {
         for fd in open {
             if !fds.iter().any(|f| f.fd == fd && inherited(f)) {
