@@ -39,8 +39,10 @@ fn prot(p: u32, shared: bool) -> String {
 }
 
 /// How each fd will come back, in words.
-fn fd_plan(fd: i32, f: &FileState) -> String {
+fn fd_plan(fd: i32, f: &FileState, ptys: &[u32]) -> String {
+    let tree_pty = |k: &FileKind| matches!(k, FileKind::Tty { path } if path.strip_prefix("/dev/pts/").and_then(|n| n.parse().ok()).is_some_and(|n: u32| ptys.contains(&n)));
     match &f.kind {
+        k if tree_pty(k) => format!("opened from its master, made again ({})", match k { FileKind::Tty { path } => path.as_str(), _ => "" }),
         k if fd <= 2 && k.inherited_as_stdio() => "becomes pmig-resume's own".into(),
         FileKind::Regular { path, .. } => format!("reopened: {path} at offset {}", f.pos),
         FileKind::Deleted { path, content, .. } => format!("recreated from the image ({} bytes; was {path})", content.len()),
@@ -101,13 +103,26 @@ fn socket_plan(s: &SocketState) -> String {
     format!("{fam} {ty} socket:[{}] {how}", s.ino)
 }
 
-/// Renders what the image holds, without restoring anything.
-pub fn describe(m: &Manifest, file_len: u64) -> String {
+/// Renders what the image holds, without restoring anything. `ptys`: the indices of the pty
+/// masters the whole image holds (their slaves are not pmig-resume's terminal).
+pub fn describe(m: &Manifest, file_len: u64, ptys: &[u32]) -> String {
     let mut o = String::new();
     let p = &m.process;
     let _ = writeln!(o, "program:   {} (pid {} on {}, kernel {})", p.exe, p.pid, m.host.hostname, m.host.kernel_release);
     let _ = writeln!(o, "argv:      {:?}", p.argv);
     let _ = writeln!(o, "cwd:       {}", p.cwd);
+    match (p.ctty, p.ctty_pty()) {
+        (0, _) => {}
+        (_, Some(n)) if p.sid == p.pid => {
+            let _ = writeln!(o, "terminal:  /dev/pts/{n}, controlling terminal of the session it leads (foreground group {})", p.tpgid);
+        }
+        (_, Some(n)) => {
+            let _ = writeln!(o, "terminal:  /dev/pts/{n} (its session's)");
+        }
+        (t, None) => {
+            let _ = writeln!(o, "terminal:  device {}:{} (its session's)", (t >> 8) & 0xfff, (t & 0xff) | ((t >> 12) & 0xfff00));
+        }
+    }
     let a = &p.attrs;
     let _ = writeln!(
         o,
@@ -218,7 +233,7 @@ pub fn describe(m: &Manifest, file_len: u64) -> String {
             file.kind.name(),
             if f.cloexec { " cloexec" } else { "" },
             if shared.is_empty() { String::new() } else { format!(" (shared with fd {})", shared.join(", ")) },
-            fd_plan(f.fd, file),
+            fd_plan(f.fd, file, ptys),
             if locks.is_empty() { String::new() } else { format!(" [locks: {}]", locks.join(", ")) }
         );
     }

@@ -220,7 +220,7 @@ fn check_invariants(v: &VerifiedImage, input: &[u8]) -> Result<(), String> {
             return Err(format!("accepted a page run outside the file: {r:?}"));
         }
     }
-    let _ = pmig_image::describe(&v.manifest, v.file_len);
+    let _ = pmig_image::describe(&v.manifest, v.file_len, &[]);
     Ok(())
 }
 

@@ -321,7 +321,15 @@ fn make_ready(img: &mut VerifiedImage, root: Option<&Path>) -> Result<()> {
 }
 
 fn print_inspect(img: &VerifiedImage) -> Result<()> {
-    print!("{}", pmig_image::describe(&img.manifest, img.file_len));
+    let ptys: Vec<u32> = img
+        .processes()
+        .flat_map(|(_, i)| i.manifest.files.iter())
+        .filter_map(|f| match f.kind {
+            pmig_image::FileKind::PtyMaster { index, .. } => Some(index),
+            _ => None,
+        })
+        .collect();
+    print!("{}", pmig_image::describe(&img.manifest, img.file_len, &ptys));
     println!("checksums: all {} page runs verified", img.trailer.run_crcs.len());
     // Each other process of a tree, with its own resources.
     for m in &img.members {
@@ -329,7 +337,7 @@ fn print_inspect(img: &VerifiedImage) -> Result<()> {
         match &m.image {
             Some(i) => {
                 println!("--- process {} ({}) of the tree, child of {} ---", m.state.pid, m.state.comm, m.state.ppid);
-                print!("{}", pmig_image::describe(&i.manifest, i.file_len));
+                print!("{}", pmig_image::describe(&i.manifest, i.file_len, &ptys));
                 println!("checksums: all {} page runs verified", i.trailer.run_crcs.len());
             }
             None => println!("--- process {} ({}) of the tree, child of {}: a zombie ---", m.state.pid, m.state.comm, m.state.ppid),

@@ -211,6 +211,23 @@ unsafe fn init_main(b: &Build<'_>, pipe: &Pipe) -> ! {
         if let Err((what, e)) = prepare_tree(b) {
             fail(what, e);
         }
+        // Process groups of the root's session whose leader had exited (a pipeline whose
+        // first command ended): a helper with the group's id holds it until its members
+        // have joined it again (made first: they join it as soon as they are restored).
+        for g in orphan_groups(b.img) {
+            let h = clone_with_pid(g, 0);
+            if h == 0 {
+                // It holds nothing of the tree's (a pipe end would delay an EOF) and ends
+                // with init.
+                libc::syscall(libc::SYS_close_range, 0, u32::MAX, 0);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::setpgid(0, 0);
+                hold_group(b.img, g);
+            }
+            if h < 0 {
+                eprintln!("pmig-resume: warning: process group {g} (its leader had exited) cannot be made again: {}; its processes come back in another group", last_error());
+            }
+        }
         let child = if pid == 1 { 0 } else { clone_with_pid(pid, 0) };
         if child < 0 {
             fail(3, errno());
@@ -700,6 +717,55 @@ unsafe fn build_process(b: &Build<'_>, pipe: &Pipe, pid: i32, has_init: bool) ->
     fail(6, errno())
 }
 
+/// Process groups whose leader had exited, in the root's session (init's after the
+/// restore), other than the root's own: each is made again by a helper (`hold_group`).
+/// Such groups in another session are not made again: the restore says so.
+fn orphan_groups(img: &VerifiedImage) -> Vec<i32> {
+    let root = &img.manifest.process;
+    let in_tree = |p: i32| p == root.pid || img.members.iter().any(|m| m.state.pid == p);
+    let mut groups = Vec::new();
+    let live = core::iter::once((root.pid, root.pgid, root.sid, "")).chain(
+        img.members.iter().filter(|m| matches!(m.state.state, pmig_image::MemberKind::Live { .. })).map(|m| (m.state.pid, m.state.pgid, m.state.sid, m.state.comm.as_str())),
+    );
+    for (pid, pgid, sid, comm) in live {
+        if pgid <= 0 || pgid == pid || pgid == sid || pgid == root.pgid || in_tree(pgid) || groups.contains(&pgid) {
+            continue;
+        }
+        if sid == root.sid {
+            groups.push(pgid);
+        } else {
+            eprintln!("pmig-resume: warning: process {pid} ({comm}) comes back in its parent's process group: its own, {pgid}, had lost its leader in session {sid}");
+        }
+    }
+    groups
+}
+
+/// In a helper that made process group `g` again: waits until every live process of the tree
+/// saved in `g` is in it (they join it once every process exists), then exits. Gives up
+/// after 30 s (a process that failed to restore).
+///
+/// # Safety
+/// Only in a helper `clone_with_pid` made.
+unsafe fn hold_group(img: &VerifiedImage, g: i32) -> ! {
+    let root = &img.manifest.process;
+    let members: Vec<i32> = core::iter::once((root.pid, root.pgid))
+        .chain(img.members.iter().filter(|m| matches!(m.state.state, pmig_image::MemberKind::Live { .. })).map(|m| (m.state.pid, m.state.pgid)))
+        .filter(|&(_, pgid)| pgid == g)
+        .map(|(pid, _)| pid)
+        .collect();
+    for _ in 0..3000 {
+        // SAFETY: getpgid and nanosleep have no memory preconditions.
+        unsafe {
+            if members.iter().all(|&p| libc::getpgid(p) == g) {
+                break;
+            }
+            libc::usleep(10_000);
+        }
+    }
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(0) }
+}
+
 /// The processes of the tree that had left its parentage (daemonized): init's children.
 fn daemons(img: &VerifiedImage) -> impl Iterator<Item = &pmig_image::VerifiedMember> {
     img.members.iter().filter(|m| m.state.ppid == 0 && m.image.is_some())
@@ -775,12 +841,17 @@ fn failed_phase(what: u32) -> &'static str {
     }
 }
 
-/// The program's pid in this (the host's) namespace: init's only child.
-fn outer_pid(init: i32) -> Option<i32> {
+/// The program's pid in this (the host's) namespace: the child of init that is `inner` in
+/// the program's namespace (init may have other children: daemons, helpers).
+fn outer_pid(init: i32, inner: i32) -> Option<i32> {
     for _ in 0..200 {
         if let Ok(s) = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")) {
-            if let Some(p) = s.split_whitespace().next().and_then(|p| p.parse().ok()) {
-                return Some(p);
+            for p in s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                let last = status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_whitespace().last()?.parse::<i32>().ok());
+                if last == Some(inner) {
+                    return Some(p);
+                }
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -855,7 +926,10 @@ fn supervise(init: i32, pipe_r: i32, program: Option<i32>) -> Result<std::conver
             } else {
                 match msg[0] {
                     MSG_STARTED => {
-                        program = outer_pid(init);
+                        // (0: the program is init itself, known from the start.)
+                        if msg[1] != 0 {
+                            program = outer_pid(init, msg[1] as i32);
+                        }
                         if let Some(p) = program {
                             for (sig, code, value) in early.drain(..) {
                                 forward(p, sig, code, value);
