@@ -40,7 +40,8 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
         say!("restore failed: the engine's mailbox is damaged");
         sys::exit_group(121);
     }
-    log::DEBUG.store(mb.debug != 0, Relaxed);
+    // pmig-resume's PMIG_DEBUG is the restore's; the program keeps its own afterwards.
+    let own_debug = log::DEBUG.swap(mb.debug != 0, Relaxed);
     thread::fix_own_thread_state(CKPT_ROBUST[0].load(Relaxed), CKPT_ROBUST[1].load(Relaxed));
     CKPT_TID.store(sys::gettid(), Relaxed);
     config::ACTIVE_PID.store(sys::getpid(), Relaxed);
@@ -155,6 +156,7 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     // program itself reads, as under `script`.)
     debug!("restore: done; the program goes on as pid {}", sys::getpid());
     log::release();
+    log::DEBUG.store(own_debug, Relaxed);
     for k in keep {
         let _ = sys::close(k);
     }
