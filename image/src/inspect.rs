@@ -38,6 +38,14 @@ fn prot(p: u32, shared: bool) -> String {
     s
 }
 
+fn content_words(c: &crate::FileContent) -> String {
+    if c.stored() == c.size {
+        format!("{} bytes", c.size)
+    } else {
+        format!("{} bytes, {} of data in {} extent(s), the rest holes", c.size, c.stored(), c.extents.len())
+    }
+}
+
 /// How each fd will come back, in words.
 fn fd_plan(fd: i32, f: &FileState, ptys: &[u32]) -> String {
     let tree_pty = |k: &FileKind| matches!(k, FileKind::Tty { path } if path.strip_prefix("/dev/pts/").and_then(|n| n.parse().ok()).is_some_and(|n: u32| ptys.contains(&n)));
@@ -45,8 +53,9 @@ fn fd_plan(fd: i32, f: &FileState, ptys: &[u32]) -> String {
         k if tree_pty(k) => format!("opened from its master, made again ({})", match k { FileKind::Tty { path } => path.as_str(), _ => "" }),
         k if fd <= 2 && k.inherited_as_stdio() => "becomes pmig-resume's own".into(),
         FileKind::Regular { path, .. } => format!("reopened: {path} at offset {}", f.pos),
-        FileKind::Deleted { path, content, .. } => format!("recreated from the image ({} bytes; was {path})", content.len()),
-        FileKind::Memfd { name, content, .. } => format!("memfd {name:?} recreated ({} bytes)", content.len()),
+        FileKind::Deleted { path, content, .. } => format!("recreated from the image ({}; was {path})", content_words(content)),
+        FileKind::DeletedDir { path, .. } => format!("an empty directory made again and removed (was {path})"),
+        FileKind::Memfd { name, content, .. } => format!("memfd {name:?} recreated ({})", content_words(content)),
         FileKind::CharDevice { path } => format!("reopened: {path}"),
         FileKind::Tty { path } => format!("reopened: terminal {path} (from its master, when that is in the image)"),
         FileKind::PtyMaster { index, pty } => format!(

@@ -218,6 +218,9 @@ pub struct ProcessState {
     /// Process group and session.
     pub pgid: i32,
     pub sid: i32,
+    /// The working directory's mode, owner and times when it had been deleted (`cwd` then
+    /// ends with " (deleted)"): an empty one is made again, entered and removed.
+    pub cwd_deleted: Option<FileMeta>,
     /// The controlling terminal (`tty_nr` of `/proc/self/stat`, 0 for none) and its
     /// foreground process group (`tpgid`).
     pub ctty: u32,
@@ -479,6 +482,37 @@ impl LockState {
     }
 }
 
+/// A file's bytes as saved: its size and its data extents; holes are not stored, and stay
+/// holes when the file is made again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileContent {
+    pub size: u64,
+    /// `(offset, bytes)`, in order, not overlapping, within `size`.
+    pub extents: Vec<(u64, Vec<u8>)>,
+}
+
+impl FileContent {
+    /// A file that is all data.
+    pub fn whole(bytes: Vec<u8>) -> FileContent {
+        FileContent { size: bytes.len() as u64, extents: if bytes.is_empty() { Vec::new() } else { vec![(0, bytes)] } }
+    }
+
+    /// The bytes stored (the size less its holes).
+    pub fn stored(&self) -> u64 {
+        self.extents.iter().map(|e| e.1.len() as u64).sum()
+    }
+
+    /// Whether its extents are in order, apart and within its size (a decoded image's may not be).
+    pub fn is_sound(&self) -> bool {
+        let mut end = 0u64;
+        self.extents.iter().all(|(off, b)| {
+            let ok = *off >= end && off.checked_add(b.len() as u64).is_some_and(|e| e <= self.size);
+            end = off.saturating_add(b.len() as u64);
+            ok
+        })
+    }
+}
+
 /// What an open file is, and so how it is restored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
@@ -486,9 +520,12 @@ pub enum FileKind {
     Regular { path: String, ident: FileIdent },
     /// A regular file deleted while open: its content travels in the image; it is recreated
     /// as an unlinked file with the same content.
-    Deleted { path: String, ino: u64, content: Vec<u8>, meta: FileMeta },
+    Deleted { path: String, ino: u64, content: FileContent, meta: FileMeta },
+    /// A directory deleted while open (it was empty): made again empty, beside its old path,
+    /// and removed once open.
+    DeletedDir { path: String, ino: u64, meta: FileMeta },
     /// A memfd: name, content, mode, and its seals (`F_GET_SEALS`).
-    Memfd { name: String, ino: u64, content: Vec<u8>, mode: u32, seals: u32 },
+    Memfd { name: String, ino: u64, content: FileContent, mode: u32, seals: u32 },
     /// A terminal. A pty slave whose master is in the image (`/dev/pts/N` with a
     /// [`FileKind::PtyMaster`] of index N) is opened from that master again; any other is
     /// reopened at its path.
@@ -601,6 +638,7 @@ impl FileKind {
         match self {
             FileKind::Regular { .. } => "file",
             FileKind::Deleted { .. } => "deleted",
+            FileKind::DeletedDir { .. } => "deleted dir",
             FileKind::Memfd { .. } => "memfd",
             FileKind::Tty { .. } => "tty",
             FileKind::PtyMaster { .. } => "pty",

@@ -196,6 +196,13 @@ fn check_layout(h: &Header, m: &Manifest, t: &Trailer) -> Result<(), ImageError>
     let mut prev_end = 0u64;
     let mut next_off = 0u64;
     let mut n_runs = 0usize;
+    for f in &m.files {
+        if let crate::FileKind::Deleted { content, .. } | crate::FileKind::Memfd { content, .. } = &f.kind {
+            if !content.is_sound() {
+                return bad(format!("a saved file's extents ({} of them, size {}) overlap or lie beyond its size", content.extents.len(), content.size));
+            }
+        }
+    }
     for r in &m.regions {
         if r.start % PAGE != 0 || r.end % PAGE != 0 || r.start >= r.end || r.start < prev_end {
             return bad(format!("region {:#x}-{:#x} is misplaced", r.start, r.end));

@@ -325,7 +325,7 @@ fn dump(
         for f in &files {
             if let pmig_image::FileKind::Memfd { ino, content, .. } | pmig_image::FileKind::Deleted { ino, content, .. } = &f.kind {
                 if *ino == o.ino {
-                    o.size = o.size.max(content.len() as u64);
+                    o.size = o.size.max(content.size);
                 }
             }
         }

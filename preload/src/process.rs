@@ -93,6 +93,7 @@ pub fn dump() -> Result<ProcessState, String> {
         creds: crate::creds::dump(&status),
         pgid: get(5) as i32,
         sid: get(6) as i32,
+        cwd_deleted: deleted_cwd(),
         ctty: get(7) as u32,
         tpgid: get(8) as i32,
         ids: crate::pid::mode(),
@@ -195,10 +196,27 @@ fn restore_attrs(a: &ProcessAttrs) {
     }
 }
 
+/// The working directory's attributes when it was deleted.
+fn deleted_cwd() -> Option<pmig_image::FileMeta> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    sys::fstatat(libc::AT_FDCWD, b"/proc/self/cwd\0", &mut st, 0).ok()?;
+    (st.st_nlink == 0).then(|| crate::fd::meta_of(&st))
+}
+
 pub fn restore(p: &ProcessState) {
     restore_attrs(&p.attrs);
-    if let Err(e) = sys::chdir(&sys::cstr(&p.cwd)) {
-        log::say!("warning: cannot change to the saved working directory {}: {}", p.cwd, Errno(e));
+    let cwd = match (&p.cwd_deleted, p.cwd.strip_suffix(" (deleted)")) {
+        // Deleted: an empty directory made again beside it, entered and removed.
+        (Some(meta), Some(path)) => crate::fd::make_deleted_dir(path, 0, meta).and_then(|fd| {
+            let r = sys::fchdir(fd).map_err(|e| format!("cannot enter it: {}", Errno(e)));
+            let _ = sys::close(fd);
+            r.map(|_| ())
+        }),
+        _ => sys::chdir(&sys::cstr(&p.cwd)).map(|_| ()).map_err(|e| format!("{}", Errno(e))),
+    };
+    if let Err(e) = cwd {
+        log::say!("warning: cannot change to the saved working directory {}: {e}", p.cwd);
     }
     let _ = sys::umask(p.umask);
     for l in &p.rlimits {

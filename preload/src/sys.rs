@@ -46,6 +46,16 @@ pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> Res {
     sc!(libc::SYS_pread64, fd, buf.as_mut_ptr(), buf.len(), off)
 }
 
+/// `pwrite64(2)`.
+pub fn pwrite(fd: i32, buf: &[u8], off: u64) -> Res {
+    sc!(libc::SYS_pwrite64, fd, buf.as_ptr(), buf.len(), off)
+}
+
+/// `ftruncate(2)`.
+pub fn ftruncate(fd: i32, len: i64) -> Res {
+    sc!(libc::SYS_ftruncate, fd, len)
+}
+
 /// Writes all of `buf`, retrying short writes and `EINTR`.
 pub fn write_all(fd: i32, mut buf: &[u8]) -> Result<(), i32> {
     while !buf.is_empty() {
@@ -186,6 +196,26 @@ pub fn linkat(olddirfd: i32, old: &[u8], newdirfd: i32, new: &[u8], flags: i32) 
 /// `unlinkat(2)`; `path` must end with a NUL byte.
 pub fn unlink(path: &[u8]) -> Res {
     sc!(libc::SYS_unlinkat, libc::AT_FDCWD, path.as_ptr(), 0)
+}
+
+/// `fchdir(2)`.
+pub fn fchdir(fd: i32) -> Res {
+    sc!(libc::SYS_fchdir, fd)
+}
+
+/// `rmdir(2)`.
+pub fn rmdir(path: &[u8]) -> Res {
+    sc!(libc::SYS_unlinkat, libc::AT_FDCWD, path.as_ptr(), libc::AT_REMOVEDIR)
+}
+
+/// `mkdir(2)`.
+pub fn mkdir(path: &[u8], mode: u32) -> Res {
+    sc!(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), mode)
+}
+
+/// `mknod(2)` (a FIFO: `S_IFIFO | mode`).
+pub fn mknod(path: &[u8], mode: u32) -> Res {
+    sc!(libc::SYS_mknodat, libc::AT_FDCWD, path.as_ptr(), mode, 0)
 }
 
 /// `getdents64(2)`.

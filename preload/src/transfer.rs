@@ -405,6 +405,14 @@ pub fn carry(m: &mut pmig_image::Manifest, c: &Connection) -> Result<(), String>
         }
     }
     for (o, _) in c.offers.iter().zip(&c.carry).filter(|(_, &carry)| carry) {
+        // The offers were made while the tree still ran: a file removed since (a compiler's
+        // temporary file) is in no image now (one still open is saved as a deleted file).
+        // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        if sys::fstatat(libc::AT_FDCWD, &sys::cstr(&o.path), &mut st, 0) == Err(libc::ENOENT) {
+            log::debug!("transfer: {} was removed since it was offered; not carried", o.path);
+            continue;
+        }
         let (content, st) = read_whole(&o.path)?;
         m.carried.push(pmig_image::CarriedFile {
             path: o.path.clone(),

@@ -431,8 +431,10 @@ fn tree_objects(image: &std::path::Path, img: &VerifiedImage) -> std::result::Re
                 FileKind::Memfd { ino: i, content, .. } | FileKind::Deleted { ino: i, content, .. } if *i == ino => Some(content),
                 _ => None,
             }) {
-                mem.write_all_at(c, 0).map_err(|e| format!("cannot fill shared object {name}: {e}"))?;
-                size = size.max(c.len() as u64);
+                for (off, b) in &c.extents {
+                    mem.write_all_at(b, *off).map_err(|e| format!("cannot fill shared object {name}: {e}"))?;
+                }
+                size = size.max(c.size);
             }
         }
         mem.set_len(size).map_err(|e| format!("cannot size shared object {name}: {e}"))?;

@@ -79,15 +79,17 @@ fn make_object(m: &Manifest, o: &ObjectState) -> Result<i32> {
         bail!("memfd_create for shared object {}: {}", o.name, std::io::Error::last_os_error());
     }
     // SAFETY: `fd` is the memfd just created, owned here.
-    let mut f = unsafe { File::from_raw_fd(fd) };
+    let f = unsafe { File::from_raw_fd(fd) };
     let content = m.files.iter().find_map(|f| match &f.kind {
         FileKind::Memfd { ino, content, .. } | FileKind::Deleted { ino, content, .. } if *ino == o.ino => Some(content),
         _ => None,
     });
     if let Some(c) = content {
-        f.write_all(c).with_context(|| format!("cannot fill shared object {}", o.name))?;
+        for (off, b) in &c.extents {
+            std::os::unix::fs::FileExt::write_all_at(&f, b, *off).with_context(|| format!("cannot fill shared object {}", o.name))?;
+        }
     }
-    f.set_len(o.size.max(content.map_or(0, |c| c.len() as u64)))
+    f.set_len(o.size.max(content.map_or(0, |c| c.size)))
         .with_context(|| format!("cannot size shared object {}", o.name))?;
     inherit(f)
 }

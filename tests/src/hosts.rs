@@ -38,7 +38,8 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -208,6 +209,25 @@ impl Hosts {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.src_ns]).arg(exe);
         cmd
+    }
+
+    /// A TCP connection to `addr` made from inside network namespace `ns` (e.g.
+    /// [`Hosts::dst_ns`]): a thread of this process enters the namespace, connects and ends;
+    /// the socket stays in that namespace.
+    pub fn connect_from(ns: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let netns = fs::File::open(Path::new("/run/netns").join(ns))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns(2) on an open namespace file; it changes only this thread's
+                // network namespace, and the thread ends right after.
+                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+            })
+            .join()
+            .expect("the connecting thread panicked")
+        })
     }
 
     /// `path` as process `pid` sees it (through `/proc/<pid>/root`, which enters its mount

@@ -9,7 +9,8 @@
 //! - [`Bins`]: `pmig-run`, `pmig-resume`, `libpmig.so` and
 //!   `pmig-restore-engine`, located next to the test executable.
 //! - [`programs`]: the helper programs built from `programs/*.c` by
-//!   `build.rs`, and the inline Python one.
+//!   `build.rs`, the inline scripts, and a C project for `make`.
+//! - [`services`]: redis-server and PostgreSQL, and clients for them.
 //! - [`Proc`]: a spawned child guard — stdout read line by line against
 //!   deadlines, stderr captured for failure messages, killed on drop.
 //! - [`Sandbox`]: a temporary directory for images, working directories and
@@ -25,6 +26,7 @@ mod process;
 pub mod programs;
 mod pty;
 mod sandbox;
+pub mod services;
 mod steps;
 mod wait;
 

@@ -95,6 +95,15 @@ pub const LOCKS: &str = env!("PMIG_TEST_PROG_LOCKS");
 /// `sysv_tree.c`: a parent and a child on a System V message queue and semaphore set.
 pub const SYSV_TREE: &str = env!("PMIG_TEST_PROG_SYSV_TREE");
 
+/// `pty.c`: a parent typing to its child through a pty the child leads a session on.
+pub const PTY: &str = env!("PMIG_TEST_PROG_PTY");
+
+/// `sparsefile.c`: a deleted file and a memfd, large and mostly holes.
+pub const SPARSEFILE: &str = env!("PMIG_TEST_PROG_SPARSEFILE");
+
+/// `deleted.c`: a removed working directory, an fd on a removed directory, a removed FIFO.
+pub const DELETED: &str = env!("PMIG_TEST_PROG_DELETED");
+
 /// Debian's perl.
 pub const PERL: &str = "/usr/bin/perl";
 
@@ -210,6 +219,48 @@ if total != steps * WORKERS:
     corrupt("workers did %d jobs, expected %d" % (total, steps * WORKERS))
 "#;
 
+/// The bash script of [`Program::bash_pipeline`], run as `bash -c BASH_PIPELINE bash STEPS`.
+const BASH_PIPELINE: &str =
+    "i=0; while [ $i -lt \"$1\" ]; do i=$((i+1)); echo step $i; sleep 0.05; done | cat | cat";
+
+/// The bash script of [`Program::bash_substitution`], run as
+/// `bash -c BASH_SUBSTITUTION bash STEPS`.
+const BASH_SUBSTITUTION: &str = "i=0; while [ $i -lt \"$1\" ]; do i=$((i+1)); x=$(sleep 0.03; echo hi); \
+     if [ \"$x\" != hi ]; then echo \"CORRUPT step $i: x is '$x'\"; exit 3; fi; echo step $i; done";
+
+/// The Python program of [`Program::python_pool`], run as `python3 -c PYTHON_POOL STEPS`.
+const PYTHON_POOL: &str = r#"
+import multiprocessing as mp, sys, time
+def sq(x): return x * x
+if __name__ == '__main__':
+    n = int(sys.argv[1])
+    with mp.Pool(2) as pool:
+        for step in range(1, n + 1):
+            got = pool.map(sq, range(step % 7 + 3))
+            if got != [x * x for x in range(step % 7 + 3)]:
+                print('CORRUPT step', step, got, flush=True); sys.exit(3)
+            print('step', step, flush=True)
+            time.sleep(0.03)
+"#;
+
+/// The Python program of [`Program::python_subprocess`], run as
+/// `python3 -c PYTHON_SUBPROCESS STEPS`.
+const PYTHON_SUBPROCESS: &str = r#"
+import subprocess, sys, time
+n = int(sys.argv[1])
+p = subprocess.Popen(['cat'], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+for step in range(1, n + 1):
+    p.stdin.write(f'line {step}\n'); p.stdin.flush()
+    got = p.stdout.readline()
+    if got != f'line {step}\n':
+        print('CORRUPT step', step, repr(got), flush=True); sys.exit(3)
+    print('step', step, flush=True)
+    time.sleep(0.03)
+p.stdin.close()
+if p.wait() != 0:
+    print('CORRUPT cat exited', p.returncode, flush=True); sys.exit(3)
+"#;
+
 /// What a program's stdin carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
@@ -279,6 +330,38 @@ impl Program {
         }
     }
 
+    /// `INTERPRETER -c SCRIPT [ARG0] STEPS`, with an idle stdin (`arg0`: bash's `$0`).
+    fn script(name: &str, interpreter: &str, script: &str, arg0: Option<&str>, steps: u32) -> Program {
+        let mut argv: Vec<OsString> = vec![interpreter.into(), "-c".into(), script.into()];
+        argv.extend(arg0.map(OsString::from));
+        argv.push(steps.to_string().into());
+        Program { name: name.to_string(), argv, steps, input: Input::Idle }
+    }
+
+    /// bash running a pipeline (`while …; do echo step; sleep 0.05; done | cat | cat`): three
+    /// processes on two pipes, a `sleep` child alive most of the time.
+    pub fn bash_pipeline(steps: u32) -> Program {
+        Program::script("bash-pipeline", "/bin/bash", BASH_PIPELINE, Some("bash"), steps)
+    }
+
+    /// bash assigning a command substitution every step (`x=$(sleep 0.03; echo hi)`), a
+    /// subshell and its `sleep` alive most of the time; `CORRUPT` if `x` is not `hi`.
+    pub fn bash_substitution(steps: u32) -> Program {
+        Program::script("bash-substitution", "/bin/bash", BASH_SUBSTITUTION, Some("bash"), steps)
+    }
+
+    /// python3 `multiprocessing.Pool(2)` mapping in a loop (pipes, a semaphore in shared
+    /// memory between the processes, worker processes the pool forked), answers checked.
+    pub fn python_pool(steps: u32) -> Program {
+        Program::script("python-pool", PYTHON3, PYTHON_POOL, None, steps)
+    }
+
+    /// python3 `subprocess.Popen` with pipes: a `cat` child it writes a line to and reads it
+    /// back from every step, checked; `cat` must exit 0 at the end.
+    pub fn python_subprocess(steps: u32) -> Program {
+        Program::script("python-subprocess", PYTHON3, PYTHON_SUBPROCESS, None, steps)
+    }
+
     /// The same program, fed one line per step on stdin.
     pub fn reading_lines(mut self) -> Program {
         self.input = Input::Lines;
@@ -310,4 +393,75 @@ pub fn nginx_config(dir: &std::path::Path, listen: &str) -> std::path::PathBuf {
     )
     .expect("write nginx.conf");
     conf
+}
+
+/// A small C project for `make -j2` (`f0.c` … `f23.c`, `main.c`, a Makefile building
+/// `prog`), each file enough code that its compile takes a moment: a build is long enough to
+/// be checkpointed in the middle.
+pub struct MakeProject {
+    /// Where the sources are (and the objects and `prog` go).
+    pub dir: std::path::PathBuf,
+}
+
+impl MakeProject {
+    /// How many `fN.c` files the project has.
+    pub const FILES: usize = 24;
+
+    /// Writes the project's sources and Makefile into `dir`.
+    pub fn write(dir: &Path) -> MakeProject {
+        let n = MakeProject::FILES;
+        let mut main = String::from("#include <stdio.h>\n");
+        let mut objs = Vec::new();
+        for i in 0..n {
+            let mut body = format!("long f{i}(long x) {{ long s = {i};\n");
+            for k in 0..300 {
+                body.push_str(&format!("  s = s * 31 + (x ^ {k}) % {};\n", k + 7));
+            }
+            body.push_str("  return s; }\n");
+            std::fs::write(dir.join(format!("f{i}.c")), body).expect("write a source file");
+            main.push_str(&format!("long f{i}(long);\n"));
+            objs.push(format!("f{i}.o"));
+        }
+        main.push_str("int main(void) { long t = 0;\n");
+        for i in 0..n {
+            main.push_str(&format!("  t += f{i}({i});\n"));
+        }
+        main.push_str("  printf(\"%ld\\n\", t); return 0; }\n");
+        std::fs::write(dir.join("main.c"), main).expect("write main.c");
+        std::fs::write(
+            dir.join("Makefile"),
+            format!("prog: main.o {}\n\tgcc -o $@ $^\n%.o: %.c\n\tgcc -O2 -c -o $@ $<\n", objs.join(" ")),
+        )
+        .expect("write the Makefile");
+        MakeProject { dir: dir.to_path_buf() }
+    }
+
+    /// What `prog` prints after an uninterrupted `make -s -j2` of a copy of the project in
+    /// `scratch`.
+    pub fn expected_output(&self, scratch: &Path) -> String {
+        for e in std::fs::read_dir(&self.dir).expect("list the project") {
+            let e = e.expect("list the project");
+            std::fs::copy(e.path(), scratch.join(e.file_name())).expect("copy the project");
+        }
+        let ok = std::process::Command::new("make").args(["-s", "-j2"]).current_dir(scratch).status().expect("run make");
+        assert!(ok.success(), "the uninterrupted build failed");
+        let out = std::process::Command::new(scratch.join("prog")).output().expect("run the built program");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// How many of the `fN.o` objects are built.
+    pub fn objects_built(&self) -> usize {
+        (0..MakeProject::FILES).filter(|i| self.dir.join(format!("f{i}.o")).exists()).count()
+    }
+
+    /// Whether `prog` is built.
+    pub fn linked(&self) -> bool {
+        self.dir.join("prog").exists()
+    }
+
+    /// What the built `prog` prints (empty if it cannot run).
+    pub fn output(&self) -> String {
+        let out = std::process::Command::new(self.dir.join("prog")).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    }
 }

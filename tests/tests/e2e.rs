@@ -232,6 +232,37 @@ fn sparse_image_stays_small() {
     );
 }
 
+/// A removed working directory, an fd on a removed directory and a removed FIFO with a line
+/// in flight come back (`deleted.c`), as root and unprivileged.
+#[test]
+fn deleted_directories_and_fifo_chain() {
+    run_chain(&Program::new("deleted", programs::DELETED, STEPS, &[]));
+}
+
+#[test]
+fn deleted_directories_and_fifo_chain_unprivileged() {
+    pmig_tests::run_chain_unprivileged("deleted-user", programs::DELETED, STEPS);
+}
+
+/// Sparse files the program holds (`sparsefile.c`: a deleted file of 256 MiB and a memfd of
+/// 128 MiB, a few bytes of data each) come back with their holes (the program checks their
+/// blocks), and the image does not store the holes: it stays under 32 MiB.
+#[test]
+fn sparse_files_keep_their_holes() {
+    let sb = Sandbox::new();
+    let check = |image: &Path| -> Result<(), String> {
+        let size = fs::metadata(image).map_err(|e| format!("stat {}: {e}", image.display()))?.len();
+        if size < 32 * MIB {
+            Ok(())
+        } else {
+            Err(format!("the image of two sparse files is {size} bytes: their holes were stored"))
+        }
+    };
+    let prog = Program::new("sparsefile", programs::SPARSEFILE, STEPS, &[]);
+    let opts = ChainOpts { check_image: Some(&check), ..ChainOpts::default() };
+    Chain::new(&sb, &prog, opts).run();
+}
+
 /// Reads and checks lines until the image at `image` appears with an inode
 /// other than `old_ino`. Returns (last step seen before the signal, last
 /// step written when the image appeared, the image's inode).

@@ -7,19 +7,29 @@
 //!
 //! Cases: a C counter, pthreads, python3; the carried executable and the working directory
 //! as the moved process sees them; a TCP server that answers on the target's address after
-//! the move; a sender with a wrong token refused across the link while the receiver stays up.
+//! the move; a sender with a wrong token refused across the link while the receiver stays up;
+//! real process trees: a bash pipeline and command substitution, python3's
+//! `multiprocessing.Pool` and `subprocess.Popen` with pipes, `make -j2` mid-build, nginx,
+//! redis-server during a BGSAVE, PostgreSQL (its data on a file system both hosts see).
 //!
 //! Every test needs root (network and mount namespaces), `ip` and `unshare`; without them
 //! it prints why it is skipped and passes.  `PMIG_TEST_HOSTS_SHARED_FS=1` leaves the
 //! source's files visible on the target, to check the harness without file carrying.
 
+use std::ffi::OsStr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use pmig_tests::hosts::Hosts;
+use pmig_tests::programs::MakeProject;
+use pmig_tests::services::{
+    check_redis_dump, initdb, postgres_argv, postgres_bin, psql_query, redis_slow_save_args, Redis, PSQL, REDIS_SERVER,
+};
 use pmig_tests::{
-    fail_with, pmig_env, programs, wait_until, Input, Proc, Program, Sandbox, StepCheck, Terminal,
+    fail_with, pmig_env, programs, wait_until, Input, Proc, Program, RunAs, Sandbox, StepCheck, Terminal,
 };
 
 const STEPS: u32 = 60;
@@ -34,11 +44,17 @@ fn token_file(sb: &Sandbox, name: &str, secret: &str) -> PathBuf {
 /// Starts `pmig-resume --listen DST:0 --token-file TOKEN` on the target and returns it with
 /// its port, having checked that the source's directory is not visible to it.
 fn start_receiver(hosts: &Hosts, sb: &Sandbox, token: &Path) -> (Proc, u16) {
+    start_receiver_with(hosts, sb, token, &[])
+}
+
+/// [`start_receiver`] with more options for `pmig-resume` (e.g. `--as-owner`).
+fn start_receiver_with(hosts: &Hosts, sb: &Sandbox, token: &Path, extra: &[&str]) -> (Proc, u16) {
     let mut cmd = hosts.on_target(&sb.bins().resume, &sb.workdir("receiver"));
     cmd.arg("--listen")
         .arg(format!("{}:0", hosts.dst_addr))
         .arg("--token-file")
-        .arg(token);
+        .arg(token)
+        .args(extra);
     pmig_env(&mut cmd);
     let mut r = Proc::spawn("pmig-resume --listen (target)", cmd, Terminal::Pipe);
     let port = pmig_tests::receiver_port(&mut r, &hosts.dst_addr.to_string());
@@ -62,7 +78,7 @@ fn start_receiver(hosts: &Hosts, sb: &Sandbox, token: &Path) -> (Proc, u16) {
 }
 
 /// Starts `pmig-run --to DST:PORT --token-file TOKEN FLAGS -- PROGRAM...` on the source, in
-/// `SRC`.
+/// `SRC`, as the sandbox's user.
 fn start_sender(
     hosts: &Hosts,
     sb: &Sandbox,
@@ -71,7 +87,7 @@ fn start_sender(
     flags: &[&str],
     prog: &Program,
 ) -> Proc {
-    let mut cmd = hosts.on_source(&sb.bins().run, &hosts.src_dir());
+    let mut cmd = as_user(sb, |exe| hosts.on_source(exe, &hosts.src_dir()), &sb.bins().run);
     cmd.arg("--to")
         .arg(format!("{}:{port}", hosts.dst_addr))
         .arg("--token-file")
@@ -85,6 +101,20 @@ fn start_sender(
         cmd,
         Terminal::Pipe,
     )
+}
+
+/// The command `on` makes to run `exe` (e.g. [`Hosts::on_target`]), run as the sandbox's
+/// user: through `setpriv` when it is not the current one.
+fn as_user(sb: &Sandbox, on: impl FnOnce(&OsStr) -> Command, exe: &Path) -> Command {
+    match sb.run_as() {
+        None => on(exe.as_os_str()),
+        Some(user) => {
+            let prefix = user.prefix();
+            let mut cmd = on(&prefix[0]);
+            cmd.args(&prefix[1..]).arg(exe);
+            cmd
+        }
+    }
 }
 
 fn read_steps(p: &mut Proc, steps: &mut StepCheck, until: u32, others: &mut [&mut Proc]) {
@@ -213,33 +243,36 @@ fn check_moved_to_end(
 
 fn nothing_more(_: &Hosts, _: &mut Proc, _: &mut Proc) {}
 
-#[test]
-fn move_counter_to_another_host() {
-    let Some(hosts) = Hosts::new("move_counter_to_another_host") else {
+/// Makes the two hosts (or skips `test`), and moves the program `prog` gives (its paths
+/// under `SRC`) with `flags` after step 5, checking it goes on to its end on the target.
+fn move_to_another_host(test: &str, flags: &[&str], prog: impl FnOnce(&Hosts) -> Program) {
+    let Some(hosts) = Hosts::new(test) else {
         return;
     };
-    let prog = Program::new("counter", hosts.stage(programs::COUNTER), STEPS, &[]);
-    migrate(&hosts, &prog, &[], 5, &mut nothing_more);
+    migrate(&hosts, &prog(&hosts), flags, 5, &mut nothing_more);
+}
+
+#[test]
+fn move_counter_to_another_host() {
+    move_to_another_host("move_counter_to_another_host", &[], |hosts| {
+        Program::new("counter", hosts.stage(programs::COUNTER), STEPS, &[])
+    });
 }
 
 #[test]
 fn move_threads_to_another_host_compressed() {
-    let Some(hosts) = Hosts::new("move_threads_to_another_host_compressed") else {
-        return;
-    };
-    let prog = Program::new("pthreads", hosts.stage(programs::PTHREADS), STEPS, &[]);
-    migrate(&hosts, &prog, &["--compress"], 5, &mut nothing_more);
+    move_to_another_host("move_threads_to_another_host_compressed", &["--compress"], |hosts| {
+        Program::new("pthreads", hosts.stage(programs::PTHREADS), STEPS, &[])
+    });
 }
 
 /// A process tree (tree.c: two workers on pipes, shared memory, a shared log file, a zombie)
 /// moves whole to the other host.
 #[test]
 fn move_tree_to_another_host() {
-    let Some(hosts) = Hosts::new("move_tree_to_another_host") else {
-        return;
-    };
-    let prog = Program::new("tree", hosts.stage(programs::TREE), STEPS, &[]);
-    migrate(&hosts, &prog, &["--compress"], 5, &mut nothing_more);
+    move_to_another_host("move_tree_to_another_host", &["--compress"], |hosts| {
+        Program::new("tree", hosts.stage(programs::TREE), STEPS, &[])
+    });
 }
 
 /// Two processes sharing sockets and kernel objects (tree_share.c: a socketpair split between
@@ -247,11 +280,9 @@ fn move_tree_to_another_host() {
 /// checked with kcmp to stay one of each) move to the other host.
 #[test]
 fn move_tree_sharing_sockets_to_another_host() {
-    let Some(hosts) = Hosts::new("move_tree_sharing_sockets_to_another_host") else {
-        return;
-    };
-    let prog = Program::new("tree-share", hosts.stage(programs::TREE_SHARE), STEPS, &[]);
-    migrate(&hosts, &prog, &[], 5, &mut nothing_more);
+    move_to_another_host("move_tree_sharing_sockets_to_another_host", &[], |hosts| {
+        Program::new("tree-share", hosts.stage(programs::TREE_SHARE), STEPS, &[])
+    });
 }
 
 /// A file only a child of the tree holds open (in `SRC`, which the target lacks) travels with
@@ -298,16 +329,45 @@ os.wait()
 /// python3 itself is on both hosts (only `SRC`, its working directory, is not).
 #[test]
 fn move_python_to_another_host() {
-    let Some(hosts) = Hosts::new("move_python_to_another_host") else {
-        return;
-    };
-    migrate(
-        &hosts,
-        &Program::python_threads(STEPS),
-        &["--compress"],
-        5,
-        &mut nothing_more,
-    );
+    move_to_another_host("move_python_to_another_host", &["--compress"], |_| {
+        Program::python_threads(STEPS)
+    });
+}
+
+/// bash running `while …; echo step; sleep; done | cat | cat` (three processes on two pipes, a
+/// `sleep` child) moves whole: the pipeline goes on from the next line on the target.
+#[test]
+fn move_bash_pipeline_to_another_host() {
+    move_to_another_host("move_bash_pipeline_to_another_host", &[], |_| {
+        Program::bash_pipeline(STEPS)
+    });
+}
+
+/// bash inside a command substitution (`x=$(sleep 0.03; echo hi)`, its subshell and `sleep`)
+/// moves: `x` still gets `hi` on the target.
+#[test]
+fn move_bash_command_substitution_to_another_host() {
+    move_to_another_host("move_bash_command_substitution_to_another_host", &[], |_| {
+        Program::bash_substitution(STEPS)
+    });
+}
+
+/// python3 `multiprocessing.Pool(2)` (worker processes, pipes, a semaphore in shared memory)
+/// moves: the pool keeps mapping correctly on the target.
+#[test]
+fn move_python_multiprocessing_pool_to_another_host() {
+    move_to_another_host("move_python_multiprocessing_pool_to_another_host", &[], |_| {
+        Program::python_pool(STEPS)
+    });
+}
+
+/// python3 `subprocess.Popen(['cat'])` with pipes both ways moves with its `cat`: each line
+/// comes back on the target, and `cat` exits 0 at the end.
+#[test]
+fn move_python_subprocess_pipes_to_another_host() {
+    move_to_another_host("move_python_subprocess_pipes_to_another_host", &[], |_| {
+        Program::python_subprocess(STEPS)
+    });
 }
 
 /// The executable the sender carried is at its own path on the target, with the source
@@ -786,4 +846,181 @@ fn move_nginx_to_another_host() {
     r.signal(libc::SIGQUIT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
     let st = r.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
     assert!(st.success(), "the moved nginx must stop cleanly on SIGQUIT: {}", r.describe());
+}
+
+/// `make -j2` (make, its jobserver pipe, gcc drivers and their cc1/as children) moved to the
+/// other host in the middle of a build: the build finishes there, and the program it built
+/// prints what an uninterrupted build's prints.  The project is in a [`Sandbox`] directory
+/// both hosts see (a shared file system): pmig carries the files the tree's processes use,
+/// not the sources make has yet to compile, so from `SRC` the target could not finish.
+#[test]
+fn move_make_j2_to_another_host() {
+    let Some(hosts) = Hosts::new("move_make_j2_to_another_host") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let project = MakeProject::write(&sb.workdir("project"));
+    let want = project.expected_output(&sb.workdir("copy"));
+    let prog = Program {
+        name: "make-j2".into(),
+        argv: vec!["/usr/bin/make".into(), "-s".into(), "-j2".into(), "-C".into(), project.dir.clone().into()],
+        steps: 0,
+        input: Input::Idle,
+    };
+    let token = token_file(&sb, "token", "a shared secret");
+    let (mut r, port) = start_receiver(&hosts, &sb, &token);
+    let mut s = start_sender(&hosts, &sb, port, &token, &[], &prog);
+    let make = s.pid();
+    let compiling = || {
+        let kids = std::fs::read_to_string(format!("/proc/{make}/task/{make}/children")).unwrap_or_default();
+        !kids.trim().is_empty()
+    };
+    wait_until(TIMEOUT, "make to build 3 objects and run a compiler", || {
+        (project.objects_built() >= 3 && compiling()).then_some(())
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    s.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    wait_moved(&mut s, &mut r);
+    let built = project.objects_built();
+    if built == MakeProject::FILES || project.linked() {
+        fail_with(
+            &format!("the build ended before the move ({built} objects built); make the project bigger"),
+            &mut [&mut s, &mut r],
+        );
+    }
+    let st = r.wait_exit(TIMEOUT + TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    if !st.success() {
+        fail_with("the moved make must finish the build and exit 0", &mut [&mut s, &mut r]);
+    }
+    assert_eq!(project.output(), want, "the built program must print what an uninterrupted build's prints");
+}
+
+/// The port redis-server listens on in the two hosts' namespaces.
+const REDIS_PORT: u16 = 6379;
+
+/// A redis client from inside network namespace `ns` on `addr:REDIS_PORT`, once redis answers.
+fn redis_in(ns: &str, addr: Ipv4Addr) -> Option<Redis> {
+    let s = Hosts::connect_from(ns, SocketAddr::from((addr, REDIS_PORT))).ok()?;
+    Redis::over(s).ok()?.ping()
+}
+
+/// redis-server moved to the other host while its BGSAVE child (a forked process of its tree)
+/// writes the dump into `SRC/redis` (its `--dir` and working directory): the half-written
+/// temporary file travels with the tree, the child finishes it on the target, redis reports
+/// the save ok there, and the dump holds every key (copied out of the target's mount
+/// namespace and loaded by a second redis-server).  The save must not have finished on the
+/// source.
+#[test]
+fn move_redis_during_bgsave_to_another_host() {
+    let Some(hosts) = Hosts::new("move_redis_during_bgsave_to_another_host") else {
+        return;
+    };
+    if !Path::new(REDIS_SERVER).exists() {
+        panic!("redis-server is not installed (.ci/run installs it: apt-get install redis-server)");
+    }
+    let dir = hosts.src_dir().join("redis");
+    std::fs::create_dir(&dir).expect("create SRC/redis");
+    let mut argv = vec![REDIS_SERVER.into()];
+    argv.extend(redis_slow_save_args(REDIS_PORT, "0.0.0.0", &dir));
+    argv.extend(["--protected-mode".into(), "no".into()]);
+    let prog = Program { name: "redis-bgsave".into(), argv, steps: 0, input: Input::Idle };
+    let sb = Sandbox::new();
+    let token = token_file(&sb, "token", "a shared secret");
+    let (mut r, port) = start_receiver(&hosts, &sb, &token);
+    let mut s = start_sender(&hosts, &sb, port, &token, &[], &prog);
+    let mut c = wait_until(TIMEOUT, "redis-server answering PING on the source", || redis_in(&hosts.src_ns, hosts.src_addr))
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    let n = 1200;
+    c.set_keys(n);
+    assert_eq!(c.cmd(&["BGSAVE"]).unwrap(), "+Background saving started");
+    let pid = s.pid();
+    wait_until(TIMEOUT, "the BGSAVE child", || {
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        kids.split_whitespace().next().map(str::to_string)
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    drop(c);
+    s.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    wait_moved(&mut s, &mut r);
+    if dir.join("dump.rdb").exists() {
+        fail_with("the save must not have finished on the source", &mut [&mut s, &mut r]);
+    }
+    let mut c = wait_until(TIMEOUT, "the moved redis answering on the target", || redis_in(&hosts.dst_ns, hosts.dst_addr))
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    let done = wait_until(TIMEOUT, "the BGSAVE to finish on the target", || {
+        let info = c.info_persistence()?;
+        info.contains("rdb_bgsave_in_progress:0").then_some(info)
+    })
+    .unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    assert!(done.contains("rdb_last_bgsave_status:ok"), "the save finished badly: {done}");
+    let copy = sb.workdir("dump");
+    let there = Hosts::seen_by(r.pid(), &dir.join("dump.rdb"));
+    if let Err(e) = std::fs::copy(&there, copy.join("dump.rdb")) {
+        fail_with(&format!("the dump is not on the target ({}): {e}", there.display()), &mut [&mut s, &mut r]);
+    }
+    let _ = c.cmd(&["SHUTDOWN", "NOSAVE"]);
+    let _ = r.wait_exit(TIMEOUT);
+    check_redis_dump(&sb, &copy, n);
+}
+
+/// PostgreSQL (postmaster, background processes and a client's backend: shared memory,
+/// semaphores, latches, the listening sockets they share), run as nobody, moved to the other
+/// host with its data directory in a [`Sandbox`] directory both hosts see (a shared file
+/// system, as a database's storage would be): the rows written on the source are read on the
+/// target, more are written there, and `pg_ctl stop` run on the target (it finds the
+/// postmaster by the pid in `postmaster.pid`, which the restore keeps) shuts it down cleanly.
+#[test]
+fn move_postgres_to_another_host() {
+    let Some(hosts) = Hosts::new("move_postgres_to_another_host") else {
+        return;
+    };
+    let Some(bin) = postgres_bin() else {
+        panic!("PostgreSQL is not installed (.ci/run installs it: apt-get install postgresql-15)");
+    };
+    // postgres refuses to run as root (which the hosts need).
+    let sb = Sandbox::with_user(Some(RunAs::nobody()));
+    let data = sb.workdir("pg").join("data");
+    initdb(&sb, &bin, &data, &sb.workdir("pg"));
+    // Clients come from the hosts' addresses, not from 127.0.0.1.
+    let hba = data.join("pg_hba.conf");
+    let mut conf = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    conf.push_str("host all all 10.0.0.0/8 trust\n");
+    std::fs::write(&hba, conf).expect("write pg_hba.conf");
+    let port = 5432;
+    let prog = Program {
+        name: "postgres".into(),
+        argv: postgres_argv(&bin, &data, &sb.workdir("pgsock"), port, "*"),
+        steps: 0,
+        input: Input::Idle,
+    };
+    let token = token_file(&sb, "token", "a shared secret");
+    // The image is of nobody's processes: the receiver (root) restores them as their owner.
+    let (mut r, rport) = start_receiver_with(&hosts, &sb, &token, &["--as-owner"]);
+    let mut s = start_sender(&hosts, &sb, rport, &token, &[], &prog);
+    let src = hosts.src_addr.to_string();
+    let on_source = |sql: &str| psql_query(hosts.in_source_net(PSQL), &src, port, sql);
+    wait_until(TIMEOUT, "postgres accepting connections on the source", || on_source("select 1").filter(|o| o == "1"))
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    if on_source("create table t (x int); insert into t select generate_series(1, 1000)").is_none() {
+        fail_with("cannot create the table on the source", &mut [&mut s, &mut r]);
+    }
+    s.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    wait_moved(&mut s, &mut r);
+    let dst = hosts.dst_addr.to_string();
+    let on_target = |sql: &str| psql_query(hosts.in_target_net(PSQL), &dst, port, sql);
+    let count = wait_until(TIMEOUT, "the moved postgres answering on the target", || on_target("select count(*) from t"))
+        .unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    assert_eq!(count, "1000", "the rows written on the source must be there: {}", r.describe());
+    let sum = on_target("insert into t select generate_series(1, 100); select count(*), sum(x) from t");
+    assert_eq!(sum.as_deref(), Some("1100|505550"), "rows written on the target: {}", r.describe());
+    let mut stop = as_user(&sb, |exe| hosts.on_target(exe, &sb.workdir("pg")), &bin.join("pg_ctl"));
+    let out = stop.arg("-D").arg(&data).args(["-m", "fast", "stop"]).output().expect("run pg_ctl");
+    if !out.status.success() {
+        let why = format!("pg_ctl stop on the target: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        fail_with(&why, &mut [&mut s, &mut r]);
+    }
+    let st = r.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
+    assert!(st.success(), "the moved postgres must shut down cleanly: {}", r.describe());
+    assert!(r.stderr_text().contains("database system is shut down"), "{}", r.describe());
+    assert!(!data.join("postmaster.pid").exists(), "a clean shutdown removes postmaster.pid");
 }

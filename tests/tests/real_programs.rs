@@ -3,12 +3,15 @@
 //! checkpoint), and `python3` running an asyncio event loop, a thread and an sqlite3 database;
 //! memcached dropping privileges; redis's BGSAVE child; nginx's master and workers.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use pmig_tests::services::{
+    check_redis_dump, free_port, initdb, postgres_argv, postgres_bin, psql_query, redis_slow_save_args, redis_up, Psql, Redis, PSQL, REDIS_SERVER,
+};
 use pmig_tests::{fail_with, pmig_env, programs, wait_until, Chain, ChainOpts, Input, Program, Proc, Sandbox, Terminal};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -78,81 +81,6 @@ fn python_asyncio_thread_sqlite_chain() {
     Chain::new(&sb, &prog, ChainOpts::default()).run();
 }
 
-/// A redis client speaking RESP over one connection.
-struct Client {
-    s: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(port: u16) -> std::io::Result<Client> {
-        let s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(TIMEOUT))?;
-        let r = BufReader::new(s.try_clone()?);
-        Ok(Client { s, r })
-    }
-
-    /// `INFO persistence`, as one string.
-    fn info_persistence(&mut self) -> Option<String> {
-        let m = "*2\r\n$4\r\nINFO\r\n$11\r\npersistence\r\n";
-        self.s.write_all(m.as_bytes()).ok()?;
-        let mut line = String::new();
-        self.r.read_line(&mut line).ok()?;
-        let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
-        let mut body = vec![0u8; len + 2];
-        self.r.read_exact(&mut body).ok()?;
-        Some(String::from_utf8_lossy(&body).into_owned())
-    }
-
-    /// Sends a command; returns the reply line (bulk strings: their content).
-    fn cmd(&mut self, args: &[&str]) -> std::io::Result<String> {
-        let mut m = format!("*{}\r\n", args.len());
-        for a in args {
-            m += &format!("${}\r\n{a}\r\n", a.len());
-        }
-        self.s.write_all(m.as_bytes())?;
-        let mut line = String::new();
-        let got = self.r.read_line(&mut line)?;
-        // Acknowledge at once rather than with a delayed ACK: pmig does not hold back packets
-        // in the gap between checkpoint and restore, and one arriving then is answered by a
-        // reset (a documented limitation).
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt on our own socket with a pointer to a c_int and its size.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&self.s),
-                libc::IPPROTO_TCP,
-                libc::TCP_QUICKACK,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if got == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "redis closed the connection"));
-        }
-        let line = line.trim_end().to_string();
-        if let Some(n) = line.strip_prefix('$') {
-            let n: i64 = n.parse().unwrap_or(-1);
-            if n < 0 {
-                return Ok("(nil)".into());
-            }
-            let mut b = vec![0u8; n as usize + 2];
-            self.r.read_exact(&mut b)?;
-            return Ok(String::from_utf8_lossy(&b[..n as usize]).into_owned());
-        }
-        Ok(line)
-    }
-}
-
-fn redis_up(port: u16) -> Option<Client> {
-    let mut c = Client::connect(port).ok()?;
-    (c.cmd(&["PING"]).ok()? == "+PONG").then_some(c)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
 fn spawn(sb: &Sandbox, cmd_of: impl FnOnce(&Sandbox) -> Command, label: &str) -> Proc {
     let mut cmd = cmd_of(sb);
     pmig_env(&mut cmd);
@@ -197,7 +125,7 @@ fn redis_server_keeps_its_data_and_clients() {
         &sb,
         |sb| {
             let mut c = sb.command(&sb.bins().run, &sb.workdir("run"));
-            c.arg("--exit").arg("--image").arg(&image).arg("--").arg("/usr/bin/redis-server");
+            c.arg("--exit").arg("--image").arg(&image).arg("--").arg(REDIS_SERVER);
             c.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
             c
         },
@@ -205,7 +133,7 @@ fn redis_server_keeps_its_data_and_clients() {
     );
     let mut kept = wait_until(TIMEOUT, "redis-server answering PING", || redis_up(port)).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
     let mut written = 0;
-    let mut write_keys = |c: &mut Client, n: usize| {
+    let mut write_keys = |c: &mut Redis, n: usize| {
         for _ in 0..n {
             written += 1;
             assert_eq!(c.cmd(&["SET", &format!("key{written}"), &format!("value{written}")]).unwrap(), "+OK");
@@ -325,19 +253,15 @@ fn redis_bgsave_child_finishes_after_restore() {
         &sb,
         |sb| {
             let mut c = sb.command(&sb.bins().run, &sb.workdir("run"));
-            c.arg("--exit").arg("--image").arg(&image).arg("--").arg("/usr/bin/redis-server");
-            c.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-            // Slow the save down (2 ms a key) so the checkpoint catches its child writing.
-            c.arg("--dir").arg(&dir).args(["--rdb-key-save-delay", "2000"]);
+            c.arg("--exit").arg("--image").arg(&image).arg("--").arg(REDIS_SERVER);
+            c.args(redis_slow_save_args(port, "127.0.0.1", &dir));
             c
         },
         "pmig-run (redis-server, BGSAVE)",
     );
     let mut c = wait_until(TIMEOUT, "redis-server answering PING", || redis_up(port)).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
     let n = 1200;
-    for i in 1..=n {
-        assert_eq!(c.cmd(&["SET", &format!("k{i}"), &format!("v{i}")]).unwrap(), "+OK");
-    }
+    c.set_keys(n);
     assert_eq!(c.cmd(&["BGSAVE"]).unwrap(), "+Background saving started");
     let child = wait_until(TIMEOUT, "the BGSAVE child", || {
         let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", r.pid())).ok()?;
@@ -359,23 +283,7 @@ fn redis_bgsave_child_finishes_after_restore() {
     assert!(done.contains("rdb_last_bgsave_status:ok"), "the save finished badly: {done}");
     let _ = c.cmd(&["SHUTDOWN", "NOSAVE"]);
     let _ = r.wait_exit(TIMEOUT);
-    // The dump holds every key: a second redis loads it.
-    let port2 = free_port();
-    let mut r2 = spawn(
-        &sb,
-        |sb| {
-            let mut c = sb.command(Path::new("/usr/bin/redis-server"), &sb.workdir("check"));
-            c.args(["--port", &port2.to_string(), "--bind", "127.0.0.1", "--appendonly", "no", "--save", ""]);
-            c.arg("--dir").arg(&dir);
-            c
-        },
-        "redis-server (loading the dump)",
-    );
-    let mut c2 = wait_until(TIMEOUT, "the second redis answering", || redis_up(port2)).unwrap_or_else(|e| fail_with(&e, &mut [&mut r2]));
-    assert_eq!(c2.cmd(&["DBSIZE"]).unwrap(), format!(":{n}"));
-    assert_eq!(c2.cmd(&["GET", "k777"]).unwrap(), "v777");
-    let _ = c2.cmd(&["SHUTDOWN", "NOSAVE"]);
-    let _ = r2.wait_exit(TIMEOUT);
+    check_redis_dump(&sb, &dir, n);
 }
 
 /// One HTTP/1.0 GET of `/` on `port`: the body, when the answer is 200.
@@ -518,64 +426,6 @@ fn nginx_master_and_workers_serve_after_restore() {
     assert!(st.success(), "nginx must stop cleanly on SIGQUIT after the restores: {}", r.describe());
 }
 
-/// The directory of PostgreSQL's programs (`postgres`, `initdb`, `pg_ctl`), if installed.
-fn postgres_bin() -> Option<std::path::PathBuf> {
-    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql").ok()?.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect();
-    dirs.sort();
-    dirs.into_iter().rev().find(|d| d.join("postgres").exists())
-}
-
-/// A psql session kept open (outside pmig): each query's rows, unaligned, one per line.
-struct Psql {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Psql {
-    fn open(port: u16) -> Psql {
-        let mut child = Command::new("/usr/bin/psql")
-            .args(["-X", "-q", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "postgres"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("psql");
-        let stdin = child.stdin.take().expect("psql's stdin");
-        let out = BufReader::new(child.stdout.take().expect("psql's stdout"));
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in out.lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Psql { child, stdin, lines }
-    }
-
-    /// The rows `sql` gives, or an error if the session is gone.
-    fn query(&mut self, sql: &str) -> Result<Vec<String>, String> {
-        writeln!(self.stdin, "{sql};\n\\echo __end__").map_err(|e| format!("psql: {e}"))?;
-        self.stdin.flush().map_err(|e| format!("psql: {e}"))?;
-        let mut rows = Vec::new();
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(10)) {
-                Ok(l) if l == "__end__" => return Ok(rows),
-                Ok(l) => rows.push(l),
-                Err(e) => return Err(format!("psql gave no answer to {sql:?}: {e}")),
-            }
-        }
-    }
-}
-
-impl Drop for Psql {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// PostgreSQL (its postmaster, background processes and a client's backend: shared memory,
 /// semaphores, latches, listening sockets they share, SIGUSR2 between them) under pmig:
 /// data written before each of two checkpoints is read after the restore, new connections
@@ -596,26 +446,19 @@ fn postgres_keeps_its_data_and_stops_cleanly_after_restore() {
     let image = sb.image("postgres.pmig");
     let data = sb.workdir("pg").join("data");
     let sock = sb.workdir("pgsock");
-    let out = sb.command(&bin.join("initdb"), &sb.workdir("pg")).arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres"]).output().expect("initdb");
-    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    initdb(&sb, &bin, &data, &sb.workdir("pg"));
     let port = free_port();
     let mut r = spawn(
         &sb,
         |sb| {
             let mut c = sb.command(&sb.bins().run, &sb.workdir("run"));
-            c.arg("--exit").arg("--image").arg(&image).arg("--").arg(bin.join("postgres"));
-            c.arg("-D").arg(&data).arg("-k").arg(&sock).args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"]);
+            c.arg("--exit").arg("--image").arg(&image).arg("--");
+            c.args(postgres_argv(&bin, &data, &sock, port, "127.0.0.1"));
             c
         },
         "pmig-run (postgres)",
     );
-    let psql = |sql: &str| -> Option<String> {
-        let out = Command::new("/usr/bin/psql")
-            .args(["-X", "-q", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-c", sql, "postgres"])
-            .output()
-            .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
+    let psql = |sql: &str| psql_query(Command::new(PSQL), "127.0.0.1", port, sql);
     wait_until(TIMEOUT, "postgres accepting connections", || psql("select 1").filter(|o| o == "1")).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
     assert!(psql("create table t (x int); insert into t select generate_series(1, 1000)").is_some());
     let mut rows = 1000;

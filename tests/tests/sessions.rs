@@ -11,13 +11,12 @@
 use pmig_tests::{programs, Chain, ChainOpts, Program, Sandbox};
 
 const STEPS: u32 = 40;
-const PTY: &str = env!("PMIG_TEST_PROG_PTY");
 
 /// Also: `--inspect` names the pty and the session leader's controlling terminal.
 #[test]
 fn pty_chain() {
     let sb = Sandbox::new();
-    let prog = Program::new("pty", PTY, STEPS, &[]);
+    let prog = Program::new("pty", programs::PTY, STEPS, &[]);
     let mut chain = Chain::new(&sb, &prog, ChainOpts::default());
     chain.start_and_checkpoint();
     let out = std::process::Command::new(&sb.bins().resume).arg("--inspect").arg(chain.image()).output().expect("run --inspect");
@@ -32,7 +31,7 @@ fn pty_chain() {
 
 #[test]
 fn pty_chain_unprivileged() {
-    pmig_tests::run_chain_unprivileged("pty-user", PTY, STEPS);
+    pmig_tests::run_chain_unprivileged("pty-user", programs::PTY, STEPS);
 }
 
 /// `script -qfec CMD /dev/null`: script holds the pty's master and copies what the shell

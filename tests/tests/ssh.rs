@@ -6,14 +6,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use pmig_tests::services::free_port;
 use pmig_tests::{fail_with, pmig_env, programs, wait_until, Input, Proc, Sandbox, StepCheck, Terminal};
 
 const STEPS: u32 = 60;
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
 
 #[test]
 fn move_through_ssh() {

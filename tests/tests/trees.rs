@@ -64,10 +64,7 @@ fn tree_image_is_described_and_checked() {
 #[test]
 fn bash_pipeline_chain() {
     let sb = Sandbox::new();
-    let script = "i=0; while [ $i -lt \"$1\" ]; do i=$((i+1)); echo step $i; sleep 0.05; done | cat | cat";
-    let mut prog = Program::new("bash-pipeline", "/bin/bash", STEPS, &[]);
-    prog.argv = vec!["/bin/bash".into(), "-c".into(), script.into(), "bash".into(), STEPS.to_string().into()];
-    Chain::new(&sb, &prog, ChainOpts::default()).run();
+    Chain::new(&sb, &Program::bash_pipeline(STEPS), ChainOpts::default()).run();
 }
 
 /// bash inside a command substitution (`x=$(sleep 0.3; echo hi)`), checkpointed while the
@@ -75,11 +72,7 @@ fn bash_pipeline_chain() {
 #[test]
 fn bash_command_substitution_chain() {
     let sb = Sandbox::new();
-    let script = "i=0; while [ $i -lt \"$1\" ]; do i=$((i+1)); x=$(sleep 0.03; echo hi); \
-                  if [ \"$x\" != hi ]; then echo \"CORRUPT step $i: x is '$x'\"; exit 3; fi; echo step $i; done";
-    let mut prog = Program::new("bash-substitution", "/bin/bash", STEPS, &[]);
-    prog.argv = vec!["/bin/bash".into(), "-c".into(), script.into(), "bash".into(), STEPS.to_string().into()];
-    Chain::new(&sb, &prog, ChainOpts::default()).run();
+    Chain::new(&sb, &Program::bash_substitution(STEPS), ChainOpts::default()).run();
 }
 
 /// python3 `multiprocessing.Pool(2)` mapping in a loop (pipes, a semaphore in shared memory
@@ -87,22 +80,7 @@ fn bash_command_substitution_chain() {
 #[test]
 fn python_multiprocessing_pool_chain() {
     let sb = Sandbox::new();
-    let script = r#"
-import multiprocessing as mp, sys, time
-def sq(x): return x * x
-if __name__ == '__main__':
-    n = int(sys.argv[1])
-    with mp.Pool(2) as pool:
-        for step in range(1, n + 1):
-            got = pool.map(sq, range(step % 7 + 3))
-            if got != [x * x for x in range(step % 7 + 3)]:
-                print('CORRUPT step', step, got, flush=True); sys.exit(3)
-            print('step', step, flush=True)
-            time.sleep(0.03)
-"#;
-    let mut prog = Program::new("python-pool", programs::PYTHON3, STEPS, &[]);
-    prog.argv = vec![programs::PYTHON3.into(), "-c".into(), script.into(), STEPS.to_string().into()];
-    Chain::new(&sb, &prog, ChainOpts::default()).run();
+    Chain::new(&sb, &Program::python_pool(STEPS), ChainOpts::default()).run();
 }
 
 /// python3 `subprocess.Popen` with pipes: a `cat` child it writes a line to and reads it back
@@ -110,24 +88,7 @@ if __name__ == '__main__':
 #[test]
 fn python_subprocess_pipes_chain() {
     let sb = Sandbox::new();
-    let script = r#"
-import subprocess, sys, time
-n = int(sys.argv[1])
-p = subprocess.Popen(['cat'], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-for step in range(1, n + 1):
-    p.stdin.write(f'line {step}\n'); p.stdin.flush()
-    got = p.stdout.readline()
-    if got != f'line {step}\n':
-        print('CORRUPT step', step, repr(got), flush=True); sys.exit(3)
-    print('step', step, flush=True)
-    time.sleep(0.03)
-p.stdin.close()
-if p.wait() != 0:
-    print('CORRUPT cat exited', p.returncode, flush=True); sys.exit(3)
-"#;
-    let mut prog = Program::new("python-subprocess", programs::PYTHON3, STEPS, &[]);
-    prog.argv = vec![programs::PYTHON3.into(), "-c".into(), script.into(), STEPS.to_string().into()];
-    Chain::new(&sb, &prog, ChainOpts::default()).run();
+    Chain::new(&sb, &Program::python_subprocess(STEPS), ChainOpts::default()).run();
 }
 
 /// `make -j2` building a small C project (make, its jobserver pipe, gcc drivers and their
@@ -135,56 +96,22 @@ if p.wait() != 0:
 /// the program it built prints what an uninterrupted build's prints.
 #[test]
 fn make_j2_finishes_after_restore() {
-    use pmig_tests::{wait_until, Proc, Terminal};
+    use pmig_tests::{programs::MakeProject, wait_until, Proc, Terminal};
     let sb = Sandbox::new();
-    let src = sb.workdir("project");
-    let n = 24;
-    let mut main = String::from("#include <stdio.h>\n");
-    let mut objs = Vec::new();
-    for i in 0..n {
-        // Enough code that each compile takes a moment.
-        let mut body = format!("long f{i}(long x) {{ long s = {i};\n");
-        for k in 0..300 {
-            body.push_str(&format!("  s = s * 31 + (x ^ {k}) % {};\n", k + 7));
-        }
-        body.push_str("  return s; }\n");
-        std::fs::write(src.join(format!("f{i}.c")), body).unwrap();
-        main.push_str(&format!("long f{i}(long);\n"));
-        objs.push(format!("f{i}.o"));
-    }
-    main.push_str("int main(void) { long t = 0;\n");
-    for i in 0..n {
-        main.push_str(&format!("  t += f{i}({i});\n"));
-    }
-    main.push_str("  printf(\"%ld\\n\", t); return 0; }\n");
-    std::fs::write(src.join("main.c"), main).unwrap();
-    std::fs::write(
-        src.join("Makefile"),
-        format!("prog: main.o {}\n\tgcc -o $@ $^\n%.o: %.c\n\tgcc -O2 -c -o $@ $<\n", objs.join(" ")),
-    )
-    .unwrap();
-    // The expected output, from an uninterrupted build in a copy.
-    let copy = sb.workdir("copy");
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
-    }
-    let ok = std::process::Command::new("make").args(["-s", "-j2"]).current_dir(&copy).status().unwrap();
-    assert!(ok.success());
-    let want = std::process::Command::new(copy.join("prog")).output().unwrap().stdout;
+    let project = MakeProject::write(&sb.workdir("project"));
+    let want = project.expected_output(&sb.workdir("copy"));
 
     let image = sb.image("make.pmig");
-    let mut cmd = sb.command(&sb.bins().run, &src);
+    let mut cmd = sb.command(&sb.bins().run, &project.dir);
     cmd.arg("--exit").arg("--image").arg(&image).args(["--", "/usr/bin/make", "-s", "-j2"]);
     pmig_env(&mut cmd);
     let mut run = Proc::spawn("pmig-run make -j2", cmd, Terminal::Pipe);
-    let built = |k: usize| (0..n).filter(|i| src.join(format!("f{i}.o")).exists()).count() >= k;
-    wait_until(Duration::from_secs(60), "make to build 3 objects", || built(3).then_some(())).unwrap_or_else(|e| panic!("{e}\n{}", run.describe()));
-    assert!(!built(n), "the build ended before the checkpoint; make the project bigger");
+    wait_until(Duration::from_secs(60), "make to build 3 objects", || (project.objects_built() >= 3).then_some(())).unwrap_or_else(|e| panic!("{e}\n{}", run.describe()));
+    assert!(project.objects_built() < MakeProject::FILES, "the build ended before the checkpoint; make the project bigger");
     run.signal(libc::SIGUSR2).unwrap();
     let st = run.wait_exit(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}\n{}", run.describe()));
     assert!(st.success(), "make under pmig must exit 0 after the checkpoint\n{}", run.describe());
-    assert!(!src.join("prog").exists(), "the build must not have finished before the checkpoint");
+    assert!(!project.linked(), "the build must not have finished before the checkpoint");
     let inspect = std::process::Command::new(&sb.bins().resume).arg("--inspect").arg(&image).output().unwrap();
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(text.contains("gcc") || text.contains("cc1"), "the checkpoint must have caught compilers running under make:\n{text}");
@@ -196,8 +123,7 @@ fn make_j2_finishes_after_restore() {
     let mut resumed = Proc::spawn("pmig-resume (make)", cmd, Terminal::Pipe);
     let st = resumed.wait_exit(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}\n{}", resumed.describe()));
     assert!(st.success(), "the resumed make must finish the build\n{}", resumed.describe());
-    let got = std::process::Command::new(src.join("prog")).output().unwrap().stdout;
-    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want), "the built program must print what an uninterrupted build's prints");
+    assert_eq!(project.output(), want, "the built program must print what an uninterrupted build's prints");
 }
 
 /// A child that is not under pmig (started with libpmig taken out of its environment) makes

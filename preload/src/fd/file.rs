@@ -5,29 +5,76 @@
 use crate::errno::Errno;
 use super::{FdInfo, DumpCtx, Ops, RestoreCtx};
 use crate::{memory, sys};
-use pmig_image::{FileKind, FileState};
+use pmig_image::{FileContent, FileKind, FileState};
 
 pub const OPS: Ops = Ops { name: "file", dump, restore };
 
 /// The largest deleted file or memfd whose content is saved.
 const MAX_CONTENT: u64 = 1 << 30;
 
-/// The whole content of the file open as `fd`; a write-only fd is read through a new
-/// read-only open of its `/proc/self/fd` link (which works for deleted files too).
-fn read_all(fd: i32, size: u64) -> Result<Vec<u8>, String> {
-    if size > MAX_CONTENT {
-        return Err(format!("its content ({size} bytes) is too large to carry in the image"));
+/// The content of the file open as `fd`, `size` bytes: its data extents (`SEEK_DATA` /
+/// `SEEK_HOLE`, on a read-only description of its own opened through `/proc/self/fd`, which
+/// works for deleted files and memfds and leaves the program's offset alone); holes are not
+/// read.
+fn read_all(fd: i32, size: u64) -> Result<FileContent, String> {
+    let path = sys::cstr(&format!("/proc/self/fd/{fd}"));
+    let rd = sys::openat(libc::AT_FDCWD, &path, libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .map_err(|e| format!("cannot reopen it to read its content: {}", Errno(e)))? as i32;
+    let r = read_extents(rd, size);
+    let _ = sys::close(rd);
+    r
+}
+
+fn read_extents(rd: i32, size: u64) -> Result<FileContent, String> {
+    let err = |e: i32| format!("cannot read its content: {}", Errno(e));
+    let mut c = FileContent { size, extents: Vec::new() };
+    let mut off = 0u64;
+    while off < size {
+        let data = match sys::lseek(rd, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d,
+            // No data after `off`: the rest is a hole.
+            Err(libc::ENXIO) => break,
+            // A file system without holes: all data.
+            Err(libc::EINVAL) => off,
+            Err(e) => return Err(err(e)),
+        };
+        if data >= size {
+            break;
+        }
+        let hole = sys::lseek(rd, data as i64, libc::SEEK_HOLE).unwrap_or(size).min(size);
+        let len = hole.saturating_sub(data).max(1);
+        c.stored_check(len, MAX_CONTENT)?;
+        let mut b = vec![0u8; len as usize];
+        let mut got = 0usize;
+        while got < b.len() {
+            match sys::pread(rd, &mut b[got..], data + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n as usize,
+                Err(libc::EINTR) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        b.truncate(got);
+        off = data + got.max(1) as u64;
+        if !b.is_empty() {
+            c.extents.push((data, b));
+        }
     }
-    let writeonly = sys::fcntl(fd, libc::F_GETFL, 0).map(|f| f as i32 & libc::O_ACCMODE == libc::O_WRONLY).unwrap_or(false);
-    if writeonly {
-        let path = sys::cstr(&format!("/proc/self/fd/{fd}"));
-        let rd = sys::openat(libc::AT_FDCWD, &path, libc::O_RDONLY | libc::O_CLOEXEC, 0)
-            .map_err(|e| format!("cannot reopen it to read its content: {}", Errno(e)))? as i32;
-        let r = read_all(rd, size);
-        let _ = sys::close(rd);
-        return r;
+    Ok(c)
+}
+
+trait StoredCheck {
+    fn stored_check(&self, more: u64, max: u64) -> Result<(), String>;
+}
+
+impl StoredCheck for FileContent {
+    fn stored_check(&self, more: u64, max: u64) -> Result<(), String> {
+        let total = self.stored() + more;
+        if total > max {
+            return Err(format!("its data ({total} bytes so far, holes aside) is too large to carry in the image"));
+        }
+        Ok(())
     }
-    sys::pread_all(fd, size).map_err(|e| format!("cannot read its content: {}", Errno(e)))
 }
 
 fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
@@ -42,18 +89,14 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
     }
     if (t == libc::S_IFREG || t == libc::S_IFDIR) && i.link.starts_with('/') {
         if let Some(path) = i.link.strip_suffix(" (deleted)") {
+            let path = path.to_string();
+            let ino = i.st.st_ino;
+            let meta = meta_of(&i.st);
             if t == libc::S_IFREG && i.st.st_nlink == 0 {
-                let path = path.to_string();
-                let ino = i.st.st_ino;
-                let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
-                let meta = pmig_image::FileMeta {
-                    mode: i.st.st_mode & 0o7777,
-                    uid: i.st.st_uid,
-                    gid: i.st.st_gid,
-                    atime_ns: ns(i.st.st_atime, i.st.st_atime_nsec),
-                    mtime_ns: ns(i.st.st_mtime, i.st.st_mtime_nsec),
-                };
                 return Some(read_all(i.fd, i.st.st_size as u64).map(|content| FileKind::Deleted { path, ino, content, meta }));
+            }
+            if t == libc::S_IFDIR && i.st.st_nlink == 0 {
+                return Some(Ok(FileKind::DeletedDir { path, ino, meta }));
             }
         }
         let ident = memory::file_ident(&i.link).unwrap_or_default();
@@ -68,6 +111,51 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
         return Some(Ok(if tty { FileKind::Tty { path } } else { FileKind::CharDevice { path } }));
     }
     None
+}
+
+/// Mode, owner and times of a file.
+pub fn meta_of(st: &libc::stat) -> pmig_image::FileMeta {
+    let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+    pmig_image::FileMeta {
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        atime_ns: ns(st.st_atime, st.st_atime_nsec),
+        mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
+    }
+}
+
+/// A name for something made again in place of a deleted `path` (a directory, a FIFO): beside
+/// it when its directory is still there, else in /tmp; free now.
+pub fn beside(path: &str, what: &str, ino: u64) -> String {
+    format!("{}-{}", beside_shared(path, what, ino), sys::getpid())
+}
+
+/// As `beside`, one name for every process of a tree (what they make together).
+pub fn beside_shared(path: &str, what: &str, ino: u64) -> String {
+    let parent = match path.rfind('/') {
+        Some(0) => "/",
+        Some(at) => &path[..at],
+        None => ".",
+    };
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    let dir = if sys::fstatat(libc::AT_FDCWD, &sys::cstr(parent), &mut st, 0).is_ok() && st.st_mode & libc::S_IFMT == libc::S_IFDIR { parent } else { "/tmp" };
+    format!("{}/.pmig-{what}-{ino}", dir.trim_end_matches('/'))
+}
+
+/// Makes an empty directory in place of the deleted directory `path` and returns an fd on it,
+/// the directory removed again (its mode and, where allowed, owner as saved).
+pub fn make_deleted_dir(path: &str, ino: u64, meta: &pmig_image::FileMeta) -> Result<i32, String> {
+    let tmp = beside(path, "dir", ino);
+    let c = sys::cstr(&tmp);
+    sys::mkdir(&c, 0o700).map_err(|e| format!("cannot make a directory in place of {path} ({tmp}): {}", Errno(e)))?;
+    let fd = sys::openat(libc::AT_FDCWD, &c, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0).map(|fd| fd as i32);
+    let _ = sys::rmdir(&c);
+    let fd = fd.map_err(|e| format!("cannot open the directory made in place of {path}: {}", Errno(e)))?;
+    let _ = sys::fchown(fd, meta.uid, meta.gid);
+    let _ = sys::fchmod(fd, meta.mode);
+    Ok(fd)
 }
 
 /// Open flags without the ones that only matter when a file is created.
@@ -96,8 +184,21 @@ fn keep_made(ctx: &mut RestoreCtx, ino: u64, made: i32, f: &FileState) -> Result
     Ok(fd)
 }
 
-fn with_content(fd: i32, content: &[u8], pos: i64) -> Result<i32, String> {
-    sys::write_all(fd, content).map_err(|e| format!("cannot write its content back: {}", Errno(e)))?;
+/// Gives the new file `fd` its size and data (its holes stay holes).
+fn with_content(fd: i32, content: &FileContent, pos: i64) -> Result<i32, String> {
+    let err = |e: i32| format!("cannot write its content back: {}", Errno(e));
+    sys::ftruncate(fd, content.size as i64).map_err(err)?;
+    for (off, b) in &content.extents {
+        let mut done = 0usize;
+        while done < b.len() {
+            match sys::pwrite(fd, &b[done..], off + done as u64) {
+                Ok(0) => return Err(err(libc::EIO)),
+                Ok(n) => done += n as usize,
+                Err(libc::EINTR) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
     let _ = sys::lseek(fd, pos, libc::SEEK_SET);
     Ok(fd)
 }
@@ -126,6 +227,10 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
             None => Err(format!("pmig-resume did not make the pty /dev/pts/{index} again")),
         },
         FileKind::CharDevice { path } => open(path, reopen_flags(f.flags) | libc::O_NOCTTY),
+        FileKind::DeletedDir { path, ino, meta } => match ctx.deleted.iter().find(|d| d.0 == *ino) {
+            Some(&(_, made)) => open(&format!("/proc/self/fd/{made}"), reopen_flags(f.flags)),
+            None => make_deleted_dir(path, *ino, meta).and_then(|made| keep_made(ctx, *ino, made, f)),
+        },
         FileKind::Deleted { ino, .. } | FileKind::Memfd { ino, .. } if ctx.objects.iter().any(|o| o.0 == *ino && o.2 == pmig_abi::OBJECT_SHARED_MEMORY) => {
             // Also mapped shared: pmig-resume made the object (with this content) for the
             // mapping; open a new description of that same object.

@@ -14,6 +14,7 @@ mod board;
 pub use board::Board;
 mod event;
 mod file;
+pub use file::{beside_shared, make_deleted_dir, meta_of};
 pub mod inotify;
 mod pipe;
 mod pty;
@@ -70,6 +71,9 @@ pub struct RestoreCtx {
     pub pipe_ends: Vec<(u64, bool)>,
     /// Deleted files and memfds made so far: `(inode at checkpoint, read/write fd)`.
     pub deleted: Vec<(u64, i32)>,
+    /// Names made for this restore only (a deleted FIFO made again), removed once every
+    /// process of the tree has its fds.
+    pub unlink_later: Vec<String>,
     /// Objects pmig-resume made and this process inherits: `(inode at checkpoint, fd, kind)`
     /// (`pmig_abi::OBJECT_*`: shared memory, the ends of pipes the tree shares).
     pub objects: Vec<(u64, i32, u32)>,
@@ -217,7 +221,7 @@ pub fn restore(
 ) -> (Owners, Option<Board>) {
     let mut later = Vec::new();
     let top = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
-    let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap, objects, deleted: Vec::new(), pipe_ends: Vec::new() };
+    let mut ctx = RestoreCtx { high: top + 1 + keep.len() as i32 + 16, pipes: Vec::new(), pairs: Vec::new(), gap, objects, deleted: Vec::new(), pipe_ends: Vec::new(), unlink_later: Vec::new() };
     for k in keep.iter_mut() {
         if let Ok(n) = ctx.lift(*k) {
             *k = n;
@@ -349,6 +353,9 @@ pub fn restore(
     }
     if let Some(b) = board.as_mut() {
         b.fds_done();
+    }
+    for p in ctx.unlink_later.drain(..) {
+        let _ = sys::unlink(&sys::cstr(&p));
     }
     for (_, fd) in ctx.pairs.drain(..).chain(ctx.objects.drain(..).map(|o| (o.0, o.1))).chain(ctx.deleted.drain(..)) {
         let _ = sys::close(fd);

@@ -66,6 +66,22 @@ fn restore(f: &FileState, ctx: &mut RestoreCtx) -> Option<Result<i32, String>> {
     let FileKind::Pipe { ino, read_end, fifo, capacity, data } = &f.kind else { return None };
     Some((|| {
         if let Some(path) = fifo {
+            // A deleted FIFO: made again beside its old name (once for the whole tree), and
+            // removed once every process has opened it.
+            let path = &match path.strip_suffix(" (deleted)") {
+                Some(old) => {
+                    let made = super::beside_shared(old, "fifo", *ino);
+                    match sys::mknod(&sys::cstr(&made), libc::S_IFIFO | 0o600) {
+                        Ok(_) | Err(libc::EEXIST) => {}
+                        Err(e) => return Err(format!("cannot make a FIFO in place of the deleted {old}: {}", Errno(e))),
+                    }
+                    if !ctx.unlink_later.contains(&made) {
+                        ctx.unlink_later.push(made.clone());
+                    }
+                    made
+                }
+                None => path.clone(),
+            };
             // Opening a FIFO read/write never blocks; the real end is opened beside it.
             let c = sys::cstr(path);
             let holder = sys::openat(libc::AT_FDCWD, &c, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0)

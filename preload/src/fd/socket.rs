@@ -1606,7 +1606,7 @@ mod tests {
     }
 
     fn test_ctx() -> RestoreCtx {
-        RestoreCtx { high: 600, pipes: Vec::new(), pairs: Vec::new(), gap: Default::default(), objects: Vec::new(), deleted: Vec::new(), pipe_ends: Vec::new() }
+        RestoreCtx { high: 600, pipes: Vec::new(), pairs: Vec::new(), gap: Default::default(), objects: Vec::new(), deleted: Vec::new(), pipe_ends: Vec::new(), unlink_later: Vec::new() }
     }
 
     fn info(fd: i32) -> FdInfo {
