@@ -135,10 +135,15 @@ pub fn describe(m: &Manifest, file_len: u64, ptys: &[u32]) -> String {
     let a = &p.attrs;
     let _ = writeln!(
         o,
-        "attrs:     oom_score_adj {}, THP {}, child subreaper {} (each thread's nice, policy, affinity, I/O priority, timer slack, parent-death signal, personality and no_new_privs come back with it)",
+        "attrs:     oom_score_adj {}, THP {}, child subreaper {}{} (each thread's nice, policy, affinity, I/O priority, timer slack, parent-death signal, personality and no_new_privs come back with it)",
         a.oom_score_adj,
         if a.thp_disable { "disabled" } else { "allowed" },
-        if a.child_subreaper { "yes" } else { "no" }
+        if a.child_subreaper { "yes" } else { "no" },
+        match a.mlockall {
+            0 => "",
+            f if f & 4 != 0 => ", later mappings locked on fault (mlockall MCL_FUTURE|MCL_ONFAULT)",
+            _ => ", later mappings locked (mlockall MCL_FUTURE)",
+        }
     );
     let c = &p.creds;
     let _ = writeln!(

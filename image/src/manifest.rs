@@ -187,6 +187,9 @@ pub struct ProcessAttrs {
     pub thp_disable: bool,
     /// `PR_GET_CHILD_SUBREAPER`.
     pub child_subreaper: bool,
+    /// `mlockall` flags in force for mappings made later (`MCL_FUTURE`, with `MCL_ONFAULT`;
+    /// 0 for none), as libpmig's `mlockall`/`munlockall` wrappers saw them.
+    pub mlockall: i32,
 }
 
 /// Process-wide state.

@@ -403,6 +403,30 @@ redhook::hook! {
     }
 }
 
+// mlockall(MCL_FUTURE) leaves no trace pmig can read (the mm's default flags): the wrappers
+// record it, for the restore to ask for it again.
+redhook::hook! {
+    unsafe fn mlockall(flags: c_int) -> c_int => pmig_mlockall {
+        // SAFETY: forwarded unchanged to libc.
+        let r = unsafe { redhook::real!(mlockall)(flags) };
+        if r == 0 {
+            crate::process::locked_all(Some(flags));
+        }
+        r
+    }
+}
+
+redhook::hook! {
+    unsafe fn munlockall() -> c_int => pmig_munlockall {
+        // SAFETY: forwarded unchanged to libc.
+        let r = unsafe { redhook::real!(munlockall)() };
+        if r == 0 {
+            crate::process::locked_all(None);
+        }
+        r
+    }
+}
+
 redhook::hook! {
     unsafe fn msgget(key: libc::key_t, flags: c_int) -> c_int => pmig_msgget {
         // SAFETY: forwarded unchanged to libc.

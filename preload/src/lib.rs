@@ -65,6 +65,7 @@ fn find_rseq() {
 extern "C" fn after_fork_in_child() {
     pid::after_fork_in_child();
     exec::after_fork_in_child();
+    process::MLOCKALL.store(0, Relaxed);
     if config::get().is_none() || config::ACTIVE_PID.load(Relaxed) == 0 {
         return;
     }

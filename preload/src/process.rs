@@ -169,6 +169,7 @@ fn attrs() -> Result<ProcessAttrs, String> {
         oom_score_adj: String::from_utf8_lossy(&oom).trim().parse().unwrap_or(0),
         thp_disable: sys::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0).unwrap_or(0) == 1,
         child_subreaper: subreaper != 0,
+        mlockall: MLOCKALL.load(core::sync::atomic::Ordering::Relaxed),
     })
 }
 
@@ -194,6 +195,22 @@ fn restore_attrs(a: &ProcessAttrs) {
     if a.child_subreaper {
         let _ = sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     }
+    if a.mlockall != 0 {
+        if let Err(e) = sys::raw(libc::SYS_mlockall, &[a.mlockall as u64]) {
+            log::say!("warning: mappings made from now on are not locked in memory as the program asked (mlockall {:#x}): {}", a.mlockall, Errno(e));
+        }
+        MLOCKALL.store(a.mlockall, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The `mlockall` flags for later mappings (`MCL_FUTURE | MCL_ONFAULT` bits) in force: set by
+/// the wrappers, cleared in a forked child (the kernel does not pass them on).
+pub static MLOCKALL: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
+/// After a successful `mlockall(flags)` or (`None`) `munlockall()`.
+pub fn locked_all(flags: Option<i32>) {
+    let future = flags.filter(|f| f & libc::MCL_FUTURE != 0).map_or(0, |f| f & (libc::MCL_FUTURE | 4));
+    MLOCKALL.store(future, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// The working directory's attributes when it was deleted.

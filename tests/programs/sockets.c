@@ -10,7 +10,8 @@
  *     SO_RCVBUF set, backlog 5) and a TCP/IPv6 one on ::1 (IPV6_V6ONLY, SO_SNDBUF
  *     set, no SO_REUSEADDR, backlog 3);
  *   - a UDP socket bound to 127.0.0.1 (SO_BROADCAST, SO_RCVBUF set);
- *   - UNIX stream listeners at DIR/sockets.sock (DIR made absolute) and at an abstract name, and a
+ *   - UNIX stream listeners at DIR/sockets.sock (DIR made absolute; SO_PASSCRED and SO_PASSSEC
+ *     set) and at an abstract name, and a
  *     UNIX datagram socket bound to another abstract name that always holds one
  *     datagram between steps, sent by a datagram socket connected to that name;
  *   - stream, datagram and seqpacket socketpairs, and a UNIX stream connection
@@ -384,6 +385,8 @@ static void setup(const char *dir)
     unlink(path_addr.sun_path);
     path_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path_addr.sun_path) + 1);
     ux_path = unix_listener(&path_addr, path_len, 4);
+    setint(ux_path, SOL_SOCKET, SO_PASSCRED, 1);
+    setint(ux_path, SOL_SOCKET, SO_PASSSEC, 1);
     abs_len = abstract_name(&abs_addr, "listen");
     ux_abs = unix_listener(&abs_addr, abs_len, 4);
 
@@ -462,6 +465,8 @@ static void check_step(long step)
     /* UNIX listeners. */
     check_name(step, ux_path, &path_addr, path_len, "the UNIX path listener");
     check_listener(step, ux_path, AF_UNIX, &path_addr, path_len, "unix-path", 1);
+    expect_int(step, ux_path, SOL_SOCKET, SO_PASSCRED, 1, "unix-path SO_PASSCRED");
+    expect_int(step, ux_path, SOL_SOCKET, SO_PASSSEC, 1, "unix-path SO_PASSSEC");
     check_name(step, ux_abs, &abs_addr, abs_len, "the UNIX abstract listener");
     check_listener(step, ux_abs, AF_UNIX, &abs_addr, abs_len, "unix-abstract", 1);
 

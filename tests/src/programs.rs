@@ -101,6 +101,12 @@ pub const PTY: &str = env!("PMIG_TEST_PROG_PTY");
 /// `sparsefile.c`: a deleted file and a memfd, large and mostly holes.
 pub const SPARSEFILE: &str = env!("PMIG_TEST_PROG_SPARSEFILE");
 
+/// `inet_shutdown.c`: UDP and TCP sockets shut down for reading or writing.
+pub const INET_SHUTDOWN: &str = env!("PMIG_TEST_PROG_INET_SHUTDOWN");
+
+/// `mlockall.c`: mlockall(MCL_FUTURE), checked on mappings made later.
+pub const MLOCKALL: &str = env!("PMIG_TEST_PROG_MLOCKALL");
+
 /// `deleted.c`: a removed working directory, an fd on a removed directory, a removed FIFO.
 pub const DELETED: &str = env!("PMIG_TEST_PROG_DELETED");
 

@@ -244,6 +244,29 @@ fn deleted_directories_and_fifo_chain_unprivileged() {
     pmig_tests::run_chain_unprivileged("deleted-user", programs::DELETED, STEPS);
 }
 
+/// `shutdown()` state of UDP and TCP sockets (`inet_shutdown.c`), as root and unprivileged.
+#[test]
+fn inet_shutdown_chain() {
+    run_chain(&Program::new("inet-shutdown", programs::INET_SHUTDOWN, STEPS, &[]));
+}
+
+#[test]
+fn inet_shutdown_chain_unprivileged() {
+    pmig_tests::run_chain_unprivileged("inet-shutdown-user", programs::INET_SHUTDOWN, STEPS);
+}
+
+/// `mlockall(MCL_FUTURE)` holds after a restore (`mlockall.c`; root: an unprivileged
+/// memlock limit is too small for a process that locks everything it maps later).
+#[test]
+fn mlockall_future_chain() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED mlockall_future_chain: needs root (the memlock limit)");
+        return;
+    }
+    run_chain(&Program::new("mlockall", programs::MLOCKALL, STEPS, &[]));
+}
+
 /// Sparse files the program holds (`sparsefile.c`: a deleted file of 256 MiB and a memfd of
 /// 128 MiB, a few bytes of data each) come back with their holes (the program checks their
 /// blocks), and the image does not store the holes: it stays under 32 MiB.

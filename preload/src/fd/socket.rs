@@ -155,6 +155,7 @@ const OPTIONS: &[(i32, i32, usize, For, &str)] = &[
     (SOL_SOCKET, SO_LINGER, 8, For::All, "SO_LINGER"),
     (SOL_SOCKET, 10, 4, For::All, "SO_OOBINLINE"),
     (SOL_SOCKET, 16, 4, For::All, "SO_PASSCRED"),
+    (SOL_SOCKET, 34, 4, For::All, "SO_PASSSEC"),
     (SOL_SOCKET, 18, 4, For::All, "SO_RCVLOWAT"),
     (SOL_SOCKET, 20, 16, For::All, "SO_RCVTIMEO"),
     (SOL_SOCKET, 21, 16, For::All, "SO_SNDTIMEO"),
@@ -695,6 +696,13 @@ fn identify(fd: i32, s: &mut SocketState) -> Result<(), String> {
 fn dump_state(fd: i32, s: &mut SocketState, tree_peer: bool) -> Result<(), String> {
     // Options first: TCP repair mode changes what SO_REUSEADDR reads.
     s.options = read_options(fd, s);
+    if matches!(s.family, AF_INET | AF_INET6) && matches!(s.sotype, libc::SOCK_STREAM | libc::SOCK_DGRAM) {
+        let proto = if s.sotype == libc::SOCK_STREAM { libc::IPPROTO_TCP } else { libc::IPPROTO_UDP };
+        match inet_shutdown(s.family, proto, s.ino) {
+            Ok(bits) => s.shutdown = bits,
+            Err(e) => debug!("inet_diag of socket {}: {}", s.ino, Errno(e)),
+        }
+    }
     match s.family {
         AF_UNIX => dump_unix(fd, s, tree_peer),
         AF_INET | AF_INET6 if is_tcp(s) => dump_tcp(fd, s),
@@ -1166,6 +1174,57 @@ fn bind_again(fd: &Fd, s: &SocketState, local: &[u8]) -> Result<bool, String> {
             Ok(false)
         }
         Err(e) => Err(what(e)),
+    }
+}
+
+/// A TCP or UDP socket's `sk_shutdown` bits (`RCV_SHUTDOWN` 1, `SEND_SHUTDOWN` 2), from the
+/// sock_diag netlink's `INET_DIAG_SHUTDOWN` (works unprivileged): the sockets of `family` and
+/// `proto` are listed and the one with inode `ino` is taken.
+fn inet_shutdown(family: i32, proto: i32, ino: u64) -> Result<u8, i32> {
+    const INET_DIAG_SHUTDOWN: u16 = 8;
+    const NLM_F_DUMP: u16 = 0x300;
+    const NLMSG_DONE: u16 = 3;
+    let nl = Fd(sys::socket(AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG)? as i32);
+    // struct nlmsghdr, then struct inet_diag_req_v2 (every state, no socket id).
+    let mut r = vec![0u8; 16 + 56];
+    r[0..4].copy_from_slice(&(72u32).to_ne_bytes());
+    r[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    r[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    r[16] = family as u8;
+    r[17] = proto as u8;
+    r[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
+    sys::write(nl.0, &r)?;
+    let mut buf = vec![0u8; 32 << 10];
+    loop {
+        let n = sys::recv(nl.0, &mut buf, 0)? as usize;
+        if n == 0 {
+            return Err(libc::ENOENT);
+        }
+        let mut at = 0;
+        while at + 16 <= n {
+            let len = u32_at(&buf, at) as usize;
+            let ty = u16_at(&buf, at + 4);
+            if ty == NLMSG_DONE || ty == NLMSG_ERROR || len < 16 {
+                return Err(libc::ENOENT);
+            }
+            // struct inet_diag_msg: 72 bytes (its inode at 68), then attributes, 4-aligned.
+            let m = &buf[at + 16..(at + len).min(n)];
+            if ty == SOCK_DIAG_BY_FAMILY && m.len() >= 72 && u64::from(u32_at(m, 68)) == ino {
+                let mut a = 72;
+                while a + 4 <= m.len() {
+                    let alen = u16_at(m, a) as usize;
+                    if alen < 4 {
+                        break;
+                    }
+                    if u16_at(m, a + 2) == INET_DIAG_SHUTDOWN && alen >= 5 && a + 4 < m.len() {
+                        return Ok(m[a + 4]);
+                    }
+                    a += (alen + 3) & !3;
+                }
+                return Ok(0);
+            }
+            at += (len + 3) & !3;
+        }
     }
 }
 
