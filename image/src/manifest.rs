@@ -63,6 +63,9 @@ pub const ADVICE_LOCKONFAULT: u32 = 128;
 pub const ADVICE_RANDOM: u32 = 256;
 /// `MADV_SEQUENTIAL` ("sr").
 pub const ADVICE_SEQUENTIAL: u32 = 512;
+/// A shared mapping that may be made writable ("sh" and "mw": its file was open for writing
+/// when it was mapped, so `mprotect(PROT_WRITE)` works on it even while it is read-only).
+pub const ADVICE_SHARED_MAYWRITE: u32 = 1024;
 
 impl RegionAdvice {
     /// The `ADVICE_*` bits of a smaps `VmFlags:` value (`rd wr mr mw me nr ...`).
@@ -82,6 +85,11 @@ impl RegionAdvice {
                 _ => 0,
             })
             .fold(0, |a, b| a | b)
+            | if v.split_whitespace().any(|f| f == "sh") && v.split_whitespace().any(|f| f == "mw") && !v.split_whitespace().any(|f| f == "wr") {
+                ADVICE_SHARED_MAYWRITE
+            } else {
+                0
+            }
     }
 }
 
@@ -456,11 +464,13 @@ pub enum LockKind {
     Posix,
     /// `fcntl(F_OFD_SETLK)`: held by the open file description.
     Ofd,
+    /// `fcntl(F_SETLEASE)`: a read or write lease, held by the open file description.
+    Lease,
 }
 
 impl LockState {
     /// Parses one `lock:` line of fdinfo (`1: POSIX  ADVISORY  WRITE 1234 fe:00:42 10 19`);
-    /// `None` for a lock waiting to be granted (`->`), a lease or anything else.
+    /// `None` for a lock waiting to be granted (`->`), a lease being broken or anything else.
     pub fn parse(line: &str) -> Option<LockState> {
         let rest = line.strip_prefix("lock:")?.trim();
         let (_, rest) = rest.split_once(':')?;
@@ -469,6 +479,8 @@ impl LockState {
             "FLOCK" => LockKind::Flock,
             "POSIX" => LockKind::Posix,
             "OFDLCK" => LockKind::Ofd,
+            // "LEASE ACTIVE READ|WRITE ...": one being broken ("BREAKING") is not taken again.
+            "LEASE" if f.get(1) == Some(&"ACTIVE") => LockKind::Lease,
             _ => return None,
         };
         let write = match *f.get(2)? {

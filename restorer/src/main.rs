@@ -528,6 +528,9 @@ fn check_locks(m: &pmig_image::Manifest) -> Result<()> {
                         }
                         libc::flock(fd, libc::LOCK_UN);
                     }
+                    // A lease another process holds is broken by the program's open, as it
+                    // would be by any open: nothing to refuse.
+                    LockKind::Lease => {}
                     LockKind::Posix | LockKind::Ofd => {
                         let mut fl: libc::flock = std::mem::zeroed();
                         fl.l_type = if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;

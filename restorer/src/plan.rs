@@ -126,7 +126,10 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
             RegionKind::Anon | RegionKind::Heap => (region_kind::ANON, -1, 0),
             RegionKind::Stack => (region_kind::STACK, -1, 0),
             RegionKind::File { path, offset, .. } => {
-                let write = r.shared && r.prot & 2 != 0;
+                // Writable, or read-only from a file opened for writing (it may be made
+                // writable later with mprotect).
+                let may_write = m.advice.iter().any(|a| a.start <= r.start && r.end <= a.end && a.flags & pmig_image::ADVICE_SHARED_MAYWRITE != 0);
+                let write = r.shared && (r.prot & 2 != 0 || may_write);
                 let fd = match files.get(&(path.clone(), write)) {
                     Some(&fd) => fd,
                     None => {

@@ -5,7 +5,8 @@
  * find each lock held: a flock on a new description of A fails with EWOULDBLOCK; F_GETLK on
  * B's bytes 10-19 reports a write lock of its parent, a write lock probe at byte 200 reports
  * the read lock, and byte 5 is free; F_OFD_GETLK on C's bytes 0-4 reports a write lock. Its
- * exit status names the first check that failed.
+ * exit status names the first check that failed. The program also holds a read lease on file
+ * D (F_SETLEASE), checked with F_GETLEASE.
  *
  * Usage: locks STEPS
  */
@@ -16,7 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char a[64], b[64], c[64];
+static char a[64], b[64], c[64], d[64];
 
 static int probe(int fd, int cmd, short type, off_t start, off_t len, struct flock *out)
 {
@@ -54,6 +55,14 @@ int main(int argc, char **argv)
     snprintf(a, sizeof a, "locks-%d-a", (int)me);
     snprintf(b, sizeof b, "locks-%d-b", (int)me);
     snprintf(c, sizeof c, "locks-%d-c", (int)me);
+    snprintf(d, sizeof d, "locks-%d-d", (int)me);
+    int fd0 = open(d, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd0 < 0)
+        corrupt("open %s: %s", d, strerror(errno));
+    close(fd0);
+    int fdl = open(d, O_RDONLY);
+    if (fdl < 0 || fcntl(fdl, F_SETLEASE, F_RDLCK) != 0)
+        corrupt("taking the lease: %s", strerror(errno));
     int fa = open(a, O_RDWR | O_CREAT | O_TRUNC, 0600);
     int fb = open(b, O_RDWR | O_CREAT | O_TRUNC, 0600);
     int fc = open(c, O_RDWR | O_CREAT | O_TRUNC, 0600);
@@ -75,6 +84,8 @@ int main(int argc, char **argv)
                 corrupt("waitpid: %s", strerror(errno));
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
             corrupt("step %ld: a lock is not held any more (checker status %#x: 21 flock, 22-24 POSIX, 25 OFD)", step, st);
+        if (fcntl(fdl, F_GETLEASE) != F_RDLCK)
+            corrupt("step %ld: the read lease is not held any more", step);
         step_line(step);
         if (step < steps)
             sleep_ms(STEP_MS);
@@ -82,5 +93,6 @@ int main(int argc, char **argv)
     unlink(a);
     unlink(b);
     unlink(c);
+    unlink(d);
     return 0;
 }

@@ -3,12 +3,15 @@
  * /proc/self/smaps' VmFlags: a MAP_NORESERVE region ("nr") and one without it, regions
  * given MADV_DONTFORK ("dc"), MADV_DONTDUMP ("dd"), MADV_NOHUGEPAGE ("nh"),
  * MADV_WIPEONFORK ("wf"), MADV_RANDOM ("rr"), and one locked with mlock ("lo"). Each holds
- * a pattern, checked too.
+ * a pattern, checked too. A read-only shared mapping of a file opened for writing (the fd
+ * closed since) can still be made writable with mprotect, and what is written through it
+ * reaches the file.
  *
  * Usage: memflags STEPS
  */
 #include "common.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -56,6 +59,15 @@ int main(int argc, char **argv)
     }
     if (mlock(r[7], LEN) != 0)
         corrupt("mlock: %s", strerror(errno));
+    char path[64];
+    snprintf(path, sizeof path, "memflags-%d.map", (int)getpid());
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || ftruncate(fd, 4096) != 0)
+        corrupt("map file: %s", strerror(errno));
+    char *ro = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+    if (ro == MAP_FAILED)
+        corrupt("mmap of the file: %s", strerror(errno));
+    close(fd);
     for (long step = 1; step <= steps; step++) {
         for (int i = 0; i < N; i++) {
             if (r[i][0] != 'a' + i || r[i][LEN - 1] != 'a' + i)
@@ -65,9 +77,20 @@ int main(int argc, char **argv)
             if (!want[i] && has_flag(r[i], "nr") != 0)
                 corrupt("step %ld: region %d has MAP_NORESERVE it never asked for", step, i);
         }
+        if (mprotect(ro, 4096, PROT_READ | PROT_WRITE) != 0)
+            corrupt("step %ld: the read-only shared mapping of a file open for writing cannot be made writable: %s", step, strerror(errno));
+        ro[0] = (char)('A' + step % 26);
+        if (mprotect(ro, 4096, PROT_READ) != 0 || msync(ro, 4096, MS_SYNC) != 0)
+            corrupt("step %ld: mprotect back / msync: %s", step, strerror(errno));
+        char back = 0;
+        int rfd = open(path, O_RDONLY);
+        if (rfd < 0 || pread(rfd, &back, 1, 0) != 1 || back != 'A' + step % 26)
+            corrupt("step %ld: the write through the mapping did not reach the file", step);
+        close(rfd);
         step_line(step);
         if (step < steps)
             sleep_ms(STEP_MS);
     }
+    unlink(path);
     return 0;
 }

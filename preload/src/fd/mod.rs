@@ -398,6 +398,7 @@ fn take_locks(fd: i32, f: &FileState) {
                 let cmd = if l.kind == LockKind::Posix { libc::F_SETLK } else { F_OFD_SETLK };
                 sys::fcntl(fd, cmd, fl.as_mut_ptr() as u64)
             }
+            LockKind::Lease => sys::fcntl(fd, libc::F_SETLEASE, if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as u64),
         };
         if let Err(e) = r {
             let path = match &f.kind {
