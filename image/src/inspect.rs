@@ -143,8 +143,11 @@ pub fn describe(m: &Manifest, file_len: u64, ptys: &[u32]) -> String {
             0 => "",
             f if f & 4 != 0 => ", later mappings locked on fault (mlockall MCL_FUTURE|MCL_ONFAULT)",
             _ => ", later mappings locked (mlockall MCL_FUTURE)",
-        }
+        },
     );
+    if a.membarrier != 0 {
+        let _ = writeln!(o, "           membarrier registrations {:#x} (made again)", a.membarrier);
+    }
     let c = &p.creds;
     let _ = writeln!(
         o,

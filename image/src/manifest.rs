@@ -198,6 +198,9 @@ pub struct ProcessAttrs {
     /// `mlockall` flags in force for mappings made later (`MCL_FUTURE`, with `MCL_ONFAULT`;
     /// 0 for none), as libpmig's `mlockall`/`munlockall` wrappers saw them.
     pub mlockall: i32,
+    /// membarrier registrations (`MEMBARRIER_CMD_REGISTER_*` bits) made through libc's
+    /// `syscall()`, which libpmig wraps.
+    pub membarrier: u32,
 }
 
 /// Process-wide state.

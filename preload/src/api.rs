@@ -403,6 +403,25 @@ redhook::hook! {
     }
 }
 
+// Registrations only a raw system call makes and /proc does not show: the program's own rseq
+// area (when glibc's is off) and membarrier registrations. Programs make them through libc's
+// syscall(), wrapped here with its six register arguments (x86_64 passes variadic integers
+// as fixed ones; glibc's syscall() reads only registers).
+redhook::hook! {
+    unsafe fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_long, a5: c_long, a6: c_long) -> c_long => pmig_syscall {
+        // SAFETY: forwarded unchanged to libc.
+        let r = unsafe { redhook::real!(syscall)(n, a1, a2, a3, a4, a5, a6) };
+        if r >= 0 {
+            match n {
+                libc::SYS_membarrier => crate::process::membarrier_called(a1 as i32),
+                libc::SYS_rseq => crate::thread::rseq_called(a1 as u64, a2 as u32, a3 as i32, a4 as u32),
+                _ => {}
+            }
+        }
+        r
+    }
+}
+
 // mlockall(MCL_FUTURE) leaves no trace pmig can read (the mm's default flags): the wrappers
 // record it, for the restore to ask for it again.
 redhook::hook! {
@@ -651,4 +670,6 @@ pub fn resolve_real() {
     let _ = (redhook::real!(accept), redhook::real!(accept4), redhook::real!(connect));
     let _ = (redhook::real!(poll), redhook::real!(ppoll), redhook::real!(select), redhook::real!(pselect));
     let _ = (redhook::real!(nanosleep), redhook::real!(clock_nanosleep));
+    // (Rust's std in pmig's own threads calls syscall() too: resolved before any signal.)
+    let _ = redhook::real!(syscall);
 }

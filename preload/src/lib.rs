@@ -66,6 +66,8 @@ extern "C" fn after_fork_in_child() {
     pid::after_fork_in_child();
     exec::after_fork_in_child();
     process::MLOCKALL.store(0, Relaxed);
+    // (A new mm has no membarrier registration; rseq's passes to the forking thread's copy.)
+    process::MEMBARRIER.store(0, Relaxed);
     if config::get().is_none() || config::ACTIVE_PID.load(Relaxed) == 0 {
         return;
     }

@@ -170,6 +170,7 @@ fn attrs() -> Result<ProcessAttrs, String> {
         thp_disable: sys::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0).unwrap_or(0) == 1,
         child_subreaper: subreaper != 0,
         mlockall: MLOCKALL.load(core::sync::atomic::Ordering::Relaxed),
+        membarrier: MEMBARRIER.load(core::sync::atomic::Ordering::Relaxed),
     })
 }
 
@@ -200,6 +201,24 @@ fn restore_attrs(a: &ProcessAttrs) {
             log::say!("warning: mappings made from now on are not locked in memory as the program asked (mlockall {:#x}): {}", a.mlockall, Errno(e));
         }
         MLOCKALL.store(a.mlockall, core::sync::atomic::Ordering::Relaxed);
+    }
+    for bit in (0..32).map(|b| 1u32 << b).filter(|b| a.membarrier & b != 0) {
+        if let Err(e) = sys::raw(libc::SYS_membarrier, &[u64::from(bit), 0, 0]) {
+            log::say!("warning: the program's membarrier registration {bit:#x} cannot be made again: {}", Errno(e));
+        }
+    }
+    MEMBARRIER.store(a.membarrier, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The membarrier registrations the program made (`MEMBARRIER_CMD_REGISTER_*` bits).
+pub static MEMBARRIER: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// After a successful `membarrier(cmd, …)` through libc's `syscall()`.
+pub fn membarrier_called(cmd: i32) {
+    // GLOBAL_EXPEDITED, PRIVATE_EXPEDITED, PRIVATE_EXPEDITED_SYNC_CORE, PRIVATE_EXPEDITED_RSEQ.
+    const REGISTER: i32 = 1 << 2 | 1 << 4 | 1 << 6 | 1 << 8;
+    if cmd & REGISTER != 0 && (cmd as u32).is_power_of_two() {
+        MEMBARRIER.fetch_or(cmd as u32, core::sync::atomic::Ordering::Relaxed);
     }
 }
 

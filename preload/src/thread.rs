@@ -60,6 +60,8 @@ struct ThreadAttrs {
     /// `sched_getaffinity`'s mask and its length in bytes (0: unknown).
     affinity: [u64; 16],
     affinity_len: usize,
+    /// The program's own rseq registration (area, length, signature; length 0: none).
+    rseq: (u64, u32, u32),
 }
 
 const NO_ATTRS: ThreadAttrs = ThreadAttrs {
@@ -73,6 +75,7 @@ const NO_ATTRS: ThreadAttrs = ThreadAttrs {
     no_new_privs: false,
     affinity: [0; 16],
     affinity_len: 0,
+    rseq: (0, 0, 0),
 };
 
 const IOPRIO_WHO_PROCESS: u64 = 1;
@@ -96,6 +99,7 @@ fn save_attrs(slot: &Slot) {
     a.personality = sys::raw(libc::SYS_personality, &[0xffff_ffff]).unwrap_or(0) as i32;
     a.no_new_privs = sys::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0).unwrap_or(0) == 1;
     a.affinity_len = sys::raw(libc::SYS_sched_getaffinity, &[0, 128, a.affinity.as_mut_ptr() as u64]).unwrap_or(0) as usize;
+    a.rseq = OWN_RSEQ.with(|r| r.get());
     // SAFETY: only this thread writes its slot's attributes, now, before it publishes PARKED.
     unsafe { *slot.attrs.get() = a };
 }
@@ -128,6 +132,24 @@ fn restore_attrs(slot: &Slot) {
     if a.affinity_len > 0 {
         failed("CPU affinity", sys::raw(libc::SYS_sched_setaffinity, &[0, a.affinity_len as u64, a.affinity.as_ptr() as u64]));
     }
+    let (area, len, sig) = a.rseq;
+    if len != 0 && RSEQ_SIZE.load(Relaxed) == 0 {
+        if let Err(e) = sys::rseq(area, len, 0, sig) {
+            crate::log::say!("warning: thread {}: the program's rseq area cannot be registered again: {}", sys::gettid(), crate::errno::Errno(e));
+        }
+    }
+}
+
+thread_local! {
+    /// The calling thread's own rseq registration, made by the program through `syscall()`.
+    static OWN_RSEQ: core::cell::Cell<(u64, u32, u32)> = const { core::cell::Cell::new((0, 0, 0)) };
+}
+
+/// After a successful `rseq(area, len, flags, sig)` through libc's `syscall()`.
+pub fn rseq_called(area: u64, len: u32, flags: i32, sig: u32) {
+    const RSEQ_FLAG_UNREGISTER: i32 = 1;
+    let now = if flags & RSEQ_FLAG_UNREGISTER != 0 { (0, 0, 0) } else { (area, len, sig) };
+    OWN_RSEQ.with(|r| r.set(now));
 }
 
 /// The most signals kept per thread queue.

@@ -107,6 +107,9 @@ pub const INET_SHUTDOWN: &str = env!("PMIG_TEST_PROG_INET_SHUTDOWN");
 /// `mlockall.c`: mlockall(MCL_FUTURE), checked on mappings made later.
 pub const MLOCKALL: &str = env!("PMIG_TEST_PROG_MLOCKALL");
 
+/// `rseq_membarrier.c`: the program's own rseq area and a membarrier registration.
+pub const RSEQ_MEMBARRIER: &str = env!("PMIG_TEST_PROG_RSEQ_MEMBARRIER");
+
 /// `deleted.c`: a removed working directory, an fd on a removed directory, a removed FIFO.
 pub const DELETED: &str = env!("PMIG_TEST_PROG_DELETED");
 

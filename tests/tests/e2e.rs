@@ -267,6 +267,18 @@ fn mlockall_future_chain() {
     run_chain(&Program::new("mlockall", programs::MLOCKALL, STEPS, &[]));
 }
 
+/// The program's own rseq registration (glibc's turned off) and its membarrier registration
+/// come back (`rseq_membarrier.c`), as root and unprivileged.
+#[test]
+fn rseq_and_membarrier_chain() {
+    run_chain(&Program::new("rseq-membarrier", programs::RSEQ_MEMBARRIER, STEPS, &[]));
+}
+
+#[test]
+fn rseq_and_membarrier_chain_unprivileged() {
+    pmig_tests::run_chain_unprivileged("rseq-membarrier-user", programs::RSEQ_MEMBARRIER, STEPS);
+}
+
 /// Sparse files the program holds (`sparsefile.c`: a deleted file of 256 MiB and a memfd of
 /// 128 MiB, a few bytes of data each) come back with their holes (the program checks their
 /// blocks), and the image does not store the holes: it stays under 32 MiB.

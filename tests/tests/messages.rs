@@ -78,3 +78,46 @@ fn pmig_lines_do_not_share_a_file_the_program_writes_at_an_offset() {
     let pmig = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("read {log}: {e}"));
     assert!(pmig.lines().any(|l| l.starts_with("pmig[") && l.contains("checkpoint written")), "{log}: {pmig:?}");
 }
+
+/// A warning about something the restore could not make again reaches the user although the
+/// program has no stderr (it closed fd 2): a FIFO it holds, removed before the resume, stays
+/// closed, and `pmig-resume`'s own stderr says so, naming the FIFO; the program goes on.
+#[test]
+fn warnings_reach_the_user_when_the_program_has_no_stderr() {
+    let sb = Sandbox::new();
+    let image = sb.image("no-stderr.pmig");
+    let run = sb.workdir("run");
+    let fifo = run.join("gone.fifo");
+    let script = r#"
+import os, sys, time
+os.mkfifo('gone.fifo')
+fd = os.open('gone.fifo', os.O_RDWR | os.O_NONBLOCK)
+os.close(2)
+for i in range(1, 31):
+    print("step", i, flush=True)
+    time.sleep(0.05)
+"#;
+    let mut cmd = Command::new(&sb.bins().run);
+    cmd.args(["--exit", "--image"]).arg(&image).arg("--").arg(programs::PYTHON3).arg("-c").arg(script).current_dir(&run);
+    pmig_env(&mut cmd);
+    let mut p = Proc::spawn("pmig-run (closes its stderr)", cmd, Terminal::Pipe);
+    read_steps(&mut p, Some(5));
+    p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    let (_, status) = p.finish(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    assert!(status.success(), "the checkpoint with --exit ended with {status:?}");
+    std::fs::remove_file(&fifo).expect("remove the FIFO");
+
+    let mut cmd = Command::new(&sb.bins().resume);
+    cmd.arg(&image).current_dir(sb.workdir("resume"));
+    pmig_env(&mut cmd);
+    cmd.env("PMIG_DEBUG", "0");
+    let mut r = Proc::spawn("pmig-resume", cmd, Terminal::Pipe);
+    let last = read_steps(&mut r, None);
+    let status = r.wait_exit(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    assert!(status.success() && last == 30, "the resumed program ended with {status:?} after step {last}: {}", r.describe());
+    let said = r.stderr_text();
+    assert!(
+        said.lines().any(|l| l.contains("warning") && l.contains("gone.fifo") && l.contains("stays closed")),
+        "pmig-resume's stderr must carry the warning about the FIFO:\n{said}"
+    );
+}

@@ -1,6 +1,7 @@
 //! `pmig-run --to ssh://HOST`: the move through the system's OpenSSH client, to a real sshd
 //! started by the test on loopback with a generated key. The program then runs on the target
-//! in the background, its output in a log file.
+//! in the background, its output in a log file. A single process (the counter) and a tree
+//! (`tree.c`: workers on pipes, shared memory, a zombie) make the move.
 
 use std::path::Path;
 use std::process::Command;
@@ -14,9 +15,18 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 #[test]
 fn move_through_ssh() {
+    move_through_ssh_of("move_through_ssh", programs::COUNTER);
+}
+
+#[test]
+fn move_tree_through_ssh() {
+    move_through_ssh_of("move_tree_through_ssh", programs::TREE);
+}
+
+fn move_through_ssh_of(test: &str, program: &str) {
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/sbin/sshd").exists() {
-        eprintln!("SKIPPED move_through_ssh: needs root and /usr/sbin/sshd (openssh-server) to run a test sshd");
+        eprintln!("SKIPPED {test}: needs root and /usr/sbin/sshd (openssh-server) to run a test sshd");
         return;
     }
     let sb = Sandbox::new();
@@ -52,7 +62,7 @@ fn move_through_ssh() {
 
     let log = sb.file("moved.log");
     let mut cmd = sb.command(&sb.bins().run, &sb.workdir("run"));
-    cmd.arg("--to").arg(format!("ssh://root@127.0.0.1:{port}")).arg("--").arg(programs::COUNTER).arg(STEPS.to_string());
+    cmd.arg("--to").arg(format!("ssh://root@127.0.0.1:{port}")).arg("--").arg(program).arg(STEPS.to_string());
     pmig_env(&mut cmd);
     cmd.env("PMIG_SSH", format!("ssh -F {d}/ssh_config"));
     cmd.env("PMIG_REMOTE_RESUME", format!("{} --log {}", sb.bins().resume.display(), log.display()));

@@ -59,6 +59,28 @@ fn tree_image_is_described_and_checked() {
     let _ = Duration::ZERO;
 }
 
+/// A tree's image read from stdin (`pmig-resume -`, as through a pipe from another host)
+/// makes the whole tree again: the root goes on from the next step to the end.
+#[test]
+fn tree_image_from_stdin() {
+    use pmig_tests::{Input, Proc, StepCheck, Terminal};
+    let sb = Sandbox::new();
+    let prog = Program::new("tree-stdin", programs::TREE, STEPS, &[]);
+    let mut chain = Chain::new(&sb, &prog, ChainOpts::default());
+    let last = chain.start_and_checkpoint();
+    // (Through sh: the harness gives every process a pipe of its own as stdin.)
+    let mut cmd = sb.command(std::path::Path::new("/bin/sh"), &sb.workdir("stdin"));
+    cmd.arg("-c").arg("exec \"$0\" - < \"$1\"").arg(&sb.bins().resume).arg(chain.image());
+    pmig_env(&mut cmd);
+    let mut p = Proc::spawn("pmig-resume - (tree)", cmd, Terminal::Pipe);
+    let mut steps = StepCheck::new(last + 1, STEPS, Input::Idle);
+    let (lines, status) = p.finish(Duration::from_secs(u64::from(STEPS)) + Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    for l in lines {
+        steps.accept(&l).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
+    }
+    assert!(status.success() && steps.complete(), "the tree resumed from stdin must run to its end: {}", p.describe());
+}
+
 /// bash running a pipeline (`while …; do echo; sleep; done | cat | cat`), checkpointed while a
 /// `sleep` child is alive: the pipeline goes on from the next line after each restore.
 #[test]
