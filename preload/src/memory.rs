@@ -147,12 +147,27 @@ pub fn collect(skip: &[(u64, u64)]) -> Result<Layout, String> {
     let text = String::from_utf8_lossy(&text).into_owned();
     let pagemap = sys::openat(libc::AT_FDCWD, b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
         .map_err(|e| format!("cannot open /proc/self/pagemap: {}", Errno(e)))? as i32;
-    let r = collect_from(&parse_maps(&text), skip, pagemap);
+    let r = collect_from(&parse_maps(&text), skip, pagemap, &held_deleted());
     let _ = sys::close(pagemap);
     r
 }
 
-fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<Layout, String> {
+/// The inodes of deleted files and memfds the process holds open (their content is saved
+/// with the fd, so a private mapping of one can map it again).
+fn held_deleted() -> Vec<u64> {
+    let mut out = Vec::new();
+    let _ = sys::for_each_numbered_entry(b"/proc/self/fd\0", |fd, dir| {
+        // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        if fd != dir && sys::fstat(fd, &mut st).is_ok() && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 0 {
+            out.push(st.st_ino);
+        }
+    });
+    out
+}
+
+/// `held`: the inodes of deleted files the process holds open (see `held_deleted`).
+fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32, held: &[u64]) -> Result<Layout, String> {
     let mut regions = Vec::new();
     let mut objects: Vec<ObjectState> = Vec::new();
     let mut vdso = VdsoState::default();
@@ -190,8 +205,29 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32) -> Result<L
                 regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: true, kind, runs });
                 continue;
             }
+            p if p.ends_with(" (deleted)") && !m.shared && held.contains(&m.inode) => {
+                // A private mapping of a deleted file (or memfd) an fd holds: the file is made
+                // again (from the fd's saved content) and mapped privately, with the pages the
+                // process changed on top: still tied to the file, as before.
+                let name = p.trim_end_matches(" (deleted)").trim_start_matches("/memfd:").to_string();
+                let object = match objects.iter().position(|o| o.ino == m.inode) {
+                    Some(i) => i,
+                    None => {
+                        objects.push(ObjectState { ino: m.inode, name, size: 0 });
+                        objects.len() - 1
+                    }
+                };
+                let o = &mut objects[object];
+                o.size = o.size.max(m.offset + (m.end - m.start));
+                let runs = populated_runs(m.start, m.end, true, pagemap, &mut entries, &mut data_off)
+                    .map_err(|e| format!("cannot read pagemap: {}", Errno(e)))?;
+                let kind = RegionKind::SharedObject { object: object as u32, offset: m.offset };
+                regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: false, kind, runs });
+                continue;
+            }
             p if p.ends_with(" (deleted)") && !m.shared => {
-                // Its file is gone: every page comes from the image, as anonymous memory.
+                // Its file is gone (and no fd holds it): every page comes from the image, as
+                // anonymous memory.
                 let runs = all_runs(m.start, m.end, &mut data_off);
                 regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: false, kind: RegionKind::Anon, runs });
                 continue;

@@ -442,7 +442,8 @@ fn tree_objects(image: &std::path::Path, img: &VerifiedImage) -> std::result::Re
             let m = &p.manifest;
             for r in &m.regions {
                 let pmig_image::RegionKind::SharedObject { object, offset } = r.kind else { continue };
-                if m.objects.get(object as usize).map(|o| o.ino) != Some(ino) {
+                // (A private mapping's changed pages are not the object's.)
+                if !r.shared || m.objects.get(object as usize).map(|o| o.ino) != Some(ino) {
                     continue;
                 }
                 for run in &r.runs {

@@ -149,6 +149,9 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
                 let o = objects.get(*object as usize).context("a region maps a missing shared object")?;
                 if o.fd < 0 {
                     (region_kind::SHARED_ANON, -1, 0)
+                } else if !r.shared {
+                    // A private mapping of the object (a deleted file's): its changed pages on top.
+                    (region_kind::FILE_PRIVATE, o.fd, *offset)
                 } else {
                     (region_kind::FILE_SHARED, o.fd, *offset)
                 }
@@ -176,7 +179,8 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
             }
         };
         // A tree's shared object was filled before any of its processes existed.
-        let filled = matches!(&r.kind, RegionKind::SharedObject { object, .. } if m.objects.get(*object as usize).is_some_and(|o| shared(o.ino).is_some()));
+        // (A private mapping's changed pages are its own: always filled by the engine.)
+        let filled = r.shared && matches!(&r.kind, RegionKind::SharedObject { object, .. } if m.objects.get(*object as usize).is_some_and(|o| shared(o.ino).is_some()));
         let noreserve = m.advice.iter().any(|a| a.start <= r.start && r.end <= a.end && a.flags & pmig_image::ADVICE_NORESERVE != 0);
         let flags = if r.runs.is_empty() || filled { 0 } else { REGION_FILL } | if noreserve { pmig_abi::REGION_NORESERVE } else { 0 };
         regions.push(PlanRegion { start: r.start, end: r.end, prot: r.prot, kind, fd, flags, offset });

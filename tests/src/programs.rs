@@ -110,6 +110,9 @@ pub const MLOCKALL: &str = env!("PMIG_TEST_PROG_MLOCKALL");
 /// `rseq_membarrier.c`: the program's own rseq area and a membarrier registration.
 pub const RSEQ_MEMBARRIER: &str = env!("PMIG_TEST_PROG_RSEQ_MEMBARRIER");
 
+/// `privmap.c`: a private mapping of a deleted file the program holds open.
+pub const PRIVMAP: &str = env!("PMIG_TEST_PROG_PRIVMAP");
+
 /// `deleted.c`: a removed working directory, an fd on a removed directory, a removed FIFO.
 pub const DELETED: &str = env!("PMIG_TEST_PROG_DELETED");
 

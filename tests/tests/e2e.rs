@@ -279,6 +279,18 @@ fn rseq_and_membarrier_chain_unprivileged() {
     pmig_tests::run_chain_unprivileged("rseq-membarrier-user", programs::RSEQ_MEMBARRIER, STEPS);
 }
 
+/// A private mapping of a deleted file the program holds open stays tied to the file
+/// (`privmap.c`), as root and unprivileged.
+#[test]
+fn private_mapping_of_a_deleted_file_chain() {
+    run_chain(&Program::new("privmap", programs::PRIVMAP, STEPS, &[]));
+}
+
+#[test]
+fn private_mapping_of_a_deleted_file_chain_unprivileged() {
+    pmig_tests::run_chain_unprivileged("privmap-user", programs::PRIVMAP, STEPS);
+}
+
 /// Sparse files the program holds (`sparsefile.c`: a deleted file of 256 MiB and a memfd of
 /// 128 MiB, a few bytes of data each) come back with their holes (the program checks their
 /// blocks), and the image does not store the holes: it stays under 32 MiB.
