@@ -64,6 +64,53 @@ wait "$rpid" 2>/dev/null || true
 rs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
 printf '%-34s %12s   (baseline: reading the image once: %s; first line: %s)\n' "restore time" "$(ms "$rs")" "$(ms "$readimg")" "$line"
 
+# Packed images (--compress): checkpoint time to durable, size, restore time, for memory that
+# compresses well (one byte per page) and for random memory.
+for kind in zeros random; do
+    rm -f "$fifo" "$work/packed.pmig"
+    mkfifo "$fifo"
+    "$bin/pmig-run" --exit --compress --image "$work/packed.pmig" "$work/mem" "$mib" "$kind" > "$fifo" 2> "$work/run.err" &
+    pid=$!
+    exec 3< "$fifo"
+    read -r line <&3
+    t0=$(now)
+    kill -USR2 "$pid"
+    wait "$pid"
+    t1=$(now)
+    exec 3<&-
+    ck=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+    size=$(stat -c %s "$work/packed.pmig")
+    rm -f "$fifo"
+    mkfifo "$fifo"
+    t0=$(now)
+    "$bin/pmig-resume" "$work/packed.pmig" > "$fifo" 2> "$work/resume.err" &
+    rpid=$!
+    exec 3< "$fifo"
+    read -r line <&3
+    t1=$(now)
+    exec 3<&-
+    kill -9 "$rpid" 2>/dev/null || true
+    wait "$rpid" 2>/dev/null || true
+    rs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+    printf '%-34s %12s   (%s; image %.1f MiB of %d MiB, restore %s)\n' "packed checkpoint ($kind)" "$(ms "$ck")" "$(rate "$mib" "$ck")" \
+        "$(awk -v s="$size" 'BEGIN { print s / 1048576 }')" "$mib" "$(ms "$rs")"
+done
+
+# Start cost: 500 fork+exec of /bin/true, plain and under pmig-run (libpmig loads and
+# starts its checkpoint thread in every child).
+cat > "$work/fe.c" <<'C'
+#include <unistd.h>
+#include <sys/wait.h>
+int main(void) { for (int i = 0; i < 500; i++) { pid_t p = fork(); if (!p) { execl("/bin/true", "true", (char *)0); _exit(1); } waitpid(p, 0, 0); } return 0; }
+C
+gcc -O2 -o "$work/fe" "$work/fe.c"
+t0=$(now); "$work/fe"; t1=$(now)
+plain=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+t0=$(now); "$bin/pmig-run" --image "$work/fe.pmig" "$work/fe" 2>/dev/null; t1=$(now)
+under=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+printf '%-34s %12s   (plain: %s; ratio %s)\n' "500 fork+exec under pmig" "$(ms "$under")" "$(ms "$plain")" \
+    "$(awk -v a="$plain" -v b="$under" 'BEGIN { printf "%.2fx", b / a }')"
+
 # Runtime overhead: 500k open+close pairs, plain and under pmig-run.
 t0=$(now); "$work/openclose" 500000; t1=$(now)
 plain=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')

@@ -19,6 +19,7 @@
 pub mod fuzz;
 mod inspect;
 mod manifest;
+pub mod packed;
 mod read;
 pub mod wire;
 

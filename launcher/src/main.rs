@@ -14,7 +14,7 @@ use std::process::{exit, Command};
 #[path = "man.rs"]
 mod man;
 
-const USAGE: &str = "usage: pmig-run [--image PATH | --to HOST:PORT --token-file FILE [--compress] [--shared-fs]]
+const USAGE: &str = "usage: pmig-run [--image PATH | --to HOST:PORT --token-file FILE [--shared-fs]] [--compress]
                 [--exit] [--signal SIG] [--drop-unsupported] [--allow-static] [--] PROGRAM [ARGS...]
 
 Runs PROGRAM under pmig. `kill -SIG <pid>` (default SIGUSR2) then writes a checkpoint image
@@ -35,7 +35,8 @@ program writes at an offset (a resumed program would write over them); this line
                  ($PMIG_SSH replaces the ssh command, $PMIG_REMOTE_RESUME pmig-resume's path)
   --token-file FILE
                  the secret shared with the receiver (needed with --to HOST:PORT)
-  --compress     LZ4-compress the transfer (for slow links)
+  --compress     LZ4-compress the transfer (for slow links), or the image file (smaller on
+                 disk; pmig-resume unpacks it into memory first)
   --shared-fs    the hosts share a file system: carry no files (the target must see the
                  program's files at the same paths)
   --signal SIG   checkpoint on SIG instead of SIGUSR2 (a name like USR1 or a number)

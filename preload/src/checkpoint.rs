@@ -448,7 +448,7 @@ fn dump(
         return stream_image(&mut FileSink { fd, path: &cfg.image_path }, &manifest, &bytes, &header);
     }
     let mut manifest = manifest;
-    write_image(&cfg.image_path, &mut manifest, layout.pages_len, tree)
+    write_image(&cfg.image_path, &mut manifest, layout.pages_len, tree, cfg.compress)
 }
 
 /// Where an image goes: a file, or a receiver on the network.
@@ -499,7 +499,7 @@ pub fn stream_image(out: &mut dyn Sink, m: &Manifest, manifest: &[u8], header: &
 /// 4. the directory is synced, so the new name is durable too.
 ///
 /// A file system without `O_TMPFILE` gets `PATH.tmp.PID` from the start (step 2 named).
-fn write_image(path: &str, m: &mut Manifest, pages_len: u64, mut tree: Option<&mut crate::tree::Session>) -> Result<u64, String> {
+fn write_image(path: &str, m: &mut Manifest, pages_len: u64, mut tree: Option<&mut crate::tree::Session>, compress: bool) -> Result<u64, String> {
     let (dir, base) = match path.rsplit_once('/') {
         Some((d, b)) => (if d.is_empty() { "/" } else { d }, b),
         None => (".", path),
@@ -523,12 +523,33 @@ fn write_image(path: &str, m: &mut Manifest, pages_len: u64, mut tree: Option<&m
     // Whether `tmp` exists now (and must be renamed over `path`, or removed on failure).
     let mut tmp_exists = named;
     let r = (|| {
-        if let Some(t) = tree.as_mut() {
-            // The members' images first; the root's, which lists them, ends the file.
-            m.tree = t.dump_members(fd)?;
-        }
-        let (bytes, header) = layout(m, pages_len)?;
-        let total = stream_image(&mut FileSink { fd, path: if named { &tmp } else { path } }, m, &bytes, &header)?;
+        // Packed (--compress): the plain image is made in memory, then packed into the file.
+        let plain = if compress {
+            sys::memfd_create(b"pmig-plain-image\0", libc::MFD_CLOEXEC).map_err(|e| format!("cannot make a memfd for the image: {}", errno_str(e)))? as i32
+        } else {
+            fd
+        };
+        let made = (|| {
+            if let Some(t) = tree.as_mut() {
+                // The members' images first; the root's, which lists them, ends the file.
+                m.tree = t.dump_members(plain)?;
+            }
+            let (bytes, header) = layout(m, pages_len)?;
+            stream_image(&mut FileSink { fd: plain, path: if named { &tmp } else { path } }, m, &bytes, &header)
+        })();
+        let total = if compress {
+            let packed = made.and_then(|total| {
+                let err = |e: i32| format!("cannot write {}: {}", if named { &tmp } else { path }, errno_str(e));
+                pmig_image::packed::pack(total, |off, buf| sys::pread(plain, buf, off).map(|n| n as usize).map_err(err), |b| sys::write_all(fd, b).map_err(err))
+                    .map(|len| (total, len))
+            });
+            let _ = sys::close(plain);
+            let (total, len) = packed?;
+            debug!("image packed: {total} bytes in {len}");
+            total
+        } else {
+            made?
+        };
         sys::fsync(fd).map_err(|e| format!("cannot sync {}: {}", if named { &tmp } else { path }, errno_str(e)))?;
         if !named {
             match link_unnamed(fd, &cpath) {

@@ -212,6 +212,7 @@ fn main() {
             exit(2)
         }
         (None, Some(i)) if i == "-" => receive::from_stdin()
+            .and_then(|s| Ok(receive::unpack_file(&s.path)?.unwrap_or(s)))
             .and_then(|s| {
                 let img = verify_file(&s.path).context("cannot use this image")?;
                 if inspect {
@@ -222,13 +223,18 @@ fn main() {
             })
             .with_context(|| "standard input".to_string()),
         (None, Some(i)) => (|| {
-            let path = PathBuf::from(&i);
+            // A packed image is unpacked into memory first (kept open until the restore is done).
+            let unpacked = receive::unpack_file(Path::new(&i)).context("cannot use this image")?;
+            let path = unpacked.as_ref().map_or_else(|| PathBuf::from(&i), |s| s.path.clone());
             let img = verify_file(&path).context("cannot use this image")?;
             if inspect {
                 return print_inspect(&img);
             }
             check_addresses(&img, allow_unbound)?;
-            restore(&path, &img, false, ids)
+            restore(&path, &img, false, ids).map(|r| {
+                drop(unpacked);
+                r
+            })
         })()
         .with_context(|| i.clone()),
     };

@@ -48,6 +48,29 @@ pub fn from_stdin() -> Result<Spooled> {
     Ok(s)
 }
 
+/// A packed image (`pmig-run --compress --image`) at `path` unpacked into memory; `None` for a
+/// plain one. A damaged packed image is refused here, before anything is made.
+pub fn unpack_file(path: &std::path::Path) -> Result<Option<Spooled>> {
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut first = [0u8; 8];
+    let n = f.read(&mut first).unwrap_or(0);
+    if !pmig_image::packed::is_packed(&first[..n]) {
+        return Ok(None);
+    }
+    let packed_len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let f = File::open(path)?;
+    let mut s = memfd()?;
+    let t0 = std::time::Instant::now();
+    let len = pmig_image::packed::unpack(std::io::BufReader::with_capacity(1 << 20, f), |b| s.file.write_all(b)).context("cannot unpack the image")?;
+    say!(
+        "pmig-resume: unpacked the image ({:.1} MiB on disk, {:.1} MiB plain) in {} ms",
+        packed_len as f64 / 1048576.0,
+        len as f64 / 1048576.0,
+        t0.elapsed().as_millis()
+    );
+    Ok(Some(s))
+}
+
 /// How a receiver judges senders.
 pub struct Receiver {
     pub token: Vec<u8>,

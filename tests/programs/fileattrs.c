@@ -7,6 +7,8 @@
  *   made without MFD_ALLOW_SEALING (its seals: F_SEAL_SEAL);
  * - a pipe whose read end has a second description (through /proc/self/fd) with O_NONBLOCK,
  *   the first without: each keeps its own flags, and both read the one pipe;
+ * - as root, a file opened through /proc/self/map_files/… (O_NONBLOCK): the same file, with
+ *   its flags;
  * - /proc/self/status open (the fd names /proc/PID/status): after a restore it reads the
  *   restored process's own status (its Pid line is the program's pid).
  *
@@ -50,6 +52,21 @@ int main(int argc, char **argv)
     int ps = open("/proc/self/status", O_RDONLY);
     if (ps < 0)
         corrupt("open /proc/self/status: %s", strerror(errno));
+    /* Opening map_files needs CAP_SYS_ADMIN: root only. */
+    int mf = -1;
+    char mpath[64];
+    snprintf(mpath, sizeof mpath, "fileattrs-%d-map", (int)getpid());
+    if (geteuid() == 0) {
+        int fm = open(mpath, O_RDWR | O_CREAT | O_TRUNC, 0600);
+        char *mm = fm < 0 || write(fm, "mapped", 6) != 6 ? MAP_FAILED : mmap(NULL, 4096, PROT_READ, MAP_SHARED, fm, 0);
+        if (mm == MAP_FAILED)
+            corrupt("map file: %s", strerror(errno));
+        close(fm);
+        snprintf(path, sizeof path, "/proc/self/map_files/%lx-%lx", (unsigned long)mm, (unsigned long)mm + 4096);
+        mf = open(path, O_RDONLY | O_NONBLOCK);
+        if (mf < 0)
+            corrupt("open %s: %s", path, strerror(errno));
+    }
     for (long step = 1; step <= steps; step++) {
         struct stat st, st2;
         char status[4096];
@@ -82,9 +99,13 @@ int main(int argc, char **argv)
             corrupt("step %ld: the memfd has seals %#x, mode %o, size %ld", step, fcntl(m, F_GET_SEALS), st.st_mode & 07777, (long)st.st_size);
         if (fcntl(m2, F_GET_SEALS) != F_SEAL_SEAL)
             corrupt("step %ld: the plain memfd has seals %#x", step, fcntl(m2, F_GET_SEALS));
+        char six[7] = {0};
+        if (mf >= 0 && (!(fcntl(mf, F_GETFL) & O_NONBLOCK) || pread(mf, six, 6, 0) != 6 || strcmp(six, "mapped") != 0))
+            corrupt("step %ld: the file opened through map_files lost its flags or reads '%s'", step, six);
         step_line(step);
         if (step < steps)
             sleep_ms(STEP_MS);
     }
+    unlink(mpath);
     return 0;
 }

@@ -54,6 +54,8 @@ pub struct ChainOpts<'a> {
     pub check_image: Option<ImageCheck<'a>>,
     /// Extra arguments for every `pmig-resume` (before the image).
     pub resume_args: Vec<String>,
+    /// Extra arguments for `pmig-run` (before `--`), e.g. `--compress`.
+    pub run_args: Vec<String>,
     /// How long the image rests before each resume (a gap the program must not notice).
     pub pause_before_resume: Duration,
 }
@@ -66,6 +68,7 @@ impl Default for ChainOpts<'_> {
             terminal: Terminal::Pipe,
             check_image: None,
             resume_args: Vec::new(),
+            run_args: Vec::new(),
             pause_before_resume: Duration::ZERO,
         }
     }
@@ -204,7 +207,7 @@ impl<'a> Chain<'a> {
         if exit {
             cmd.arg("--exit");
         }
-        cmd.arg("--").args(&self.prog.argv);
+        cmd.args(&self.opts.run_args).arg("--").args(&self.prog.argv);
         pmig_env(&mut cmd);
         Proc::spawn(
             &format!("pmig-run ({})", self.prog.name),

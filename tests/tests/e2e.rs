@@ -232,6 +232,45 @@ fn sparse_image_stays_small() {
     );
 }
 
+/// `pmig-run --compress --image`: the image file is packed (LZ4; `bigheap.c`'s 32 MiB of
+/// counting words take well under that), `pmig-resume` unpacks it and the chain goes on;
+/// a packed image cut short or damaged is refused before anything runs, saying why.
+#[test]
+fn packed_image_chain() {
+    let sb = Sandbox::new();
+    let check = |image: &Path| -> Result<(), String> {
+        let bytes = fs::read(image).map_err(|e| format!("read {}: {e}", image.display()))?;
+        if !bytes.starts_with(b"PMIGLZ4\n") {
+            return Err("the image is not packed".into());
+        }
+        if bytes.len() as u64 > 24 * MIB {
+            return Err(format!("the packed image is {} bytes: 32 MiB of counting words did not shrink", bytes.len()));
+        }
+        Ok(())
+    };
+    let prog = Program::new("bigheap-packed", programs::BIGHEAP, STEPS, &["32"]);
+    let opts = ChainOpts { check_image: Some(&check), run_args: vec!["--compress".into()], ..ChainOpts::default() };
+    let mut chain = Chain::new(&sb, &prog, opts);
+    chain.start_and_checkpoint();
+    let image = chain.image().to_path_buf();
+    let bytes = fs::read(&image).unwrap();
+    for (what, bad) in [("cut short", bytes[..bytes.len() / 2].to_vec()), ("damaged", {
+        // The first block's checksum (a flipped bit in LZ4 data may decode to the same bytes
+        // in memory this regular).
+        let mut b = bytes.clone();
+        b[8 + 9] ^= 0x40;
+        b
+    })] {
+        let p = sb.image(&format!("bad-{}.pmig", what.replace(' ', "-")));
+        fs::write(&p, &bad).unwrap();
+        let out = std::process::Command::new(&sb.bins().resume).arg(&p).output().expect("run pmig-resume");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("packed image"), "a packed image {what} must be refused, naming why: {err}");
+    }
+    chain.resume_and_checkpoint();
+    chain.resume_to_end();
+}
+
 /// A removed working directory, an fd on a removed directory and a removed FIFO with a line
 /// in flight come back (`deleted.c`), as root and unprivileged.
 #[test]

@@ -1,0 +1,188 @@
+//! Packed (LZ4-compressed) image files, made by `pmig-run --compress --image …`: the plain
+//! image, cut into blocks of up to [`BLOCK`] bytes, each LZ4-compressed (or stored as it is
+//! when that is not smaller):
+//!
+//! ```text
+//! MAGIC (8 bytes) | block* | end
+//! block: plain_len u32 LE | stored_len u32 LE (bit 31: stored raw) | CRC32 of the plain
+//!        bytes u32 LE | stored bytes
+//! end:   0u32 | 0u32 | 0u32 | plain image length u64 LE | CRC32 of every block header u32 LE
+//! ```
+//!
+//! The plain image keeps its own checksums (manifest, page runs, trailer), checked once it is
+//! unpacked; a damaged block that LZ4 cannot decode, a wrong length or a bad end is refused
+//! while unpacking. A packed image cannot be mapped: it is unpacked into memory first.
+
+use crate::ImageError;
+
+/// The first bytes of a packed image.
+pub const MAGIC: [u8; 8] = *b"PMIGLZ4\n";
+/// Plain bytes per block.
+pub const BLOCK: usize = 4 << 20;
+const RAW: u32 = 1 << 31;
+
+/// Whether `first` (a file's first bytes) starts a packed image.
+pub fn is_packed(first: &[u8]) -> bool {
+    first.len() >= 8 && first[..8] == MAGIC
+}
+
+/// Packs the plain image of `total` bytes that `read_at(offset, buf)` reads (filling `buf`,
+/// or less at the end), giving the packed bytes to `out` in order. Returns the packed length.
+pub fn pack<E>(
+    total: u64,
+    mut read_at: impl FnMut(u64, &mut [u8]) -> Result<usize, E>,
+    mut out: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<u64, E> {
+    let mut plain = vec![0u8; BLOCK];
+    let mut packed = vec![0u8; lz4_flex::block::get_maximum_output_size(BLOCK)];
+    let mut crc = crc32fast::Hasher::new();
+    let mut written = MAGIC.len() as u64;
+    out(&MAGIC)?;
+    let mut off = 0u64;
+    while off < total {
+        let want = (total - off).min(BLOCK as u64) as usize;
+        let mut got = 0;
+        while got < want {
+            let n = read_at(off + got as u64, &mut plain[got..want])?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        if got == 0 {
+            break;
+        }
+        let c = lz4_flex::block::compress_into(&plain[..got], &mut packed).unwrap_or(usize::MAX);
+        let (bytes, stored) = if c < got { (&packed[..c], c as u32) } else { (&plain[..got], got as u32 | RAW) };
+        let mut head = [0u8; 12];
+        head[..4].copy_from_slice(&(got as u32).to_le_bytes());
+        head[4..8].copy_from_slice(&stored.to_le_bytes());
+        head[8..].copy_from_slice(&crc32fast::hash(&plain[..got]).to_le_bytes());
+        crc.update(&head);
+        out(&head)?;
+        out(bytes)?;
+        written += 12 + bytes.len() as u64;
+        off += got as u64;
+    }
+    let mut end = [0u8; 24];
+    end[12..20].copy_from_slice(&off.to_le_bytes());
+    end[20..].copy_from_slice(&crc.finalize().to_le_bytes());
+    out(&end)?;
+    Ok(written + end.len() as u64)
+}
+
+/// Unpacks a packed image read from `input` (positioned after nothing: it starts with the
+/// magic), giving the plain bytes to `out`. Returns the plain length.
+pub fn unpack(mut input: impl std::io::Read, mut out: impl FnMut(&[u8]) -> std::io::Result<()>) -> Result<u64, ImageError> {
+    let bad = |what: &str| ImageError::Corrupted(format!("packed image: {what}"));
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic).map_err(|_| bad("too short"))?;
+    if magic != MAGIC {
+        return Err(ImageError::Foreign);
+    }
+    let mut plain = vec![0u8; BLOCK];
+    let mut stored = Vec::with_capacity(lz4_flex::block::get_maximum_output_size(BLOCK));
+    let mut crc = crc32fast::Hasher::new();
+    let mut total = 0u64;
+    loop {
+        let mut head = [0u8; 12];
+        input.read_exact(&mut head).map_err(|_| bad("truncated (a block header is missing)"))?;
+        let plain_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let s = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let block_crc = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if plain_len == 0 && s == 0 && block_crc == 0 {
+            let mut end = [0u8; 12];
+            input.read_exact(&mut end).map_err(|_| bad("truncated (its end is missing)"))?;
+            let len = u64::from_le_bytes(end[..8].try_into().unwrap_or_default());
+            let want = u32::from_le_bytes(end[8..].try_into().unwrap_or_default());
+            if len != total || want != crc.finalize() {
+                return Err(bad("its end does not match its blocks"));
+            }
+            return Ok(total);
+        }
+        crc.update(&head);
+        let (raw, slen) = (s & RAW != 0, (s & !RAW) as usize);
+        if plain_len > BLOCK || slen > lz4_flex::block::get_maximum_output_size(BLOCK) || (raw && slen != plain_len) {
+            return Err(bad("a block header is damaged"));
+        }
+        stored.resize(slen, 0);
+        input.read_exact(&mut stored).map_err(|_| bad("truncated (a block is cut short)"))?;
+        let bytes = if raw {
+            &stored[..]
+        } else {
+            let n = lz4_flex::block::decompress_into(&stored, &mut plain[..plain_len]).map_err(|_| bad("a block does not decompress"))?;
+            if n != plain_len {
+                return Err(bad("a block decompresses to another length"));
+            }
+            &plain[..plain_len]
+        };
+        if crc32fast::hash(bytes) != block_crc {
+            return Err(bad("a block's checksum does not match"));
+        }
+        out(bytes)?;
+        total += plain_len as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packed_of(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        pack::<()>(
+            data.len() as u64,
+            |off, buf| {
+                let off = off as usize;
+                let n = buf.len().min(data.len() - off);
+                buf[..n].copy_from_slice(&data[off..off + n]);
+                Ok(n)
+            },
+            |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            },
+        )
+        .unwrap();
+        out
+    }
+
+    fn unpacked(p: &[u8]) -> Result<Vec<u8>, ImageError> {
+        let mut v = Vec::new();
+        unpack(p, |b| {
+            v.extend_from_slice(b);
+            Ok(())
+        })
+        .map(|_| v)
+    }
+
+    #[test]
+    fn round_trip_compressible_and_random() {
+        let mut data = vec![0u8; BLOCK * 2 + 12345];
+        let mut x = 12345u64;
+        for (i, b) in data.iter_mut().enumerate().skip(BLOCK) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = if i < BLOCK + BLOCK / 2 { x as u8 } else { (i % 7) as u8 };
+        }
+        let p = packed_of(&data);
+        assert!(p.len() < data.len() / 2, "zeros and patterns must shrink: {} of {}", p.len(), data.len());
+        assert!(is_packed(&p));
+        assert_eq!(unpacked(&p).unwrap(), data);
+    }
+
+    #[test]
+    fn damage_is_refused() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let p = packed_of(&data);
+        assert!(unpacked(&p[..p.len() - 3]).is_err(), "truncated");
+        let mut q = p.clone();
+        q[20] ^= 0xff;
+        assert!(unpacked(&q).is_err(), "damaged block");
+        let mut r = p.clone();
+        let at = r.len() - 5;
+        r[at] ^= 1;
+        assert!(unpacked(&r).is_err(), "damaged end");
+    }
+}
