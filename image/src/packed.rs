@@ -71,6 +71,73 @@ pub fn pack<E>(
     Ok(written + end.len() as u64)
 }
 
+/// One block of a packed image held in memory: where its stored bytes are, and where its
+/// plain bytes go.
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    pub stored_at: usize,
+    pub stored_len: usize,
+    pub raw: bool,
+    pub plain_at: u64,
+    pub plain_len: usize,
+    pub crc: u32,
+}
+
+/// The blocks of the packed image `p` (whole, in memory) and its plain length; refuses one
+/// whose headers or end are damaged or cut short.
+pub fn blocks(p: &[u8]) -> Result<(Vec<Block>, u64), ImageError> {
+    let bad = |what: &str| ImageError::Corrupted(format!("packed image: {what}"));
+    if !is_packed(p) {
+        return Err(ImageError::Foreign);
+    }
+    let mut at = MAGIC.len();
+    let mut out = Vec::new();
+    let mut crc = crc32fast::Hasher::new();
+    let mut plain = 0u64;
+    loop {
+        let head = p.get(at..at + 12).ok_or_else(|| bad("truncated (a block header is missing)"))?;
+        let plain_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let s = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let block_crc = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if plain_len == 0 && s == 0 && block_crc == 0 {
+            let end = p.get(at + 12..at + 24).ok_or_else(|| bad("truncated (its end is missing)"))?;
+            let len = u64::from_le_bytes(end[..8].try_into().unwrap_or_default());
+            let want = u32::from_le_bytes(end[8..].try_into().unwrap_or_default());
+            if len != plain || want != crc.finalize() || at + 24 != p.len() {
+                return Err(bad("its end does not match its blocks"));
+            }
+            return Ok((out, plain));
+        }
+        crc.update(head);
+        let (raw, slen) = (s & RAW != 0, (s & !RAW) as usize);
+        if plain_len > BLOCK || slen > lz4_flex::block::get_maximum_output_size(BLOCK) || (raw && slen != plain_len) {
+            return Err(bad("a block header is damaged"));
+        }
+        if at + 12 + slen > p.len() {
+            return Err(bad("truncated (a block is cut short)"));
+        }
+        out.push(Block { stored_at: at + 12, stored_len: slen, raw, plain_at: plain, plain_len, crc: block_crc });
+        plain += plain_len as u64;
+        at += 12 + slen;
+    }
+}
+
+/// Decodes block `b` of the packed image `p` into `out` (`b.plain_len` bytes), checking it.
+pub fn decode(p: &[u8], b: &Block, out: &mut [u8]) -> Result<(), ImageError> {
+    let bad = |what: &str| ImageError::Corrupted(format!("packed image: {what}"));
+    let stored = &p[b.stored_at..b.stored_at + b.stored_len];
+    let out = &mut out[..b.plain_len];
+    if b.raw {
+        out.copy_from_slice(stored);
+    } else if lz4_flex::block::decompress_into(stored, out).map_err(|_| bad("a block does not decompress"))? != b.plain_len {
+        return Err(bad("a block decompresses to another length"));
+    }
+    if crc32fast::hash(out) != b.crc {
+        return Err(bad("a block's checksum does not match"));
+    }
+    Ok(())
+}
+
 /// Unpacks a packed image read from `input` (positioned after nothing: it starts with the
 /// magic), giving the plain bytes to `out`. Returns the plain length.
 pub fn unpack(mut input: impl std::io::Read, mut out: impl FnMut(&[u8]) -> std::io::Result<()>) -> Result<u64, ImageError> {
@@ -149,11 +216,25 @@ mod tests {
 
     fn unpacked(p: &[u8]) -> Result<Vec<u8>, ImageError> {
         let mut v = Vec::new();
-        unpack(p, |b| {
+        let streamed = unpack(p, |b| {
             v.extend_from_slice(b);
             Ok(())
         })
-        .map(|_| v)
+        .map(|_| v);
+        // The block-wise decoder agrees with the streaming one.
+        let by_blocks = blocks(p).and_then(|(bs, total)| {
+            let mut w = vec![0u8; total as usize];
+            for b in &bs {
+                decode(p, b, &mut w[b.plain_at as usize..])?;
+            }
+            Ok(w)
+        });
+        match (&streamed, &by_blocks) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b),
+            (Err(_), Err(_)) => {}
+            _ => panic!("the two decoders disagree: {streamed:?} / {by_blocks:?}"),
+        }
+        streamed
     }
 
     #[test]

@@ -540,7 +540,9 @@ fn write_image(path: &str, m: &mut Manifest, pages_len: u64, mut tree: Option<&m
         let total = if compress {
             let packed = made.and_then(|total| {
                 let err = |e: i32| format!("cannot write {}: {}", if named { &tmp } else { path }, errno_str(e));
-                pmig_image::packed::pack(total, |off, buf| sys::pread(plain, buf, off).map(|n| n as usize).map_err(err), |b| sys::write_all(fd, b).map_err(err))
+                // The whole file: a tree's members' images come before the root's.
+                let whole = sys::lseek(plain, 0, libc::SEEK_END).map_err(err)?;
+                pmig_image::packed::pack(whole, |off, buf| sys::pread(plain, buf, off).map(|n| n as usize).map_err(err), |b| sys::write_all(fd, b).map_err(err))
                     .map(|len| (total, len))
             });
             let _ = sys::close(plain);

@@ -19,6 +19,18 @@ fn tree_chain() {
     Chain::new(&sb, &prog, ChainOpts::default()).run();
 }
 
+/// A tree's image packed (`--compress`): the members' images and the root's all in it.
+#[test]
+fn tree_chain_packed() {
+    let sb = Sandbox::new();
+    let prog = Program::new("tree-packed", programs::TREE, STEPS, &[]);
+    let check = |image: &std::path::Path| -> Result<(), String> {
+        let b = std::fs::read(image).map_err(|e| e.to_string())?;
+        if b.starts_with(b"PMIGLZ4\n") { Ok(()) } else { Err("the tree's image is not packed".into()) }
+    };
+    Chain::new(&sb, &prog, ChainOpts { run_args: vec!["--compress".into()], check_image: Some(&check), ..ChainOpts::default() }).run();
+}
+
 #[test]
 fn tree_chain_unprivileged() {
     pmig_tests::run_chain_unprivileged("tree-user", programs::TREE, STEPS);
