@@ -25,66 +25,41 @@ t1=$(now)
 rm -f "$work/dd.out"
 disk=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
 
-# Checkpoint: from the signal until the program has exited after a durable image.
+# checkpoint IMAGE [PMIG-RUN OPTIONS] -- [MEM ARGS]: runs the subject under pmig-run --exit,
+# checkpoints it once it is ready; sets ck (seconds from the signal until the program has
+# exited after a durable image) and size (the image's bytes).
 fifo=$work/out
-mkfifo "$fifo"
-"$bin/pmig-run" --exit --image "$work/mem.pmig" "$work/mem" "$mib" > "$fifo" 2> "$work/run.err" &
-pid=$!
-exec 3< "$fifo"
-read -r line <&3
-[ "$line" = ready ] || { echo "unexpected: $line"; exit 1; }
-t0=$(now)
-kill -USR2 "$pid"
-wait "$pid"
-t1=$(now)
-exec 3<&-
-ck=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
-size=$(stat -c %s "$work/mem.pmig")
-printf '%-34s %12s   (baseline dd+fsync of %d MiB: %s)\n' "checkpoint throughput" "$(rate "$mib" "$ck")" "$mib" "$(rate "$mib" "$disk")"
-printf '%-34s %12s   (%s in all)\n' "checkpoint time" "$(ms "$ck")" "signal to exit"
-printf '%-34s %9.1f MiB   (touched memory: %d MiB)\n' "image size" "$(awk -v s="$size" 'BEGIN { print s / 1048576 }')" "$mib"
-
-# Restore: from starting pmig-resume until the program prints its next tick.
-# Baseline: reading the image once from the page cache (restore's floor).
-t0=$(now)
-cat "$work/mem.pmig" > /dev/null
-t1=$(now)
-readimg=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
-rm -f "$fifo"
-mkfifo "$fifo"
-t0=$(now)
-"$bin/pmig-resume" "$work/mem.pmig" > "$fifo" 2> "$work/resume.err" &
-rpid=$!
-exec 3< "$fifo"
-read -r line <&3
-t1=$(now)
-exec 3<&-
-kill -9 "$rpid" 2>/dev/null || true
-wait "$rpid" 2>/dev/null || true
-rs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
-printf '%-34s %12s   (baseline: reading the image once: %s; first line: %s)\n' "restore time" "$(ms "$rs")" "$(ms "$readimg")" "$line"
-
-# Packed images (--compress): checkpoint time to durable, size, restore time, for memory that
-# compresses well (one byte per page) and for random memory.
-for kind in zeros random; do
-    rm -f "$fifo" "$work/packed.pmig"
+checkpoint() {
+    local image=$1 opts=()
+    shift
+    while [ "$1" != -- ]; do opts+=("$1"); shift; done
+    shift
+    rm -f "$fifo" "$image"
     mkfifo "$fifo"
-    "$bin/pmig-run" --exit --compress --image "$work/packed.pmig" "$work/mem" "$mib" "$kind" > "$fifo" 2> "$work/run.err" &
-    pid=$!
+    "$bin/pmig-run" --exit "${opts[@]}" --image "$image" "$work/mem" "$mib" "$@" > "$fifo" 2> "$work/run.err" &
+    local pid=$!
     exec 3< "$fifo"
     read -r line <&3
+    [ "$line" = ready ] || { echo "unexpected: $line"; exit 1; }
+    local t0 t1
     t0=$(now)
     kill -USR2 "$pid"
     wait "$pid"
     t1=$(now)
     exec 3<&-
     ck=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
-    size=$(stat -c %s "$work/packed.pmig")
+    size=$(stat -c %s "$image")
+}
+
+# restore IMAGE: sets rs (seconds from starting pmig-resume until the program prints its
+# next tick) and line (that tick).
+restore() {
     rm -f "$fifo"
     mkfifo "$fifo"
+    local t0 t1
     t0=$(now)
-    "$bin/pmig-resume" "$work/packed.pmig" > "$fifo" 2> "$work/resume.err" &
-    rpid=$!
+    "$bin/pmig-resume" "$1" > "$fifo" 2> "$work/resume.err" &
+    local rpid=$!
     exec 3< "$fifo"
     read -r line <&3
     t1=$(now)
@@ -92,6 +67,26 @@ for kind in zeros random; do
     kill -9 "$rpid" 2>/dev/null || true
     wait "$rpid" 2>/dev/null || true
     rs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+}
+
+checkpoint "$work/mem.pmig" --
+printf '%-34s %12s   (baseline dd+fsync of %d MiB: %s)\n' "checkpoint throughput" "$(rate "$mib" "$ck")" "$mib" "$(rate "$mib" "$disk")"
+printf '%-34s %12s   (%s in all)\n' "checkpoint time" "$(ms "$ck")" "signal to exit"
+printf '%-34s %9.1f MiB   (touched memory: %d MiB)\n' "image size" "$(awk -v s="$size" 'BEGIN { print s / 1048576 }')" "$mib"
+
+# Restore. Baseline: reading the image once from the page cache (restore's floor).
+t0=$(now)
+cat "$work/mem.pmig" > /dev/null
+t1=$(now)
+readimg=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+restore "$work/mem.pmig"
+printf '%-34s %12s   (baseline: reading the image once: %s; first line: %s)\n' "restore time" "$(ms "$rs")" "$(ms "$readimg")" "$line"
+
+# Packed images (--compress): checkpoint time to durable, size, restore time, for memory that
+# compresses well (one byte per page) and for random memory.
+for kind in zeros random; do
+    checkpoint "$work/packed.pmig" --compress -- "$kind"
+    restore "$work/packed.pmig"
     printf '%-34s %12s   (%s; image %.1f MiB of %d MiB, restore %s)\n' "packed checkpoint ($kind)" "$(ms "$ck")" "$(rate "$mib" "$ck")" \
         "$(awk -v s="$size" 'BEGIN { print s / 1048576 }')" "$mib" "$(ms "$rs")"
 done

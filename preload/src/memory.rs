@@ -209,16 +209,7 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32, held: &[u64
                 // A private mapping of a deleted file (or memfd) an fd holds: the file is made
                 // again (from the fd's saved content) and mapped privately, with the pages the
                 // process changed on top: still tied to the file, as before.
-                let name = p.trim_end_matches(" (deleted)").trim_start_matches("/memfd:").to_string();
-                let object = match objects.iter().position(|o| o.ino == m.inode) {
-                    Some(i) => i,
-                    None => {
-                        objects.push(ObjectState { ino: m.inode, name, size: 0 });
-                        objects.len() - 1
-                    }
-                };
-                let o = &mut objects[object];
-                o.size = o.size.max(m.offset + (m.end - m.start));
+                let object = object_of(&mut objects, m, p);
                 let runs = populated_runs(m.start, m.end, true, pagemap, &mut entries, &mut data_off)
                     .map_err(|e| format!("cannot read pagemap: {}", Errno(e)))?;
                 let kind = RegionKind::SharedObject { object: object as u32, offset: m.offset };
@@ -233,16 +224,7 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32, held: &[u64
                 continue;
             }
             p if p.ends_with(" (deleted)") => {
-                let name = p.trim_end_matches(" (deleted)").trim_start_matches("/memfd:").to_string();
-                let object = match objects.iter().position(|o| o.ino == m.inode) {
-                    Some(i) => i,
-                    None => {
-                        objects.push(ObjectState { ino: m.inode, name, size: 0 });
-                        objects.len() - 1
-                    }
-                };
-                let o = &mut objects[object];
-                o.size = o.size.max(m.offset + (m.end - m.start));
+                let object = object_of(&mut objects, m, p);
                 let runs = resident_runs(m.start, m.end, &mut data_off).map_err(|e| format!("mincore: {}", Errno(e)))?;
                 let kind = RegionKind::SharedObject { object: object as u32, offset: m.offset };
                 regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: true, kind, runs });
@@ -266,6 +248,22 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32, held: &[u64
         regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: m.shared, kind, runs });
     }
     Ok(Layout { regions, objects, vdso, pages_len: data_off })
+}
+
+/// The index of the object (a deleted file's or memfd's inode) mapping `m` of `path` maps,
+/// added when new, made large enough for the mapping.
+fn object_of(objects: &mut Vec<ObjectState>, m: &MapLine, path: &str) -> usize {
+    let i = match objects.iter().position(|o| o.ino == m.inode) {
+        Some(i) => i,
+        None => {
+            let name = path.trim_end_matches(" (deleted)").trim_start_matches("/memfd:").to_string();
+            objects.push(ObjectState { ino: m.inode, name, size: 0 });
+            objects.len() - 1
+        }
+    };
+    let o = &mut objects[i];
+    o.size = o.size.max(m.offset + (m.end - m.start));
+    i
 }
 
 /// `(key, size, mode)` of SysV shared memory segment `shmid`, from `/proc/sysvipc/shm` (the

@@ -29,6 +29,27 @@ fn read_steps(p: &mut Proc, until: Option<u32>) -> u32 {
     }
 }
 
+/// Checkpoints `p` (under `pmig-run --exit`) once it printed step 5; it must exit 0.
+fn checkpoint_after_step_5(p: &mut Proc) {
+    read_steps(p, Some(5));
+    p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut *p]));
+    let (_, status) = p.finish(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut *p]));
+    assert!(status.success(), "the checkpoint with --exit ended with {status:?}");
+}
+
+/// Resumes `image` (no phase log) and checks the program runs to step 30 and exits 0.
+fn resume_to_step_30(sb: &Sandbox, image: &std::path::Path) -> Proc {
+    let mut cmd = Command::new(&sb.bins().resume);
+    cmd.arg(image).current_dir(sb.workdir("resume"));
+    pmig_env(&mut cmd);
+    cmd.env("PMIG_DEBUG", "0");
+    let mut r = Proc::spawn("pmig-resume", cmd, Terminal::Pipe);
+    let last = read_steps(&mut r, None);
+    let status = r.wait_exit(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    assert!(status.success() && last == 30, "the resumed program ended with {status:?} after step {last}: {}", r.describe());
+    r
+}
+
 #[test]
 fn pmig_lines_do_not_share_a_file_the_program_writes_at_an_offset() {
     let sb = Sandbox::new();
@@ -51,19 +72,8 @@ fn pmig_lines_do_not_share_a_file_the_program_writes_at_an_offset() {
     pmig_env(&mut cmd);
     cmd.env("PMIG_DEBUG", "0");
     let mut p = Proc::spawn("pmig-run 2>err.txt", cmd, Terminal::Pipe);
-    read_steps(&mut p, Some(5));
-    p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
-    let (_, status) = p.finish(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
-    assert!(status.success(), "the checkpoint with --exit ended with {status:?}");
-
-    let mut cmd = Command::new(&sb.bins().resume);
-    cmd.arg(&image).current_dir(sb.workdir("resume"));
-    pmig_env(&mut cmd);
-    cmd.env("PMIG_DEBUG", "0");
-    let mut r = Proc::spawn("pmig-resume", cmd, Terminal::Pipe);
-    let last = read_steps(&mut r, None);
-    let status = r.wait_exit(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
-    assert!(status.success() && last == 30, "the resumed program ended with {status:?} after step {last}");
+    checkpoint_after_step_5(&mut p);
+    resume_to_step_30(&sb, &image);
 
     // The file: pmig-run's line, naming where pmig's lines go, then the program's own, intact.
     let text = std::fs::read_to_string(&err).expect("read err.txt");
@@ -101,20 +111,9 @@ for i in range(1, 31):
     cmd.args(["--exit", "--image"]).arg(&image).arg("--").arg(programs::PYTHON3).arg("-c").arg(script).current_dir(&run);
     pmig_env(&mut cmd);
     let mut p = Proc::spawn("pmig-run (closes its stderr)", cmd, Terminal::Pipe);
-    read_steps(&mut p, Some(5));
-    p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
-    let (_, status) = p.finish(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
-    assert!(status.success(), "the checkpoint with --exit ended with {status:?}");
+    checkpoint_after_step_5(&mut p);
     std::fs::remove_file(&fifo).expect("remove the FIFO");
-
-    let mut cmd = Command::new(&sb.bins().resume);
-    cmd.arg(&image).current_dir(sb.workdir("resume"));
-    pmig_env(&mut cmd);
-    cmd.env("PMIG_DEBUG", "0");
-    let mut r = Proc::spawn("pmig-resume", cmd, Terminal::Pipe);
-    let last = read_steps(&mut r, None);
-    let status = r.wait_exit(CHECKPOINT_TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
-    assert!(status.success() && last == 30, "the resumed program ended with {status:?} after step {last}: {}", r.describe());
+    let mut r = resume_to_step_30(&sb, &image);
     let said = r.stderr_text();
     assert!(
         said.lines().any(|l| l.contains("warning") && l.contains("gone.fifo") && l.contains("stays closed")),
