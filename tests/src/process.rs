@@ -82,6 +82,11 @@ impl Proc {
             }
         }
         cmd.stderr(Stdio::piped());
+        // With PYTHONUNBUFFERED (set on some CI machines) python's print() writes its text and
+        // its newline in two system calls: a checkpoint between them rightly splits the line
+        // between the source and the resumed process, which the line-based checks cannot
+        // follow. The test programs expect whole lines.
+        cmd.env_remove("PYTHONUNBUFFERED");
         // Its result is deliberately ignored: an old kernel without it leaves the fds as they were.
         // SAFETY: the closure runs in the forked child before exec and calls only close_range(2),
         // an async-signal-safe raw system call that touches no memory.
