@@ -67,11 +67,12 @@ ans_r, ans_w = os.pipe()
 a = os.fork()
 if a == 0:
     os.setpgid(0, 0)
+    # (Before the fork: the root may signal the group as soon as A is gone.)
+    hits = []
+    signal.signal(signal.SIGUSR1, lambda *_: hits.append(1))
     if os.fork() != 0:
         os._exit(0)
     os.close(req_w); os.close(ans_r)
-    hits = []
-    signal.signal(signal.SIGUSR1, lambda *_: hits.append(1))
     fin = os.fdopen(req_r, 'r'); fout = os.fdopen(ans_w, 'w', buffering=1)
     for line in fin:
         fout.write(f'{os.getpgid(0)} {len(hits)}\n')
