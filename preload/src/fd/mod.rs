@@ -55,6 +55,9 @@ impl FdInfo {
 pub struct DumpCtx {
     /// Pipe inodes whose queued data is already saved.
     pub pipes_with_data: Vec<u64>,
+    /// Per `(family, protocol)`: the sockets shut down in either direction (inode, bits),
+    /// listed once per checkpoint (see `socket::inet_shutdowns`).
+    pub inet_shutdowns: Vec<((i32, i32), Vec<(u64, u8)>)>,
 }
 
 /// State shared by the restores of one restore.

@@ -636,7 +636,7 @@ fn holds_socket(ino: u64) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Dump.
 
-fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
+fn dump(i: &FdInfo, ctx: &mut DumpCtx) -> Option<Result<FileKind, String>> {
     if i.file_type() != libc::S_IFSOCK {
         return None;
     }
@@ -657,6 +657,20 @@ fn dump(i: &FdInfo, _: &mut DumpCtx) -> Option<Result<FileKind, String>> {
     if i.fd <= 2 {
         // Becomes pmig-resume's own: only its identity is recorded.
         return Some(Ok(FileKind::Socket(s)));
+    }
+    if matches!(s.family, AF_INET | AF_INET6) && matches!(s.sotype, libc::SOCK_STREAM | libc::SOCK_DGRAM) {
+        // Every socket of the family's shut-down ones, listed once per checkpoint.
+        let proto = if s.sotype == libc::SOCK_STREAM { libc::IPPROTO_TCP } else { libc::IPPROTO_UDP };
+        let key = (s.family, proto);
+        if !ctx.inet_shutdowns.iter().any(|c| c.0 == key) {
+            let listed = inet_shutdowns(s.family, proto);
+            if let Err(e) = &listed {
+                debug!("inet_diag of family {} protocol {proto}: {}", s.family, Errno(*e));
+            }
+            ctx.inet_shutdowns.push((key, listed.unwrap_or_default()));
+        }
+        let shut = ctx.inet_shutdowns.iter().find(|c| c.0 == key).and_then(|c| c.1.iter().find(|x| x.0 == s.ino));
+        s.shutdown = shut.map_or(0, |x| x.1);
     }
     Some(known.and_then(|()| dump_state(i.fd, &mut s, tree_peer)).map(|()| FileKind::Socket(s)))
 }
@@ -696,13 +710,6 @@ fn identify(fd: i32, s: &mut SocketState) -> Result<(), String> {
 fn dump_state(fd: i32, s: &mut SocketState, tree_peer: bool) -> Result<(), String> {
     // Options first: TCP repair mode changes what SO_REUSEADDR reads.
     s.options = read_options(fd, s);
-    if matches!(s.family, AF_INET | AF_INET6) && matches!(s.sotype, libc::SOCK_STREAM | libc::SOCK_DGRAM) {
-        let proto = if s.sotype == libc::SOCK_STREAM { libc::IPPROTO_TCP } else { libc::IPPROTO_UDP };
-        match inet_shutdown(s.family, proto, s.ino) {
-            Ok(bits) => s.shutdown = bits,
-            Err(e) => debug!("inet_diag of socket {}: {}", s.ino, Errno(e)),
-        }
-    }
     match s.family {
         AF_UNIX => dump_unix(fd, s, tree_peer),
         AF_INET | AF_INET6 if is_tcp(s) => dump_tcp(fd, s),
@@ -1177,10 +1184,10 @@ fn bind_again(fd: &Fd, s: &SocketState, local: &[u8]) -> Result<bool, String> {
     }
 }
 
-/// A TCP or UDP socket's `sk_shutdown` bits (`RCV_SHUTDOWN` 1, `SEND_SHUTDOWN` 2), from the
-/// sock_diag netlink's `INET_DIAG_SHUTDOWN` (works unprivileged): the sockets of `family` and
-/// `proto` are listed and the one with inode `ino` is taken.
-fn inet_shutdown(family: i32, proto: i32, ino: u64) -> Result<u8, i32> {
+/// `(inode, sk_shutdown bits)` of every TCP or UDP socket of `family` (`proto`) shut down
+/// in either direction (`RCV_SHUTDOWN` 1, `SEND_SHUTDOWN` 2), from the sock_diag netlink's
+/// `INET_DIAG_SHUTDOWN` (works unprivileged).
+fn inet_shutdowns(family: i32, proto: i32) -> Result<Vec<(u64, u8)>, i32> {
     const INET_DIAG_SHUTDOWN: u16 = 8;
     const NLM_F_DUMP: u16 = 0x300;
     const NLMSG_DONE: u16 = 3;
@@ -1195,21 +1202,25 @@ fn inet_shutdown(family: i32, proto: i32, ino: u64) -> Result<u8, i32> {
     r[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
     sys::write(nl.0, &r)?;
     let mut buf = vec![0u8; 32 << 10];
+    let mut out = Vec::new();
     loop {
         let n = sys::recv(nl.0, &mut buf, 0)? as usize;
         if n == 0 {
-            return Err(libc::ENOENT);
+            return Ok(out);
         }
         let mut at = 0;
         while at + 16 <= n {
             let len = u32_at(&buf, at) as usize;
             let ty = u16_at(&buf, at + 4);
-            if ty == NLMSG_DONE || ty == NLMSG_ERROR || len < 16 {
-                return Err(libc::ENOENT);
+            if ty == NLMSG_ERROR || len < 16 {
+                return Err(libc::EIO);
+            }
+            if ty == NLMSG_DONE {
+                return Ok(out);
             }
             // struct inet_diag_msg: 72 bytes (its inode at 68), then attributes, 4-aligned.
             let m = &buf[at + 16..(at + len).min(n)];
-            if ty == SOCK_DIAG_BY_FAMILY && m.len() >= 72 && u64::from(u32_at(m, 68)) == ino {
+            if ty == SOCK_DIAG_BY_FAMILY && m.len() >= 72 {
                 let mut a = 72;
                 while a + 4 <= m.len() {
                     let alen = u16_at(m, a) as usize;
@@ -1217,11 +1228,13 @@ fn inet_shutdown(family: i32, proto: i32, ino: u64) -> Result<u8, i32> {
                         break;
                     }
                     if u16_at(m, a + 2) == INET_DIAG_SHUTDOWN && alen >= 5 && a + 4 < m.len() {
-                        return Ok(m[a + 4]);
+                        if m[a + 4] != 0 {
+                            out.push((u64::from(u32_at(m, 68)), m[a + 4]));
+                        }
+                        break;
                     }
                     a += (alen + 3) & !3;
                 }
-                return Ok(0);
             }
             at += (len + 3) & !3;
         }
