@@ -51,14 +51,14 @@ checkpoint() {
     size=$(stat -c %s "$image")
 }
 
-# restore IMAGE: sets rs (seconds from starting pmig-resume until the program prints its
-# next tick) and line (that tick).
+# restore IMAGE [PMIG-RESUME OPTIONS]: sets rs (seconds from starting pmig-resume until the
+# program prints its next tick) and line (that tick).
 restore() {
     rm -f "$fifo"
     mkfifo "$fifo"
     local t0 t1
     t0=$(now)
-    "$bin/pmig-resume" "$1" > "$fifo" 2> "$work/resume.err" &
+    "$bin/pmig-resume" "$@" > "$fifo" 2> "$work/resume.err" &
     local rpid=$!
     exec 3< "$fifo"
     read -r line <&3
@@ -80,7 +80,14 @@ cat "$work/mem.pmig" > /dev/null
 t1=$(now)
 readimg=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
 restore "$work/mem.pmig"
-printf '%-34s %12s   (baseline: reading the image once: %s; first line: %s)\n' "restore time" "$(ms "$rs")" "$(ms "$readimg")" "$line"
+lazy=$rs
+restore --eager "$work/mem.pmig"
+eager=$rs
+mode="lazy: memory comes in on first touch"
+[ "$(id -u)" = 0 ] || mode="not root: no lazy restore, every page read in first"
+printf '%-34s %12s   (%s; baseline: reading the image once: %s)\n' "restore to first output" "$(ms "$lazy")" "$mode" "$(ms "$readimg")"
+printf '%-34s %12s   (every page read in first; %.1fx reading the image once)\n' "restore to first output, --eager" "$(ms "$eager")" \
+    "$(awk -v a="$eager" -v b="$readimg" 'BEGIN { print a / b }')"
 
 # Packed images (--compress): checkpoint time to durable, size, restore time, for memory that
 # compresses well (one byte per page) and for random memory.

@@ -20,6 +20,7 @@
 pub mod arch;
 pub mod errno;
 pub mod pty;
+pub mod uffd;
 
 /// Start of the address range that libpmig reserves in every process it runs in, and where
 /// the restore engine is linked. Nothing of a saved process can ever live here.
@@ -90,7 +91,9 @@ pub struct Mailbox {
     /// fd of the saved executable (or -1): libpmig makes it `/proc/self/exe` once the engine,
     /// whose file the kernel will not replace while it is mapped, is gone.
     pub exe_fd: i32,
-    pub _pad2: u32,
+    /// Non-zero when some of the process's memory comes in lazily (see [`PlanHeader::pager_fd`]):
+    /// a checkpoint waits until the pager has put every page in place.
+    pub lazy: u32,
 }
 
 /// [`Mailbox::leader_go`]: resume the main thread's context.
@@ -126,7 +129,7 @@ pub const THREAD_FLAGS: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 
 /// Magic of [`PlanHeader`].
 pub const PLAN_MAGIC: u64 = 0x6e61_6c70_676d_6970; // "pimgplan"
 /// Version of the plan layout.
-pub const PLAN_VERSION: u32 = 3;
+pub const PLAN_VERSION: u32 = 4;
 
 /// `struct prctl_mm_map` of `<linux/prctl.h>` (for `PR_SET_MM_MAP`).
 #[repr(C)]
@@ -194,7 +197,31 @@ pub struct PlanHeader {
     /// [`IDS_EXACT`]).
     pub ckpt_tid: i32,
     pub ids: u32,
+    /// A `SOCK_SEQPACKET` socket to pmig-resume's pager, or -1 (every page read in at
+    /// once). With it the engine makes a userfaultfd, registers the [`REGION_LAZY`] regions
+    /// (leaving their runs unread), and sends the pager one [`PagerHello`] with the
+    /// userfaultfd and a pidfd of itself; where that cannot be done it sends a hello without
+    /// fds and reads every run in itself.
+    pub pager_fd: i32,
+    /// The saved pid of the process (which image's pages the pager serves it).
+    pub saved_pid: i32,
 }
+
+/// What the engine sends the pager (with `SCM_RIGHTS`: the userfaultfd, then a pidfd of the
+/// process, when `lazy` is 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PagerHello {
+    pub magic: u32,
+    /// 1: the fds came along and the lazy regions are registered; 0: the engine read every
+    /// page in itself (`errno` says why not).
+    pub lazy: u32,
+    pub saved_pid: i32,
+    pub errno: i32,
+}
+
+/// [`PagerHello::magic`].
+pub const PAGER_MAGIC: u32 = 0x5047_5250;
 
 /// Kinds of [`PlanRegion`].
 pub mod region_kind {
@@ -239,6 +266,9 @@ pub const REGION_SYSV_RMID: u32 = 2;
 /// [`PlanRegion::flags`]: map anonymous memory with `MAP_NORESERVE` (the program's region
 /// had it).
 pub const REGION_NORESERVE: u32 = 4;
+/// [`PlanRegion::flags`]: private anonymous memory whose pages come in on first touch (from
+/// the pager, through userfaultfd) instead of being read in by the engine.
+pub const REGION_LAZY: u32 = 8;
 
 /// An object pmig-resume made for the restored process, which inherits it: the inode it had
 /// at checkpoint time, the fd, and what it is ([`OBJECT_SHARED_MEMORY`], …).
@@ -329,6 +359,9 @@ pub struct PlanRun {
     pub addr: u64,
     pub len: u64,
     pub file_off: u64,
+    /// Non-zero: the run lies in a [`REGION_LAZY`] region (the pager puts it in, unless the
+    /// engine could not hand the region to the pager: then the engine reads it in).
+    pub lazy: u64,
 }
 
 /// Engine exit codes: each names the phase that failed (the engine has nobody to report to
@@ -345,6 +378,7 @@ pub mod exit_code {
     pub const MM_MAP: i32 = 109;
     pub const JUMP: i32 = 110;
     pub const CLONE: i32 = 111;
+    pub const LAZY: i32 = 112;
 
     /// A human name for an engine exit code.
     pub fn name(code: i32) -> Option<&'static str> {
@@ -360,6 +394,7 @@ pub mod exit_code {
             MM_MAP => "prctl(PR_SET_MM_MAP)",
             JUMP => "jumping to the saved context",
             CLONE => "creating the checkpoint thread (clone3 with its saved tid)",
+            LAZY => "handing the lazily restored memory to the pager",
             _ => return None,
         })
     }

@@ -707,6 +707,15 @@ pub struct RegionState {
     pub runs: Vec<PageRun>,
 }
 
+impl RegionState {
+    /// Private anonymous memory with saved pages (heaps, thread stacks, buffers): what a
+    /// lazy restore leaves to come in on first touch (the main thread's stack, file and
+    /// shared mappings are read in at once).
+    pub fn is_lazy_candidate(&self) -> bool {
+        !self.shared && matches!(self.kind, RegionKind::Anon | RegionKind::Heap) && !self.runs.is_empty()
+    }
+}
+
 /// Where a region's content comes from at restore time.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RegionKind {

@@ -58,6 +58,24 @@ pub fn verify_file(path: &Path) -> Result<VerifiedImage, ImageError> {
     verify(&mut f, file_len)
 }
 
+/// How much of the page data a verification reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pages {
+    /// Every page run's checksum is checked.
+    All,
+    /// Runs of regions a lazy restore leaves to its pager
+    /// ([`crate::RegionState::is_lazy_candidate`]) are not read: the pager checks each run's
+    /// checksum before it puts the run in place. Everything else is checked.
+    NotLazy,
+}
+
+/// [`verify_file`], reading only the page data `pages` says.
+pub fn verify_file_pages(path: &Path, pages: Pages) -> Result<VerifiedImage, ImageError> {
+    let mut f = File::open(path)?;
+    let file_len = f.metadata()?.len();
+    verify_with(&mut f, file_len, pages)
+}
+
 /// What an image is read from: a file, or bytes in memory.
 pub trait ReadSeek: Read + Seek {}
 impl<T: Read + Seek> ReadSeek for T {}
@@ -69,6 +87,10 @@ pub fn verify_bytes(bytes: &[u8]) -> Result<VerifiedImage, ImageError> {
 
 /// Parses and fully verifies the image (or tree) of `file_len` bytes that `f` reads.
 pub fn verify(f: &mut impl ReadSeek, file_len: u64) -> Result<VerifiedImage, ImageError> {
+    verify_with(f, file_len, Pages::All)
+}
+
+fn verify_with(f: &mut impl ReadSeek, file_len: u64, pages: Pages) -> Result<VerifiedImage, ImageError> {
     let mut f = f;
     if file_len == 0 {
         return Err(ImageError::Truncated("the file is empty".into()));
@@ -94,7 +116,7 @@ pub fn verify(f: &mut impl ReadSeek, file_len: u64) -> Result<VerifiedImage, Ima
         )));
     }
     let base = file_len - footer.total_len();
-    let mut root = verify_at(&mut f, base, footer.total_len())?;
+    let mut root = verify_at(&mut f, base, footer.total_len(), pages)?;
     root.file_len = file_len;
     // A file with bytes before the root's image must be a tree whose members fill them.
     if root.manifest.tree.is_empty() && base != 0 {
@@ -103,14 +125,14 @@ pub fn verify(f: &mut impl ReadSeek, file_len: u64) -> Result<VerifiedImage, Ima
             footer.total_len()
         )));
     }
-    root.members = verify_tree(&mut f, &root.manifest, base)?;
+    root.members = verify_tree(&mut f, &root.manifest, base, pages)?;
     Ok(root)
 }
 
 /// The members of a tree: each image verified in its window, and the table consistent (one
 /// pid each, parents in the tree — or 0, a live process that left it (daemonized, now the
 /// child of init) —, windows inside the file before the root and disjoint).
-fn verify_tree(f: &mut impl ReadSeek, m: &Manifest, root_base: u64) -> Result<Vec<VerifiedMember>, ImageError> {
+fn verify_tree(f: &mut impl ReadSeek, m: &Manifest, root_base: u64, pages: Pages) -> Result<Vec<VerifiedMember>, ImageError> {
     let bad = |what: String| Err(ImageError::Corrupted(what));
     let root_pid = m.process.pid;
     let mut pids = vec![root_pid];
@@ -141,7 +163,7 @@ fn verify_tree(f: &mut impl ReadSeek, m: &Manifest, root_base: u64) -> Result<Ve
     for t in &m.tree {
         let image = match t.state {
             crate::MemberKind::Live { offset, len } => {
-                let img = verify_at(f, offset, len).map_err(|e| match e {
+                let img = verify_at(f, offset, len, pages).map_err(|e| match e {
                     ImageError::Corrupted(w) | ImageError::Truncated(w) => {
                         ImageError::Corrupted(format!("process {} of the tree: {w}", t.pid))
                     }
@@ -161,7 +183,7 @@ fn verify_tree(f: &mut impl ReadSeek, m: &Manifest, root_base: u64) -> Result<Ve
 }
 
 /// Verifies the one image that is `len` bytes at `base` in `f`.
-fn verify_at(f: &mut impl ReadSeek, base: u64, len: u64) -> Result<VerifiedImage, ImageError> {
+fn verify_at(f: &mut impl ReadSeek, base: u64, len: u64, pages: Pages) -> Result<VerifiedImage, ImageError> {
     let head = read_at(f, base, len.min(HEADER_LEN))?;
     let header = Header::from_bytes(&head)?;
     let footer = Footer::from_bytes(&read_at(f, base + len - FOOTER_LEN, FOOTER_LEN)?)
@@ -186,7 +208,7 @@ fn verify_at(f: &mut impl ReadSeek, base: u64, len: u64) -> Result<VerifiedImage
     let trailer: Trailer = decode(&trailer_bytes, "trailer")?;
 
     check_layout(&header, &manifest, &trailer)?;
-    check_pages(f, base, &header, &manifest, &trailer)?;
+    check_pages(f, base, &header, &manifest, &trailer, pages)?;
     Ok(VerifiedImage { header, footer, manifest, manifest_bytes, trailer, file_len: len, base, members: Vec::new() })
 }
 
@@ -234,9 +256,13 @@ fn check_layout(h: &Header, m: &Manifest, t: &Trailer) -> Result<(), ImageError>
     Ok(())
 }
 
-fn check_pages(f: &mut impl ReadSeek, base: u64, hd: &Header, m: &Manifest, t: &Trailer) -> Result<(), ImageError> {
+fn check_pages(f: &mut impl ReadSeek, base: u64, hd: &Header, m: &Manifest, t: &Trailer, pages: Pages) -> Result<(), ImageError> {
     let mut buf = vec![0u8; 1 << 20];
-    for (run, &want) in m.runs().zip(&t.run_crcs) {
+    let runs = m.regions.iter().flat_map(|r| r.runs.iter().map(move |run| (r, run)));
+    for ((r, run), &want) in runs.zip(&t.run_crcs) {
+        if pages == Pages::NotLazy && r.is_lazy_candidate() {
+            continue;
+        }
         f.seek(SeekFrom::Start(base + hd.pages_off + run.data_off))?;
         let mut h = crc32fast::Hasher::new();
         let mut left = run.len;

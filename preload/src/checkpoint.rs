@@ -29,6 +29,9 @@ pub static CKPT_FS: AtomicU64 = AtomicU64::new(0);
 pub static CKPT_ROBUST: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 pub static CKPT_TID: AtomicI32 = AtomicI32::new(0);
 
+/// How long a checkpoint of a lazily restored process waits for its memory to be all in.
+pub const PAGED_WAIT_MS: u64 = 120_000;
+
 /// Starts the checkpoint thread.
 pub fn start() -> Result<(), String> {
     std::thread::Builder::new()
@@ -88,6 +91,9 @@ struct Job<'a> {
 fn checkpoint_once(cfg: &'static config::Config) {
     let t0 = sys::monotonic_ms();
     debug!("checkpoint requested");
+    if let Err(e) = memory::wait_paged(PAGED_WAIT_MS) {
+        return failed(cfg, format_args!("{e}"));
+    }
     // A receiver is reached and authenticated before the program is stopped.
     let mut connection = match &cfg.to {
         Some(addr) => match crate::transfer::connect(addr, &cfg.token, cfg.compress, cfg.shared_fs) {

@@ -10,6 +10,38 @@
 use crate::errno::Errno;
 use crate::sys;
 use pmig_image::{FileIdent, ObjectState, PageRun, RegionKind, RegionState, VdsoState};
+use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+/// Set in a process restored lazily (and inherited by its children) until its memory is all
+/// in: pmig-resume's pager puts pages in place through a userfaultfd that shows as `um` in
+/// smaps' `VmFlags`, and a page not in yet reads as absent from pagemap.
+pub static LAZY: AtomicBool = AtomicBool::new(false);
+
+/// Before a checkpoint of a lazily restored process: waits until the pager has put every
+/// page in place (no mapping is registered with its userfaultfd any more), so that the dump
+/// sees all of the program's memory. Fails after `limit_ms`.
+pub fn wait_paged(limit_ms: u64) -> Result<(), String> {
+    if !LAZY.load(Relaxed) {
+        return Ok(());
+    }
+    let t0 = sys::monotonic_ms();
+    loop {
+        let smaps = sys::read_file_vec(b"/proc/self/smaps\0").map_err(|e| format!("cannot read /proc/self/smaps: {}", Errno(e)))?;
+        let registered = smaps
+            .split(|&c| c == b'\n')
+            .filter(|l| l.starts_with(b"VmFlags:"))
+            .any(|l| l.split(|&c| c == b' ').any(|w| w == b"um"));
+        if !registered {
+            LAZY.store(false, Relaxed);
+            crate::log::debug!("lazily restored memory all in (waited {} ms)", sys::monotonic_ms() - t0);
+            return Ok(());
+        }
+        if sys::monotonic_ms() - t0 > limit_ms {
+            return Err(format!("the memory of this lazily restored process is still coming in after {} s (is pmig-resume's pager stopped?)", limit_ms / 1000));
+        }
+        sys::sleep_ms(5);
+    }
+}
 
 const PAGE: u64 = 4096;
 const PM_PRESENT: u64 = 1 << 63;
@@ -281,10 +313,29 @@ fn sysv_segment(shmid: i32) -> Option<(i32, u64, u32)> {
 }
 
 /// Every page of `[start, end)` as one run.
+/// The longest page run an image holds: runs end at every multiple of this address, so that
+/// a lazy restore's pager checks and copies at most this much for one first touch.
+pub const RUN_MAX: u64 = 1 << 20;
+
+/// Adds the page at `addr` (the next one in the page data) to `runs`.
+fn add_page(runs: &mut Vec<PageRun>, addr: u64, data_off: &mut u64) {
+    match runs.last_mut() {
+        Some(r) if r.addr + r.len == addr && !addr.is_multiple_of(RUN_MAX) => r.len += PAGE,
+        _ => runs.push(PageRun { addr, len: PAGE, data_off: *data_off }),
+    }
+    *data_off += PAGE;
+}
+
 fn all_runs(start: u64, end: u64, data_off: &mut u64) -> Vec<PageRun> {
-    let run = PageRun { addr: start, len: end - start, data_off: *data_off };
-    *data_off += end - start;
-    vec![run]
+    let mut runs = Vec::new();
+    let mut addr = start;
+    while addr < end {
+        let to = ((addr / RUN_MAX + 1) * RUN_MAX).min(end);
+        runs.push(PageRun { addr, len: to - addr, data_off: *data_off });
+        *data_off += to - addr;
+        addr = to;
+    }
+    runs
 }
 
 /// The pages of a shared mapping resident in its object (`mincore(2)`), as runs: pages of the
@@ -300,12 +351,7 @@ fn resident_runs(start: u64, end: u64, data_off: &mut u64) -> Result<Vec<PageRun
             if v & 1 == 0 {
                 continue;
             }
-            let a = addr + i as u64 * PAGE;
-            match runs.last_mut() {
-                Some(r) if r.addr + r.len == a => r.len += PAGE,
-                _ => runs.push(PageRun { addr: a, len: PAGE, data_off: *data_off }),
-            }
-            *data_off += PAGE;
+            add_page(&mut runs, addr + i as u64 * PAGE, data_off);
         }
         addr += len;
     }
@@ -364,12 +410,7 @@ fn populated_runs(
             if !want {
                 continue;
             }
-            let addr = (page + i as u64) * PAGE;
-            match runs.last_mut() {
-                Some(r) if r.addr + r.len == addr => r.len += PAGE,
-                _ => runs.push(PageRun { addr, len: PAGE, data_off: *data_off }),
-            }
-            *data_off += PAGE;
+            add_page(&mut runs, (page + i as u64) * PAGE, data_off);
         }
         page += got as u64;
     }
@@ -449,6 +490,23 @@ mod tests {
         assert_eq!(parts.iter().map(|p| (p.start, p.end)).collect::<Vec<_>>(), vec![(0x1000, 0x3000), (0x5000, 0x9000)]);
         assert!(clip(&m, &[(0x0, 0x10000)]).is_empty());
         assert_eq!(clip(&m, &[(0x20000, 0x30000)]), vec![m]);
+    }
+
+    #[test]
+    fn runs_end_at_every_run_max_boundary() {
+        // A populated stretch across two boundaries: three runs, data back to back.
+        let start = 3 * RUN_MAX - 2 * PAGE;
+        let mut runs = Vec::new();
+        let mut off = 0;
+        let mut a = start;
+        while a < 4 * RUN_MAX + PAGE {
+            add_page(&mut runs, a, &mut off);
+            a += PAGE;
+        }
+        let got: Vec<(u64, u64, u64)> = runs.iter().map(|r| (r.addr, r.len, r.data_off)).collect();
+        assert_eq!(got, vec![(start, 2 * PAGE, 0), (3 * RUN_MAX, RUN_MAX, 2 * PAGE), (4 * RUN_MAX, PAGE, RUN_MAX + 2 * PAGE)]);
+        let whole = all_runs(start, 4 * RUN_MAX + PAGE, &mut 0);
+        assert_eq!(whole.iter().map(|r| (r.addr, r.len, r.data_off)).collect::<Vec<_>>(), got);
     }
 
     #[test]

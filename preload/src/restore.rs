@@ -42,6 +42,7 @@ pub unsafe fn restored(mb_ptr: *mut Mailbox) {
     }
     // pmig-resume's PMIG_DEBUG is the restore's; the program keeps its own afterwards.
     let own_debug = log::DEBUG.swap(mb.debug != 0, Relaxed);
+    crate::memory::LAZY.store(mb.lazy != 0, Relaxed);
     thread::fix_own_thread_state(CKPT_ROBUST[0].load(Relaxed), CKPT_ROBUST[1].load(Relaxed));
     CKPT_TID.store(sys::gettid(), Relaxed);
     config::ACTIVE_PID.store(sys::getpid(), Relaxed);

@@ -24,7 +24,7 @@
 //! for allocation, no locks.
 
 use crate::errno::Errno;
-use crate::log::debug;
+use crate::log::{debug, say};
 use crate::{config, sys, thread};
 use core::sync::atomic::Ordering::*;
 use pmig_image::{MemberKind, MemberState};
@@ -673,6 +673,12 @@ impl Drop for Session {
 /// A member's side of the root's checkpoint `nonce`: stop, write the image when asked, then go
 /// on or exit as told. Runs in the member's checkpoint thread.
 pub fn take_part(cfg: &'static config::Config, nonce: u32) {
+    // Before it says hello: a member still getting its memory (lazily restored) is not
+    // ready to be saved.
+    if let Err(e) = crate::memory::wait_paged(crate::checkpoint::PAGED_WAIT_MS) {
+        say!("checkpoint of this member skipped: {e}");
+        return;
+    }
     let sock = match sys::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) {
         Ok(s) => s as i32,
         Err(_) => return,

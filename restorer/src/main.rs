@@ -17,13 +17,14 @@ macro_rules! say {
 
 mod addrs;
 mod ns;
+mod pager;
 mod plan;
 mod pty;
 mod receive;
 mod sysv;
 
 use anyhow::{bail, Context, Result};
-use pmig_image::{verify_file, FileKind, RegionKind, VerifiedImage};
+use pmig_image::{verify_file, verify_file_pages, FileKind, RegionKind, VerifiedImage};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use std::process::{exit, Command};
 #[path = "../../launcher/src/man.rs"]
 mod man;
 
-const USAGE: &str = "usage: pmig-resume [--ids auto|exact|virtual] [--allow-unbound] IMAGE|-
+const USAGE: &str = "usage: pmig-resume [--ids auto|exact|virtual] [--eager] [--allow-unbound] IMAGE|-
        pmig-resume --inspect IMAGE|-
        pmig-resume --listen [ADDR:]PORT --token-file FILE [--keep-listening] [--as-owner] [--root DIR]
 
@@ -69,6 +70,11 @@ stderr.
                  exits with the program's status); virtual: the program runs with this
                  process's pid and libc's getpid/gettid answer the saved ids; auto
                  (default): exact where namespaces can be had, else virtual, saying so
+  --eager        read all of the program's memory in before it runs. By default, from
+                 an image file, with exact ids and where userfaultfd is allowed (as
+                 root), the program runs at once and its private memory comes in on
+                 first touch and in the background (this process serves it, checking
+                 each part against its checksum first, and stays until it is all in)
   --allow-unbound
                  restore even if an address the program listened on is in use here
                  (typically by the original, still running): the program goes on
@@ -95,6 +101,7 @@ struct Args {
     ids: ns::Ids,
     allow_unbound: bool,
     received: Option<i32>,
+    eager: bool,
 }
 
 /// Reads the command line; options and the one image may come in any order.
@@ -114,6 +121,7 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Args
         ids: ns::Ids::Auto,
         allow_unbound: false,
         received: None,
+        eager: false,
     };
     let value = |p: &mut lexopt::Parser, name: &str| p.value().map_err(|_| format!("{name} needs a value"));
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
@@ -135,6 +143,7 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Args
             Long("as-owner") => a.as_owner = true,
             Long("ssh-receiver") => a.ssh_receiver = true,
             Long("allow-unbound") => a.allow_unbound = true,
+            Long("eager") => a.eager = true,
             Long("listen") => a.listen = Some(value(&mut p, "--listen")?.string().map_err(|e| e.to_string())?),
             Long("token-file") => a.token_file = Some(value(&mut p, "--token-file")?.into()),
             Long("root") => a.root = Some(value(&mut p, "--root")?.into()),
@@ -156,7 +165,7 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Args
 }
 
 fn main() {
-    let Args { inspect, image, listen, token_file, keep, as_owner, root, ssh_receiver, log, ids, allow_unbound, received } =
+    let Args { inspect, image, listen, token_file, keep, as_owner, root, ssh_receiver, log, ids, allow_unbound, received, eager } =
         parse_args(std::env::args_os().skip(1)).unwrap_or_else(|e| {
             say!("{}", man::usage_error("pmig-resume", USAGE, &e));
             exit(2)
@@ -165,7 +174,7 @@ fn main() {
         let r = receive::Receiver { token: Vec::new(), as_owner: false, root: root.clone(), check_uid: false, ready: make_ready };
         let result = r.receive(&mut receive::Stdio).and_then(|(s, img)| {
             detach(&img, log.as_deref())?;
-            restore(&s.path, &img, false, ids).map(|_| drop(s.file))
+            restore(&s.path, &img, false, ids, false).map(|_| drop(s.file))
         });
         if let Err(e) = result {
             fail(&format!("{e:#}"));
@@ -189,7 +198,7 @@ fn main() {
         let path = PathBuf::from(format!("/proc/self/fd/{fd}"));
         let result = verify_file(&path).context("the received image").and_then(|mut img| {
             make_ready(&mut img, root.as_deref())?;
-            restore(&path, &img, as_owner, ids)
+            restore(&path, &img, as_owner, ids, false)
         });
         if let Err(e) = result {
             fail(&format!("{e:#}"));
@@ -219,19 +228,23 @@ fn main() {
                     return print_inspect(&img);
                 }
                 check_addresses(&img, allow_unbound)?;
-                restore(&s.path, &img, false, ids).map(|_| drop(s.file))
+                restore(&s.path, &img, false, ids, false).map(|_| drop(s.file))
             })
             .with_context(|| "standard input".to_string()),
         (None, Some(i)) => (|| {
             // A packed image is unpacked into memory first (kept open until the restore is done).
             let unpacked = receive::unpack_file(Path::new(&i)).context("cannot use this image")?;
             let path = unpacked.as_ref().map_or_else(|| PathBuf::from(&i), |s| s.path.clone());
-            let img = verify_file(&path).context("cannot use this image")?;
+            // A lazy restore checks the pages it leaves to the pager as they come in.
+            // SAFETY: geteuid has no preconditions.
+            let lazy = !eager && !inspect && unpacked.is_none() && ids != ns::Ids::Virtual && unsafe { libc::geteuid() } == 0;
+            let pages = if lazy { pmig_image::Pages::NotLazy } else { pmig_image::Pages::All };
+            let img = verify_file_pages(&path, pages).context("cannot use this image")?;
             if inspect {
                 return print_inspect(&img);
             }
             check_addresses(&img, allow_unbound)?;
-            restore(&path, &img, false, ids).map(|r| {
+            restore(&path, &img, false, ids, lazy).map(|r| {
                 drop(unpacked);
                 r
             })
@@ -353,7 +366,28 @@ fn print_inspect(img: &VerifiedImage) -> Result<()> {
 }
 
 /// Checks the host, writes the plan and execs the engine: returns only on failure.
-fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids) -> Result<()> {
+/// Sets up the pager of a lazy restore: its socket pair and its view of the image. `None`
+/// (every page is read in at once) where userfaultfd cannot serve it, said with `PMIG_DEBUG`.
+fn start_pager(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Option<(std::thread::JoinHandle<()>, i32)>> {
+    if let Err(why) = pager::available() {
+        if debug {
+            say!("pmig-resume: every page is read in before the program runs: no lazy restore here ({why})");
+        }
+        return Ok(None);
+    }
+    let mut sv = [0i32; 2];
+    // SAFETY: socketpair writes two fds into the array we own.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) } != 0 {
+        bail!("cannot make the pager's socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: the pager's end, just made, owned from here.
+    let mine = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sv[0]) };
+    Ok(Some((pager::Pager::new(image, img, mine, debug)?.start()?, sv[1])))
+}
+
+/// `lazy`: private anonymous memory comes in on first touch (from a local image file, with
+/// exact ids, where userfaultfd allows), else every page is read in before the program runs.
+fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids, lazy: bool) -> Result<()> {
     check_host(img)?;
     for m in &img.members {
         if let Some(p) = &m.image {
@@ -366,6 +400,9 @@ fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids) -> R
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     let p = &img.manifest.process;
+    // As root only (a user namespace cannot be entered by a process with threads, and
+    // userfaultfd's fork events need root's CAP_SYS_PTRACE anyway).
+    let pager = if lazy && me == 0 && ids != ns::Ids::Virtual { start_pager(image, img, debug)? } else { None };
     let exact = match ids {
         ns::Ids::Virtual if tree => bail!("the image holds a tree of {} processes, which needs exact ids (not --ids virtual)", img.members.len() + 1),
         ns::Ids::Virtual => false,
@@ -379,17 +416,26 @@ fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids) -> R
             }
         },
     };
+    if lazy && (pager.is_none() || !exact) {
+        // Its lazy pages were left unchecked for a pager that does not run: checked now.
+        if debug {
+            say!("pmig-resume: every page is read in before the program runs (a lazy restore needs exact ids, as root, and userfaultfd)");
+        }
+        verify_file(image).context("cannot use this image")?;
+    }
+    let pager = pager.filter(|_| exact);
     // The last check passed: System V objects are made now, before the credentials change
     // (as root the saved ids can be asked for: no user namespace was entered).
     sysv::make_again(img)?;
     if exact {
         let owner = (me == 0 && as_owner && p.uid != 0).then_some((p.uid, p.gid));
-        let prepare = |i: &VerifiedImage, objects: &[pmig_abi::PlanObject]| plan::prepare(image, i, debug, true, objects).map(|p| p.plan_fd);
+        let engines = pager.as_ref().map_or(-1, |(_, fd)| *fd);
+        let prepare = |i: &VerifiedImage, objects: &[pmig_abi::PlanObject]| plan::prepare(image, i, debug, true, objects, engines).map(|p| p.plan_fd);
         let engine = std::ffi::CString::new(engine.as_os_str().as_encoded_bytes()).context("the engine's path has a NUL byte")?;
-        let never = ns::run(&ns::Build { img, image, prepare: &prepare, engine, as_owner: owner }, debug)?;
+        let never = ns::run(&ns::Build { img, image, prepare: &prepare, engine, as_owner: owner }, debug, pager)?;
         match never {}
     }
-    let prepared = plan::prepare(image, img, debug, false, &pty::make_all(img)?)?;
+    let prepared = plan::prepare(image, img, debug, false, &pty::make_all(img)?, -1)?;
     if me == 0 && as_owner && p.uid != 0 {
         // SAFETY: plain credential system calls; each result is checked.
         unsafe {

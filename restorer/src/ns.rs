@@ -142,7 +142,9 @@ pub struct Build<'a> {
 /// Steps 3 and 4: fork init, which makes the program's processes with their saved pids (the
 /// tree's root, which makes its children, and so on) and execs the engine in each; this
 /// process supervises. Returns only on failure before init started.
-pub fn run(b: &Build<'_>, debug: bool) -> Result<std::convert::Infallible> {
+/// `pager`: the running pager of a lazy restore and the fd of the engines' end of its
+/// socket (closed here once init has it).
+pub fn run(b: &Build<'_>, debug: bool, pager: Option<(std::thread::JoinHandle<()>, i32)>) -> Result<std::convert::Infallible> {
     let root_pid = b.img.manifest.process.pid;
     let mut p = [0i32; 2];
     // SAFETY: pipe2 writes two fds into the array we own.
@@ -168,13 +170,20 @@ pub fn run(b: &Build<'_>, debug: bool) -> Result<std::convert::Infallible> {
     }
     // SAFETY: closing our copy of the write end.
     unsafe { libc::close(pipe.w) };
+    let pager = pager.map(|(p, engines)| {
+        // SAFETY: our copy of the engines' end: the pager sees the end of it once every
+        // process that may send on it is done with it.
+        unsafe { libc::close(engines) };
+        crate::pager::set_init(init);
+        p
+    });
     if debug {
         eprintln!(
             "pmig-resume: restoring with exact ids: pid {root_pid}{} in a new pid namespace (init is pid {init} here)",
             if b.img.members.is_empty() { String::new() } else { format!(" and {} more process(es) of its tree", b.img.members.len()) }
         );
     }
-    supervise(init, pipe.r, (root_pid == 1).then_some(init))
+    supervise(init, pipe.r, (root_pid == 1).then_some(init), pager)
 }
 
 /// Init (pid 1 of the new namespace).
@@ -863,7 +872,16 @@ fn outer_pid(init: i32, inner: i32) -> Option<i32> {
 }
 
 /// Dies as the program died, or exits with its code.
-fn mirror(status: i32) -> ! {
+/// Ends the supervisor as the program ended. A pager still at work is waited for first (a
+/// daemon the program left may still be getting its memory), and a pager that had to end
+/// the tree makes the exit status 1.
+fn mirror(status: i32, pager: Option<std::thread::JoinHandle<()>>) -> ! {
+    if let Some(p) = pager {
+        let _ = p.join();
+    }
+    if crate::pager::failed() {
+        std::process::exit(1);
+    }
     if libc::WIFSIGNALED(status) {
         // No core file of the supervisor: the program's, if any, was written.
         let sig = libc::WTERMSIG(status);
@@ -895,7 +913,8 @@ fn forward(p: i32, sig: i32, code: i32, value: u64) {
 }
 
 /// Step 4: the supervisor loop.
-fn supervise(init: i32, pipe_r: i32, program: Option<i32>) -> Result<std::convert::Infallible> {
+fn supervise(init: i32, pipe_r: i32, program: Option<i32>, pager: Option<std::thread::JoinHandle<()>>) -> Result<std::convert::Infallible> {
+    let mut pager = pager;
     // SAFETY: a signalfd for every signal (all are blocked); fds we own.
     let sfd = unsafe {
         let mut all: libc::sigset_t = core::mem::zeroed();
@@ -988,7 +1007,7 @@ fn supervise(init: i32, pipe_r: i32, program: Option<i32>) -> Result<std::conver
                             status = Some(1 << 8);
                         }
                     }
-                    mirror(status.unwrap_or(st));
+                    mirror(status.unwrap_or(st), pager.take());
                 }
                 continue;
             }
@@ -1013,7 +1032,7 @@ fn supervise(init: i32, pipe_r: i32, program: Option<i32>) -> Result<std::conver
                     }
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }
-                mirror(st);
+                mirror(st, pager.take());
             }
         }
     }

@@ -98,10 +98,15 @@ fn make_object(m: &Manifest, o: &ObjectState) -> Result<i32> {
 /// kernel shows it: `/dev/zero (deleted)`).
 const SHARED_ANON_NAME: &str = "/dev/zero";
 
-/// Writes the plan. `exact`: the engine and libpmig ask for the saved tids.
-pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inherited: &[PlanObject]) -> Result<Prepared> {
+/// Writes the plan. `exact`: the engine and libpmig ask for the saved tids. `pager_fd`: the
+/// pager's socket (inherited by the engine), or -1 to read every page in at once.
+pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inherited: &[PlanObject], pager_fd: i32) -> Result<Prepared> {
     let m = &img.manifest;
     let image_fd = inherit(File::open(image).context("cannot reopen the image")?)?;
+    // SAFETY: fcntl on an fd the caller keeps open for the engine, with an integer argument.
+    if pager_fd >= 0 && unsafe { libc::fcntl(pager_fd, libc::F_SETFD, 0) } < 0 {
+        bail!("fcntl on the pager's socket: {}", std::io::Error::last_os_error());
+    }
     let mut objects = Vec::with_capacity(m.objects.len());
     // Objects the tree shares are made (and filled) once for all its processes.
     let shared = |ino: u64| inherited.iter().find(|o| o.ino == ino && o.kind == pmig_abi::OBJECT_SHARED_MEMORY).map(|o| o.fd);
@@ -172,7 +177,7 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
                 regions.push(PlanRegion { start: r.start, end: r.end, prot: r.prot, kind: region_kind::SYSV, fd: id, flags, offset: 0 });
                 if new {
                     for run in &r.runs {
-                        runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.base + img.header.pages_off + run.data_off });
+                        runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.base + img.header.pages_off + run.data_off, lazy: 0 });
                     }
                 }
                 continue;
@@ -182,10 +187,15 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
         // (A private mapping's changed pages are its own: always filled by the engine.)
         let filled = r.shared && matches!(&r.kind, RegionKind::SharedObject { object, .. } if m.objects.get(*object as usize).is_some_and(|o| shared(o.ino).is_some()));
         let noreserve = m.advice.iter().any(|a| a.start <= r.start && r.end <= a.end && a.flags & pmig_image::ADVICE_NORESERVE != 0);
-        let flags = if r.runs.is_empty() || filled { 0 } else { REGION_FILL } | if noreserve { pmig_abi::REGION_NORESERVE } else { 0 };
+        // Private anonymous memory (heaps, thread stacks, mmap'ed buffers: nearly all of a big
+        // program) comes in on first touch when a pager serves it.
+        let lazy = pager_fd >= 0 && kind == region_kind::ANON && !r.runs.is_empty();
+        let flags = if r.runs.is_empty() || filled { 0 } else { REGION_FILL }
+            | if noreserve { pmig_abi::REGION_NORESERVE } else { 0 }
+            | if lazy { pmig_abi::REGION_LAZY } else { 0 };
         regions.push(PlanRegion { start: r.start, end: r.end, prot: r.prot, kind, fd, flags, offset });
         for run in r.runs.iter().filter(|_| !filled) {
-            runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.base + img.header.pages_off + run.data_off });
+            runs.push(PlanRun { addr: run.addr, len: run.len, file_off: img.base + img.header.pages_off + run.data_off, lazy: lazy as u64 });
         }
     }
 
@@ -271,6 +281,8 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
         // saved one.
         ckpt_tid: if m.process.ids == pmig_image::IdsMode::Virtual { 0 } else { c.tid },
         ids: if exact { pmig_abi::IDS_EXACT } else { 0 },
+        pager_fd,
+        saved_pid: m.process.pid,
     };
     let mut out = Vec::with_capacity(total_len as usize);
     out.extend_from_slice(bytes_of(&header));

@@ -58,6 +58,8 @@ pub struct ChainOpts<'a> {
     pub run_args: Vec<String>,
     /// How long the image rests before each resume (a gap the program must not notice).
     pub pause_before_resume: Duration,
+    /// Extra environment for every `pmig-resume` (e.g. `PMIG_DEBUG=1`).
+    pub resume_env: Vec<(String, String)>,
 }
 
 impl Default for ChainOpts<'_> {
@@ -70,6 +72,7 @@ impl Default for ChainOpts<'_> {
             resume_args: Vec::new(),
             run_args: Vec::new(),
             pause_before_resume: Duration::ZERO,
+            resume_env: Vec::new(),
         }
     }
 }
@@ -83,6 +86,8 @@ pub struct ChainReport {
     pub image_sizes: Vec<u64>,
     /// The last step printed by each checkpointed process.
     pub checkpoint_steps: Vec<u32>,
+    /// What each `pmig-resume` wrote on stderr, once it ended.
+    pub resume_stderr: Vec<String>,
 }
 
 /// A checkpoint/resume chain of one [`Program`] in one [`Sandbox`]; see the
@@ -120,6 +125,7 @@ impl<'a> Chain<'a> {
                 image: image.clone(),
                 image_sizes: Vec::new(),
                 checkpoint_steps: Vec::new(),
+                resume_stderr: Vec::new(),
             },
             image,
             resumes: 0,
@@ -171,7 +177,9 @@ impl<'a> Chain<'a> {
         let stop = self.steps.last() + self.opts.resume_steps;
         self.drive(&mut p, Some(stop), RESUME_TIMEOUT);
         self.check_identity(&mut p);
-        self.checkpoint_and_exit(&mut p)
+        let last = self.checkpoint_and_exit(&mut p);
+        self.report.resume_stderr.push(p.stderr_text());
+        last
     }
 
     /// Stage 3: resume and run to the program's last step and exit 0.
@@ -197,6 +205,7 @@ impl<'a> Chain<'a> {
             );
             self.fail(&mut p, &msg);
         }
+        self.report.resume_stderr.push(p.stderr_text());
         self.history.push(p.describe());
     }
 
@@ -221,6 +230,7 @@ impl<'a> Chain<'a> {
         let mut cmd = self.sb.command(&self.sb.bins().resume, cwd);
         cmd.args(&self.opts.resume_args).arg(&self.image);
         pmig_env(&mut cmd);
+        cmd.envs(self.opts.resume_env.iter().map(|(k, v)| (k, v)));
         Proc::spawn(label, cmd, self.opts.terminal)
     }
 

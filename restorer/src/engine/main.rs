@@ -53,7 +53,7 @@ static MAILBOX: Bss<Mailbox> = Bss(UnsafeCell::new(Mailbox {
     leader_ctx: 0,
     leader_fs: 0,
     exe_fd: -1,
-    _pad2: 0,
+    lazy: 0,
 }));
 static DEBUG: Bss<bool> = Bss(UnsafeCell::new(false));
 /// The checkpoint thread's first stack, used only until it switches to its saved one.
@@ -89,6 +89,10 @@ mod nr {
     pub const MREMAP: u64 = 25;
     pub const SHMAT: u64 = 30;
     pub const SHMCTL: u64 = 31;
+    pub const GETPID: u64 = 39;
+    pub const SENDMSG: u64 = 46;
+    pub const IOCTL: u64 = 16;
+    pub const PIDFD_OPEN: u64 = 434;
     pub const PRCTL: u64 = 157;
     pub const ARCH_PRCTL: u64 = 158;
     pub const EXIT: u64 = 60;
@@ -127,41 +131,64 @@ fn debug_on() -> bool {
     unsafe { *DEBUG.0.get() }
 }
 
+/// One line of output, written with one `write` (pmig-resume's pager writes to the same
+/// stderr: a line made of several writes could be cut by one of its lines).
+struct Line {
+    buf: [u8; 320],
+    len: usize,
+}
+
+impl Line {
+    fn new() -> Line {
+        Line { buf: [0; 320], len: 0 }
+    }
+
+    fn push(&mut self, s: &[u8]) -> &mut Line {
+        let n = s.len().min(self.buf.len() - 1 - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+        self
+    }
+
+    fn num(&mut self, v: u64, hex: bool) -> &mut Line {
+        let mut b = [0u8; 24];
+        let text = fmt_u64(v, hex, &mut b);
+        let mut copy = [0u8; 24];
+        copy[..text.len()].copy_from_slice(text);
+        self.push(&copy[..text.len()])
+    }
+
+    fn end(&mut self) {
+        self.buf[self.len] = b'\n';
+        write_err(&self.buf[..self.len + 1]);
+    }
+}
+
 fn log(msg: &[u8], val: Option<u64>) {
     if !debug_on() {
         return;
     }
-    write_err(b"pmig-restore-engine: ");
-    write_err(msg);
+    let mut l = Line::new();
+    l.push(b"pmig-restore-engine: ").push(msg);
     if let Some(v) = val {
-        let mut b = [0u8; 24];
-        write_err(b" 0x");
-        write_err(fmt_u64(v, true, &mut b));
+        l.push(b" 0x").num(v, true);
     }
-    write_err(b"\n");
+    l.end();
 }
 
 fn fail(code: i32, errno: i64, at: u64) -> ! {
-    let mut b = [0u8; 24];
-    write_err(b"pmig-restore-engine: restore failed while ");
-    write_err(ec::name(code).unwrap_or("restoring").as_bytes());
-    write_err(b" (");
+    let mut l = Line::new();
+    l.push(b"pmig-restore-engine: restore failed while ").push(ec::name(code).unwrap_or("restoring").as_bytes()).push(b" (");
     match pmig_abi::errno::name(errno.unsigned_abs() as i32) {
         Some(n) => {
-            write_err(n.as_bytes());
-            write_err(b": ");
-            write_err(pmig_abi::errno::description(errno.unsigned_abs() as i32).unwrap_or("").as_bytes());
+            l.push(n.as_bytes()).push(b": ").push(pmig_abi::errno::description(errno.unsigned_abs() as i32).unwrap_or("").as_bytes());
         }
         None => {
-            write_err(b"errno ");
-            write_err(fmt_u64(errno.unsigned_abs(), false, &mut b));
+            l.push(b"errno ").num(errno.unsigned_abs(), false);
         }
     }
-    write_err(b", at 0x");
-    write_err(fmt_u64(at, true, &mut b));
-    write_err(b"); exit code ");
-    write_err(fmt_u64(code as u64, false, &mut b));
-    write_err(b"\n");
+    l.push(b", at 0x").num(at, true).push(b"); exit code ").num(code as u64, false);
+    l.end();
     sys(nr::EXIT_GROUP, code as u64, 0, 0, 0, 0, 0);
     loop {
         core::hint::spin_loop();
@@ -220,6 +247,78 @@ fn own_vdso(out: &mut [(u32, u64, u64); 4]) -> usize {
         }
     }
     n
+}
+
+/// Makes a userfaultfd for this process, registers the lazy regions and sends it (with a
+/// pidfd of this process) to the pager. `false` when any of it fails: the pager is told so
+/// (it serves nothing for this process) and the caller reads every run in.
+fn hand_to_pager(h: &PlanHeader, regions: &[PlanRegion]) -> bool {
+    use pmig_abi::uffd;
+    if !regions.iter().any(|r| r.flags & pmig_abi::REGION_LAZY != 0) {
+        tell_pager(h, -1, -1, 0);
+        return false;
+    }
+    let fd = sys(uffd::SYS_USERFAULTFD, (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0);
+    if fd < 0 {
+        log(b"no userfaultfd here (every page is read in now); errno", Some(fd.unsigned_abs()));
+        tell_pager(h, -1, -1, fd.unsigned_abs() as i32);
+        return false;
+    }
+    let fd = fd as u64;
+    let give_up = |errno: i64| {
+        log(b"userfaultfd refused (every page is read in now); errno", Some(errno.unsigned_abs()));
+        // Closing it drops every registration.
+        sys(nr::CLOSE, fd, 0, 0, 0, 0, 0);
+        tell_pager(h, -1, -1, errno.unsigned_abs() as i32);
+        false
+    };
+    let mut api = uffd::ApiArg { api: uffd::API, features: uffd::FEATURES, ioctls: 0 };
+    let r = sys(nr::IOCTL, fd, uffd::IOC_API, &mut api as *mut uffd::ApiArg as u64, 0, 0, 0);
+    if r < 0 {
+        return give_up(r);
+    }
+    for reg in regions.iter().filter(|r| r.flags & pmig_abi::REGION_LAZY != 0) {
+        let mut a = uffd::Register { range: uffd::Range { start: reg.start, len: reg.end - reg.start }, mode: uffd::MODE_MISSING, ioctls: 0 };
+        let r = sys(nr::IOCTL, fd, uffd::IOC_REGISTER, &mut a as *mut uffd::Register as u64, 0, 0, 0);
+        if r < 0 {
+            return give_up(r);
+        }
+    }
+    let pid = sys(nr::GETPID, 0, 0, 0, 0, 0, 0);
+    let pidfd = sys(nr::PIDFD_OPEN, pid as u64, 0, 0, 0, 0, 0);
+    if pidfd < 0 {
+        return give_up(pidfd);
+    }
+    let sent = tell_pager(h, fd as i32, pidfd as i32, 0);
+    sys(nr::CLOSE, pidfd as u64, 0, 0, 0, 0, 0);
+    if !sent {
+        return give_up(-(libc::EPIPE as i64));
+    }
+    // The pager holds it now; this copy would keep the registrations alive after the pager
+    // is done.
+    sys(nr::CLOSE, fd, 0, 0, 0, 0, 0);
+    log(b"lazy regions handed to the pager; userfaultfd", Some(fd));
+    true
+}
+
+/// Sends the pager this process's [`pmig_abi::PagerHello`], with the userfaultfd and pidfd
+/// when `uffd >= 0`. Closes the pager socket either way (the engine has nothing more to say).
+fn tell_pager(h: &PlanHeader, uffd: i32, pidfd: i32, errno: i32) -> bool {
+    let hello = pmig_abi::PagerHello { magic: pmig_abi::PAGER_MAGIC, lazy: (uffd >= 0) as u32, saved_pid: h.saved_pid, errno };
+    let mut iov = libc::iovec { iov_base: &hello as *const pmig_abi::PagerHello as *mut libc::c_void, iov_len: core::mem::size_of::<pmig_abi::PagerHello>() };
+    // One SCM_RIGHTS message with two fds: cmsg_len (16 + 8), level and type, the fds.
+    let control: [u64; 3] = [24, (libc::SOL_SOCKET as u64) | ((libc::SCM_RIGHTS as u64) << 32), (uffd as u32 as u64) | ((pidfd as u32 as u64) << 32)];
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live locals.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if uffd >= 0 {
+        msg.msg_control = control.as_ptr() as *mut libc::c_void;
+        msg.msg_controllen = 24;
+    }
+    let r = sys(nr::SENDMSG, h.pager_fd as u64, &msg as *const libc::msghdr as u64, libc::MSG_NOSIGNAL as u64, 0, 0, 0);
+    sys(nr::CLOSE, h.pager_fd as u64, 0, 0, 0, 0, 0);
+    r == core::mem::size_of::<pmig_abi::PagerHello>() as i64
 }
 
 extern "C" fn engine_main(sp: *const u64) -> ! {
@@ -328,8 +427,11 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
     }
     log(b"regions mapped", None);
 
+    // Phase 5b: lazy regions go to the pager (or, where they cannot, are read in below).
+    let lazy = h.pager_fd >= 0 && hand_to_pager(h, regions);
+
     // Phase 6: fill them.
-    for run in runs {
+    for run in runs.iter().filter(|r| !(lazy && r.lazy != 0)) {
         let mut done = 0u64;
         while done < run.len {
             let r = sys(
@@ -414,7 +516,7 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
         leader_ctx: 0,
         leader_fs: 0,
         exe_fd: h.mm.exe_fd as i32,
-        _pad2: 0,
+        lazy: lazy as u32,
     };
     // The checkpoint thread is a new thread (with its saved tid when ids are exact); this
     // thread, the leader, whose tid is the pid, becomes the program's main thread once the
