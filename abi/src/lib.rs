@@ -129,7 +129,7 @@ pub const THREAD_FLAGS: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 
 /// Magic of [`PlanHeader`].
 pub const PLAN_MAGIC: u64 = 0x6e61_6c70_676d_6970; // "pimgplan"
 /// Version of the plan layout.
-pub const PLAN_VERSION: u32 = 4;
+pub const PLAN_VERSION: u32 = 5;
 
 /// `struct prctl_mm_map` of `<linux/prctl.h>` (for `PR_SET_MM_MAP`).
 #[repr(C)]
@@ -205,6 +205,14 @@ pub struct PlanHeader {
     pub pager_fd: i32,
     /// The saved pid of the process (which image's pages the pager serves it).
     pub saved_pid: i32,
+    /// Non-zero: the vdso is another kernel's (see `restorer/src/vdso.rs`): this kernel's
+    /// vdso block goes to `vdso_new_base`, and `vdso_proxy_len` bytes of the plan at
+    /// `vdso_proxy_off` (the saved vdso, its functions jumping to this kernel's) are mapped
+    /// at `vdso_proxy_at`, read and execute only.
+    pub vdso_proxy_len: u64,
+    pub vdso_proxy_off: u64,
+    pub vdso_proxy_at: u64,
+    pub vdso_new_base: u64,
 }
 
 /// What the engine sends the pager (with `SCM_RIGHTS`: the userfaultfd, then a pidfd of the

@@ -22,6 +22,7 @@ mod plan;
 mod pty;
 mod receive;
 mod sysv;
+mod vdso;
 
 use anyhow::{bail, Context, Result};
 use pmig_image::{verify_file, verify_file_pages, FileKind, RegionKind, VerifiedImage};
@@ -469,30 +470,16 @@ fn engine_path() -> Result<PathBuf> {
     }
 }
 
-/// `(name, start, end)` of each piece of a vdso block.
-type VdsoParts = Vec<(String, u64, u64)>;
-
-/// The pieces of this process's vdso block, and the vdso's bytes.
-fn own_vdso() -> Result<(VdsoParts, Vec<u8>)> {
-    use std::io::{Read, Seek, SeekFrom};
-    let maps = std::fs::read_to_string("/proc/self/maps").context("cannot read /proc/self/maps")?;
-    let mut parts = Vec::new();
-    for l in maps.lines() {
-        let name = l.split_whitespace().nth(5).unwrap_or("");
-        if matches!(name, "[vvar]" | "[vvar_vclock]" | "[vdso]") {
-            let range = l.split_whitespace().next().unwrap_or("0-0");
-            let (s, e) = range.split_once('-').unwrap_or(("0", "0"));
-            parts.push((name.to_string(), u64::from_str_radix(s, 16)?, u64::from_str_radix(e, 16)?));
-        }
-    }
-    let mut bytes = Vec::new();
-    if let Some((_, s, e)) = parts.iter().find(|p| p.0 == "[vdso]") {
-        let mut mem = std::fs::File::open("/proc/self/mem")?;
-        mem.seek(SeekFrom::Start(*s))?;
-        bytes.resize((e - s) as usize, 0);
-        mem.read_exact(&mut bytes)?;
-    }
-    Ok((parts, bytes))
+/// The names of the XSAVE state components in `bits` (`XCR0`'s bits, as the SDM names them).
+fn xsave_names(bits: u64) -> String {
+    const NAMES: [&str; 20] = [
+        "x87", "SSE", "AVX", "MPX bound registers", "MPX bound config", "AVX-512 opmask", "AVX-512 upper halves",
+        "AVX-512 upper registers", "PT", "PKRU", "PASID", "CET user", "CET supervisor", "HDC", "UINTR", "LBR", "HWP",
+        "AMX tile config", "AMX tile data", "APX",
+    ];
+    let names: Vec<String> =
+        (0..64).filter(|b| bits & (1 << b) != 0).map(|b| NAMES.get(b).map_or(format!("XSAVE component {b}"), |n| n.to_string())).collect();
+    names.join(", ")
 }
 
 /// Refuses, with a reason, to restore where the saved process could not run.
@@ -504,19 +491,22 @@ fn check_host(img: &VerifiedImage) -> Result<()> {
     let have = pmig_abi::arch::xcr0();
     if m.host.xcr0 & !have != 0 {
         bail!(
-            "this CPU lacks features the saved process used (XSAVE features {:#x}, here {:#x}); restore it on a CPU like the one it ran on",
+            "this CPU lacks {} that the saved process's state holds (XSAVE features {:#x}, here {:#x}); restore it on a CPU that has them",
+            xsave_names(m.host.xcr0 & !have),
             m.host.xcr0,
             have
         );
     }
-    let (parts, bytes) = own_vdso()?;
-    let shape = |p: &[(String, u64, u64)]| p.iter().map(|(n, s, e)| (n.clone(), e - s)).collect::<Vec<_>>();
-    if shape(&parts) != shape(&m.vdso.parts) || bytes != m.vdso.vdso_bytes {
-        bail!(
-            "the image was taken under another kernel ({}; this one is {}), whose vdso differs; restoring across kernels is not supported yet",
-            m.host.kernel_release,
-            std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
-        );
+    if !vdso::same(m)? {
+        // Another kernel's vdso: its functions become jumps into this one's (checked here,
+        // made by the plan).
+        vdso::proxy(m).with_context(|| {
+            format!(
+                "the image was taken under another kernel ({}; this one is {}), whose vdso this one cannot stand in for",
+                m.host.kernel_release,
+                std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+            )
+        })?;
     }
     let (lo, hi) = (pmig_abi::ENGINE_BASE, pmig_abi::ENGINE_BASE + pmig_abi::RESERVE_LEN);
     if let Some(r) = m.regions.iter().find(|r| r.start < hi && r.end > lo) {

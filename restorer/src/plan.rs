@@ -220,7 +220,13 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
     let runs_off = regions_off + (regions.len() * std::mem::size_of::<PlanRegion>()) as u64;
     let objects_off = runs_off + (runs.len() * std::mem::size_of::<PlanRun>()) as u64;
     let manifest_off = objects_off + (objects.len() * std::mem::size_of::<PlanObject>()) as u64;
-    let total_len = manifest_off + img.manifest_bytes.len() as u64;
+    // Another kernel's vdso: the proxy's bytes follow the manifest.
+    let proxy = if crate::vdso::same(m)? { None } else { Some(crate::vdso::proxy(m)?) };
+    let proxy_off = (manifest_off + img.manifest_bytes.len() as u64).next_multiple_of(8);
+    let total_len = match &proxy {
+        Some(p) => proxy_off + p.bytes.len() as u64,
+        None => manifest_off + img.manifest_bytes.len() as u64,
+    };
     if total_len > PLAN_MAX {
         bail!("the restore plan would be {total_len} bytes, more than the engine can map ({PLAN_MAX})");
     }
@@ -283,6 +289,10 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
         ids: if exact { pmig_abi::IDS_EXACT } else { 0 },
         pager_fd,
         saved_pid: m.process.pid,
+        vdso_proxy_len: proxy.as_ref().map_or(0, |p| p.bytes.len() as u64),
+        vdso_proxy_off: proxy_off,
+        vdso_proxy_at: proxy.as_ref().map_or(0, |p| p.at),
+        vdso_new_base: proxy.as_ref().map_or(0, |p| p.new_base),
     };
     let mut out = Vec::with_capacity(total_len as usize);
     out.extend_from_slice(bytes_of(&header));
@@ -296,6 +306,10 @@ pub fn prepare(image: &Path, img: &VerifiedImage, debug: bool, exact: bool, inhe
         out.extend_from_slice(bytes_of(o));
     }
     out.extend_from_slice(&img.manifest_bytes);
+    if let Some(p) = &proxy {
+        out.resize(proxy_off as usize, 0);
+        out.extend_from_slice(&p.bytes);
+    }
     // SAFETY: plan_fd is the memfd just created, owned here.
     let mut f = unsafe { File::from_raw_fd(plan_fd) };
     f.write_all(&out).context("cannot write the restore plan")?;

@@ -56,6 +56,9 @@ pub const BIGHEAP: &str = env!("PMIG_TEST_PROG_BIGHEAP");
 /// `lazy STEPS MIB`: MIB MiB read back whole every step, and a fork, `MADV_DONTNEED`,
 /// `mremap` and `munmap`+`mmap` every step, as a lazy restore's pager serves the memory.
 pub const LAZY: &str = env!("PMIG_TEST_PROG_LAZY");
+/// `vdso STEPS`: the vdso's clock functions in a loop, checked for sense; says on stderr
+/// when the `[vdso]` is no longer where it was at start.
+pub const VDSO: &str = env!("PMIG_TEST_PROG_VDSO");
 
 /// `badptr STEPS`: wrapped calls given bad pointers must fail with EFAULT.
 pub const BADPTR: &str = env!("PMIG_TEST_PROG_BADPTR");

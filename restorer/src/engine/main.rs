@@ -97,6 +97,7 @@ mod nr {
     pub const ARCH_PRCTL: u64 = 158;
     pub const EXIT: u64 = 60;
     pub const FUTEX: u64 = 202;
+    pub const SCHED_GETAFFINITY: u64 = 204;
     pub const EXIT_GROUP: u64 = 231;
 }
 
@@ -321,6 +322,134 @@ fn tell_pager(h: &PlanHeader, uffd: i32, pidfd: i32, errno: i32) -> bool {
     r == core::mem::size_of::<pmig_abi::PagerHello>() as i64
 }
 
+/// Most filling threads the engine uses (itself included).
+const MAX_FILLERS: usize = 8;
+const FILLER_STACK: usize = 32 * 1024;
+static FILLER_STACKS: Bss<[[u8; FILLER_STACK]; MAX_FILLERS - 1]> = Bss(UnsafeCell::new([[0; FILLER_STACK]; MAX_FILLERS - 1]));
+/// Per helper: the context it starts in and its job.
+static FILLER_CTX: Bss<[pmig_abi::Ctx; MAX_FILLERS - 1]> =
+    Bss(UnsafeCell::new([pmig_abi::Ctx { rbx: 0, rbp: 0, r12: 0, r13: 0, r14: 0, r15: 0, rsp: 0, rip: 0, mxcsr: 0, fpucw: 0 }; MAX_FILLERS - 1]));
+static FILLER_JOB: Bss<[FillJob; MAX_FILLERS - 1]> = Bss(UnsafeCell::new([FillJob { from: 0, to: 0, tid: 0, errno: 0, at: 0, lazy: false }; MAX_FILLERS - 1]));
+/// The plan's header and runs, for the helpers (set before any starts).
+static FILL_PLAN: Bss<(u64, u64)> = Bss(UnsafeCell::new((0, 0)));
+
+/// A helper's share of the filling: bytes `[from, to)` of the page data to read, its tid
+/// (cleared by the kernel when it exits), and the error it met (`errno` < 0, at `at`).
+#[derive(Clone, Copy)]
+struct FillJob {
+    from: u64,
+    to: u64,
+    tid: i32,
+    errno: i64,
+    at: u64,
+    lazy: bool,
+}
+
+/// Reads bytes `[from, to)` of the page data the runs to fill hold (counted across them in
+/// order) into place. `Err((errno, address))` on failure.
+fn fill_range(image_fd: u64, runs: &[PlanRun], lazy: bool, from: u64, to: u64) -> Result<(), (i64, u64)> {
+    let mut pos = 0u64;
+    for run in runs.iter().filter(|r| !(lazy && r.lazy != 0)) {
+        let (start, end) = (pos, pos + run.len);
+        pos = end;
+        if end <= from || start >= to {
+            continue;
+        }
+        let mut done = from.saturating_sub(start);
+        let stop = run.len - end.saturating_sub(to);
+        while done < stop {
+            let r = sys(nr::PREAD64, image_fd, run.addr + done, stop - done, run.file_off + done, 0, 0);
+            if r == -4 {
+                continue;
+            }
+            if r <= 0 {
+                return Err((r, run.addr + done));
+            }
+            done += r as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Where a filling helper starts (`rdi` = its context, one of `FILLER_CTX`).
+extern "C" fn filler_main(ctx: *const pmig_abi::Ctx) -> ! {
+    // SAFETY: the parent set the plan pointers and this helper's job before cloning it, and
+    // waits for it to exit before it reads the job back or unmaps anything.
+    unsafe {
+        let i = ctx.offset_from((*FILLER_CTX.0.get()).as_ptr()) as usize;
+        let (hp, rp) = *FILL_PLAN.0.get();
+        let h = &*(hp as *const PlanHeader);
+        let runs = core::slice::from_raw_parts(rp as *const PlanRun, h.n_runs as usize);
+        let job = &mut (*FILLER_JOB.0.get())[i];
+        if let Err((e, at)) = fill_range(h.image_fd as u64, runs, job.lazy, job.from, job.to) {
+            job.errno = e;
+            job.at = at;
+        }
+    }
+    sys(nr::EXIT, 0, 0, 0, 0, 0, 0);
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Phase 6: every run not left to the pager, read in by this thread and one helper thread
+/// per other CPU it may run on (each a share of the bytes).
+fn fill_all(h: &PlanHeader, runs: &[PlanRun], lazy: bool) {
+    let total: u64 = runs.iter().filter(|r| !(lazy && r.lazy != 0)).map(|r| r.len).sum();
+    let mut mask = [0u64; 16];
+    let n = sys(nr::SCHED_GETAFFINITY, 0, core::mem::size_of_val(&mask) as u64, mask.as_mut_ptr() as u64, 0, 0, 0);
+    let cpus = if n > 0 { mask.iter().map(|w| w.count_ones() as usize).sum::<usize>().max(1) } else { 1 };
+    // Below a few MiB each, a thread costs more than it saves.
+    let fillers = cpus.min(MAX_FILLERS).min((total >> 22) as usize).max(1);
+    let share = (total / fillers as u64 + 4095) & !4095;
+    // SAFETY: single-threaded until the clones below; the statics are the helpers' only.
+    unsafe { *FILL_PLAN.0.get() = (h as *const PlanHeader as u64, runs.as_ptr() as u64) };
+    // A thread of this process without a thread pointer of its own (the engine uses none),
+    // whose tid word the kernel clears at its exit (CLONE_CHILD_CLEARTID).
+    let flags = (pmig_abi::THREAD_FLAGS & !(libc::CLONE_SETTLS as u64)) | libc::CLONE_CHILD_CLEARTID as u64;
+    let mut started = 0;
+    for i in 0..fillers - 1 {
+        let from = share * (i as u64 + 1);
+        // SAFETY: helper i's statics, written before its clone and read by it only.
+        unsafe {
+            let job = &mut (*FILLER_JOB.0.get())[i];
+            *job = FillJob { from, to: (from + share).min(total), tid: 1, errno: 0, at: 0, lazy };
+            let top = ((*FILLER_STACKS.0.get())[i].as_ptr() as u64 + FILLER_STACK as u64) & !15;
+            let ctx = &mut (*FILLER_CTX.0.get())[i];
+            *ctx = pmig_abi::Ctx { rbx: 0, rbp: 0, r12: 0, r13: 0, r14: 0, r15: 0, rsp: top - 8, rip: filler_main as *const () as u64, mxcsr: 0x1f80, fpucw: 0x37f };
+            let r = pmig_abi::arch::clone_thread(flags, top - 8, 0, &mut job.tid as *mut i32 as u64, 0, ctx);
+            if r < 0 {
+                job.tid = 0;
+                break;
+            }
+        }
+        started += 1;
+    }
+    // This thread's share, and the shares of helpers that could not be started.
+    let mine = [(0, share.min(total)), (share * (started as u64 + 1), total)];
+    for (from, to) in mine.into_iter().take(if started == fillers - 1 { 1 } else { 2 }) {
+        if let Err((e, at)) = fill_range(h.image_fd as u64, runs, lazy, from, to) {
+            fail(ec::FILL, e, at);
+        }
+    }
+    for i in 0..started {
+        // SAFETY: the kernel clears `tid` (and wakes it) when the helper exits.
+        let job = unsafe { &(*FILLER_JOB.0.get())[i] };
+        let tid = &job.tid as *const i32;
+        loop {
+            // SAFETY: reading a word the kernel writes at the helper's exit.
+            let t = unsafe { core::ptr::read_volatile(tid) };
+            if t == 0 {
+                break;
+            }
+            sys(nr::FUTEX, tid as u64, 0, t as u64, 0, 0, 0);
+        }
+        if job.errno != 0 {
+            fail(ec::FILL, job.errno, job.at);
+        }
+    }
+}
+
 extern "C" fn engine_main(sp: *const u64) -> ! {
     // Phase 1: the plan fd from argv[1].
     // SAFETY: the kernel put argc, then argv pointers, at the initial stack pointer.
@@ -360,6 +489,7 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
         || regions_end > size
         || runs_end > size
         || objects_end > size
+        || h.vdso_proxy_off.checked_add(h.vdso_proxy_len).is_none_or(|e| h.vdso_proxy_len != 0 && e > size)
     {
         fail(ec::PLAN, 0, h.magic);
     }
@@ -430,29 +560,8 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
     // Phase 5b: lazy regions go to the pager (or, where they cannot, are read in below).
     let lazy = h.pager_fd >= 0 && hand_to_pager(h, regions);
 
-    // Phase 6: fill them.
-    for run in runs.iter().filter(|r| !(lazy && r.lazy != 0)) {
-        let mut done = 0u64;
-        while done < run.len {
-            let r = sys(
-                nr::PREAD64,
-                h.image_fd as u64,
-                run.addr + done,
-                run.len - done,
-                run.file_off + done,
-                0,
-                0,
-            );
-            if r == -4 {
-                continue;
-            }
-            let k = check(ec::FILL, r, run.addr + done);
-            if k == 0 {
-                fail(ec::FILL, 0, run.addr + done);
-            }
-            done += k;
-        }
-    }
+    // Phase 6: fill them, on every CPU the process may use (page faults and copies scale).
+    fill_all(h, runs, lazy);
     log(b"pages read; runs:", Some(h.n_runs));
 
     // Phase 7: final protections.
@@ -462,13 +571,31 @@ extern "C" fn engine_main(sp: *const u64) -> ! {
     }
 
     // Phase 8: the vdso block where the saved process had it.
-    for &(kind, s, e) in &cur[..n] {
-        let Some(saved) = h.vdso.iter().find(|v| v.kind == kind) else { fail(ec::VDSO_PLACE, 0, s) };
-        let from = VDSO_PARK + (s - base);
-        let mflags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-        check(ec::VDSO_PLACE, sys(nr::MREMAP, from, e - s, e - s, mflags, saved.start, 0), saved.start);
+    let mflags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    if h.vdso_proxy_len == 0 {
+        for &(kind, s, e) in &cur[..n] {
+            let Some(saved) = h.vdso.iter().find(|v| v.kind == kind) else { fail(ec::VDSO_PLACE, 0, s) };
+            let from = VDSO_PARK + (s - base);
+            check(ec::VDSO_PLACE, sys(nr::MREMAP, from, e - s, e - s, mflags, saved.start, 0), saved.start);
+        }
+        log(b"vdso in place", None);
+    } else {
+        // Another kernel's vdso: this one's block goes to a free place, and the saved vdso,
+        // its functions made jumps into this one, where the saved process calls it.
+        for &(_, s, e) in &cur[..n] {
+            let to = h.vdso_new_base + (s - base);
+            check(ec::VDSO_PLACE, sys(nr::MREMAP, VDSO_PARK + (s - base), e - s, e - s, mflags, to, 0), to);
+        }
+        let len = (h.vdso_proxy_len + 4095) & !4095;
+        let (at, rw) = (h.vdso_proxy_at, (libc::PROT_READ | libc::PROT_WRITE) as u64);
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
+        check(ec::VDSO_PLACE, sys(nr::MMAP, at, len, rw, flags, u64::MAX, 0), at);
+        // SAFETY: the proxy's bytes lie in the plan (bounds checked in phase 2) and the
+        // mapping just made is writable and `len` long.
+        unsafe { core::ptr::copy_nonoverlapping((PLAN_ADDR + h.vdso_proxy_off) as *const u8, at as *mut u8, h.vdso_proxy_len as usize) };
+        check(ec::VDSO_PLACE, sys(nr::MPROTECT, at, len, (libc::PROT_READ | libc::PROT_EXEC) as u64, 0, 0, 0), at);
+        log(b"vdso of this kernel moved, the saved one made a proxy at", Some(at));
     }
-    log(b"vdso in place", None);
 
     // Phase 9: the mm fields.
     let mut mm = h.mm;
