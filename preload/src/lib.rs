@@ -99,7 +99,7 @@ extern "C" fn init() {
         return;
     }
     thread::TID_OFFSET.store(thread::find_tid_offset(), Relaxed);
-    process::START_SECCOMP_FILTERS.store(process::seccomp_filters(), Relaxed);
+    process::START_SECCOMP_FILTERS.store(process::seccomp_filters_at_start(), Relaxed);
     // SAFETY: registering a handler that only stores atomics; no other thread exists yet.
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     find_rseq();

@@ -148,11 +148,32 @@ pub fn set_exe(exe_fd: i32) -> Result<(), i32> {
 /// program's own.
 pub static START_SECCOMP_FILTERS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
-/// `Seccomp_filters:` of this process.
+/// `Seccomp_filters:` of this process (of its main thread, which `/proc/self/status`
+/// describes).
 pub fn seccomp_filters() -> u32 {
-    let status = sys::read_file_vec(b"/proc/self/status\0").unwrap_or_default();
-    let status = String::from_utf8_lossy(&status);
+    let mut buf = [0u8; 8192];
+    let long;
+    let text = match sys::read_file(b"/proc/self/status\0", &mut buf) {
+        Ok(n) if n < buf.len() => &buf[..n],
+        // (A long `Groups:` line: read it whole.)
+        _ => {
+            long = sys::read_file_vec(b"/proc/self/status\0").unwrap_or_default();
+            &long[..]
+        }
+    };
+    let status = String::from_utf8_lossy(text);
     status_field(&status, "Seccomp_filters:").and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// [`seccomp_filters`] as libpmig starts, called by the main thread (the constructor): every
+/// process of a tree calls it, and one without seccomp (`PR_GET_SECCOMP`, which answers for
+/// the calling thread, is 0) has no filter, so it skips `/proc/self/status`, whose reading
+/// costs tens of microseconds.
+pub fn seccomp_filters_at_start() -> u32 {
+    if sys::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) == Ok(0) {
+        return 0;
+    }
+    seccomp_filters()
 }
 
 /// The process-wide attributes; a seccomp filter the program installed fails the checkpoint
