@@ -18,8 +18,15 @@ use std::collections::HashMap;
 /// `(name, start, end)` of each piece of a vdso block.
 pub type VdsoParts = Vec<(String, u64, u64)>;
 
-/// The pieces of this process's vdso block, and the vdso's bytes.
+/// The pieces of this process's vdso block, and the vdso's bytes. Read once (from
+/// `/proc/self/mem`, which a process that changed its credentials — `--as-owner` — may no
+/// longer read) by the first caller, the host check, and kept for the plans.
 pub fn own() -> Result<(VdsoParts, Vec<u8>)> {
+    static OWN: std::sync::OnceLock<std::result::Result<(VdsoParts, Vec<u8>), String>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| read_own().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow::anyhow!(e))
+}
+
+fn read_own() -> Result<(VdsoParts, Vec<u8>)> {
     use std::io::{Read, Seek, SeekFrom};
     let maps = std::fs::read_to_string("/proc/self/maps").context("cannot read /proc/self/maps")?;
     let mut parts = Vec::new();
