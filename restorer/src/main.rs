@@ -238,7 +238,7 @@ fn main() {
             let path = unpacked.as_ref().map_or_else(|| PathBuf::from(&i), |s| s.path.clone());
             // A lazy restore checks the pages it leaves to the pager as they come in.
             // SAFETY: geteuid has no preconditions.
-            let lazy = !eager && !inspect && unpacked.is_none() && ids != ns::Ids::Virtual && unsafe { libc::geteuid() } == 0;
+            let lazy = !eager && !inspect && ids != ns::Ids::Virtual && unsafe { libc::geteuid() } == 0;
             let pages = if lazy { pmig_image::Pages::NotLazy } else { pmig_image::Pages::All };
             let img = verify_file_pages(&path, pages).context("cannot use this image")?;
             if inspect {
