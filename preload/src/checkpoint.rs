@@ -83,6 +83,8 @@ struct Job<'a> {
     tree: Option<crate::tree::Session>,
     bytes: u64,
     msg: StackBuf,
+    /// The child writing the image while the program goes on (a background checkpoint).
+    writer: Option<crate::snapshot::Writer>,
 }
 
 fn checkpoint_once(cfg: &'static config::Config) {
@@ -137,7 +139,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
     let (h, l) = sys::get_robust_list();
     CKPT_ROBUST[0].store(h, Relaxed);
     CKPT_ROBUST[1].store(l, Relaxed);
-    let mut job = Job { cfg, conn, connection: connection.as_ref(), tree, bytes: 0, msg: StackBuf::new() };
+    let mut job = Job { cfg, conn, connection: connection.as_ref(), tree, bytes: 0, msg: StackBuf::new(), writer: None };
     // SAFETY: CKPT_CTX is this thread's; `job` outlives the call.
     let r = unsafe { arch::save_and_call(CKPT_CTX.0.get(), dump_entry, &mut job as *mut Job as u64) };
     if r >= ENGINE_BASE {
@@ -149,7 +151,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
         unsafe { crate::restore::restored(r as *mut Mailbox) };
         return;
     }
-    let Job { bytes, msg, tree, .. } = job;
+    let Job { bytes, msg, tree, writer, .. } = job;
     if let Some(c) = connection.as_mut() {
         c.close();
     }
@@ -168,6 +170,23 @@ fn checkpoint_once(cfg: &'static config::Config) {
         thread::release_all();
         let msg = core::str::from_utf8(msg.as_bytes()).unwrap_or("?");
         return failed(cfg, format_args!("{msg}"));
+    }
+    if let Some(w) = writer {
+        // A background checkpoint: the program goes on while the writer works; the next
+        // request is served once it is done.
+        alloc::arena_off();
+        thread::release_all();
+        let paused = sys::monotonic_ms() - t0;
+        debug!("the program goes on after a pause of {paused} ms; the image is written in the background (pid {})", w.pid());
+        match w.wait() {
+            Ok(bytes) => {
+                let ms = (sys::monotonic_ms() - t0).max(1);
+                debug!("checkpoint written to {} ({bytes} bytes in {ms} ms, the program paused for {paused} ms); going on", cfg.image_path);
+            }
+            Err(e) => failed(cfg, format_args!("{e}")),
+        }
+        crate::snapshot::told();
+        return;
     }
     let ms = (sys::monotonic_ms() - t0).max(1);
     if let Some(to) = cfg.to.as_ref() {
@@ -208,7 +227,8 @@ extern "C" fn dump_entry(job: u64) -> u64 {
     if dumpable != 1 {
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
     }
-    let result = dump(job.cfg, job.conn, job.connection, job.tree.as_mut(), None);
+    let background = job.cfg.background && !job.cfg.exit_after && job.conn < 0 && job.tree.is_none();
+    let result = dump(job.cfg, job.conn, job.connection, job.tree.as_mut(), None, background.then_some(&mut job.writer));
     if dumpable != 1 {
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, dumpable as u64, 0, 0, 0);
     }
@@ -261,7 +281,7 @@ extern "C" fn member_entry(job: u64) -> u64 {
         if dumpable != 1 {
             let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
         }
-        let r = dump(cfg, -1, None, None, Some((fd, sock, shares)));
+        let r = dump(cfg, -1, None, None, Some((fd, sock, shares)), None);
         if dumpable != 1 {
             let _ = sys::prctl(libc::PR_SET_DUMPABLE, dumpable as u64, 0, 0, 0);
         }
@@ -270,21 +290,44 @@ extern "C" fn member_entry(job: u64) -> u64 {
     0
 }
 
+/// The most memory a background checkpoint copies aside while the program is stopped
+/// (`memory::Copies`); with more, the image is written with the program stopped.
+const COPY_LIMIT: u64 = 2 << 30;
+
 /// Collects everything and writes the image; returns its size. `tree`: the root's session
 /// with the stopped members, which write their images first; `member`: this process is a
-/// member writing its image into `(fd, …)` for its root (the root's socket is the second).
+/// member writing its image into `(fd, …)` for its root (the root's socket is the second);
+/// `background`: the image file may be written by a child while the program goes on (see
+/// `snapshot`), which is then put here (and the size returned is 0).
 fn dump(
     cfg: &config::Config,
     conn: i32,
     connection: Option<&crate::transfer::Connection>,
     tree: Option<&mut crate::tree::Session>,
     member: Option<(i32, i32, &[crate::tree::Share])>,
+    background: Option<&mut Option<crate::snapshot::Writer>>,
 ) -> Result<u64, String> {
+    let background = background.filter(|_| conn < 0 && member.is_none() && tree.is_none());
+    let t0 = sys::monotonic_ms();
     let arena = alloc::ARENA_BASE.load(Relaxed);
     let skip = [(ENGINE_BASE, ENGINE_BASE + RESERVE_LEN), (arena, arena + alloc::ARENA_LEN)];
-    let layout = memory::collect(&skip)?;
     let advice = memory::advice(&skip);
-    debug!("{} regions, {} KiB of populated pages", layout.regions.len(), layout.pages_len >> 10);
+    // Regions a snapshot child would not see as they are: their pages are found and copied
+    // here; the child finds the others' in its own copy of the address space.
+    let unforked: Vec<(u64, u64)> = advice
+        .iter()
+        .filter(|a| a.flags & (pmig_image::ADVICE_DONTFORK | pmig_image::ADVICE_WIPEONFORK) != 0)
+        .map(|a| (a.start, a.end))
+        .collect();
+    let mut layout = memory::collect(&skip, background.is_some().then_some(&unforked[..]))?;
+    let pending = core::mem::take(&mut layout.pending);
+    debug!(
+        "{} regions, {} KiB of populated pages ({} regions left to the writer), in {} ms",
+        layout.regions.len(),
+        layout.pages_len >> 10,
+        pending.len(),
+        sys::monotonic_ms() - t0
+    );
     let mut process = process::dump()?;
     // Signals queued for the whole process, with their siginfo (this thread blocks them all).
     let status = sys::read_file_vec(b"/proc/self/status\0").unwrap_or_default();
@@ -437,7 +480,7 @@ fn dump(
             }
             let _ = sys::close(members_fd);
         }
-        let len = stream_image(&mut sink, &manifest, &bytes, &header)?;
+        let len = stream_image(&mut sink, &manifest, &bytes, &header, &memory::Copies::none())?;
         let verdict = sink.finish()?;
         debug!("receiver: {verdict}");
         return Ok(len);
@@ -445,10 +488,31 @@ fn dump(
     if let Some((fd, _, _)) = member {
         // Into the root's file, where it points: the root makes it durable.
         let (bytes, header) = self::layout(&manifest, layout.pages_len)?;
-        return stream_image(&mut FileSink { fd, path: &cfg.image_path }, &manifest, &bytes, &header);
+        return stream_image(&mut FileSink { fd, path: &cfg.image_path }, &manifest, &bytes, &header, &memory::Copies::none());
     }
     let mut manifest = manifest;
-    write_image(&cfg.image_path, &mut manifest, layout.pages_len, tree, cfg.compress)
+    if let Some(slot) = background {
+        debug!("manifest read in {} ms", sys::monotonic_ms() - t0);
+        match memory::Copies::take(&manifest.regions, &unforked, COPY_LIMIT) {
+            Ok(copies) => {
+                let mut write = || {
+                    let pages_len = memory::fill_runs(&mut manifest.regions, &pending)?;
+                    write_image(&cfg.image_path, &mut manifest, pages_len, None, cfg.compress, &copies)
+                };
+                match crate::snapshot::start(&mut write) {
+                    Ok(w) => {
+                        debug!("{} KiB copied aside; image writer {} started", copies.len() >> 10, w.pid());
+                        *slot = Some(w);
+                        return Ok(0);
+                    }
+                    Err(e) => debug!("cannot start an image writer (clone: {}); the image is written with the program stopped", Errno(e)),
+                }
+            }
+            Err(why) => debug!("{why}: the image is written with the program stopped"),
+        }
+    }
+    let pages_len = memory::fill_runs(&mut manifest.regions, &pending)?;
+    write_image(&cfg.image_path, &mut manifest, pages_len, tree, cfg.compress, &memory::Copies::none())
 }
 
 /// Where an image goes: a file, or a receiver on the network.
@@ -476,11 +540,11 @@ pub fn layout(m: &Manifest, pages_len: u64) -> Result<(Vec<u8>, Header), String>
 }
 
 /// Streams the whole image, front to back, into `out`; returns its length.
-pub fn stream_image(out: &mut dyn Sink, m: &Manifest, manifest: &[u8], header: &Header) -> Result<u64, String> {
+pub fn stream_image(out: &mut dyn Sink, m: &Manifest, manifest: &[u8], header: &Header, copies: &memory::Copies) -> Result<u64, String> {
     out.put(&header.to_bytes())?;
     out.put(manifest)?;
     out.put(&vec![0u8; (header.pages_off - header.manifest_off - header.manifest_len) as usize])?;
-    let run_crcs = memory::write_pages(out, &m.regions)?;
+    let run_crcs = memory::write_pages(out, &m.regions, copies)?;
     let trailer = pmig_image::encode(&Trailer { run_crcs }).map_err(|e| e.to_string())?;
     out.put(&trailer)?;
     let footer = Footer { trailer_off: header.trailer_off(), trailer_len: trailer.len() as u64, trailer_crc: crc32fast::hash(&trailer) };
@@ -499,7 +563,14 @@ pub fn stream_image(out: &mut dyn Sink, m: &Manifest, manifest: &[u8], header: &
 /// 4. the directory is synced, so the new name is durable too.
 ///
 /// A file system without `O_TMPFILE` gets `PATH.tmp.PID` from the start (step 2 named).
-fn write_image(path: &str, m: &mut Manifest, pages_len: u64, mut tree: Option<&mut crate::tree::Session>, compress: bool) -> Result<u64, String> {
+fn write_image(
+    path: &str,
+    m: &mut Manifest,
+    pages_len: u64,
+    mut tree: Option<&mut crate::tree::Session>,
+    compress: bool,
+    copies: &memory::Copies,
+) -> Result<u64, String> {
     let (dir, base) = match path.rsplit_once('/') {
         Some((d, b)) => (if d.is_empty() { "/" } else { d }, b),
         None => (".", path),
@@ -535,7 +606,7 @@ fn write_image(path: &str, m: &mut Manifest, pages_len: u64, mut tree: Option<&m
                 m.tree = t.dump_members(plain)?;
             }
             let (bytes, header) = layout(m, pages_len)?;
-            stream_image(&mut FileSink { fd: plain, path: if named { &tmp } else { path } }, m, &bytes, &header)
+            stream_image(&mut FileSink { fd: plain, path: if named { &tmp } else { path } }, m, &bytes, &header, copies)
         })();
         let total = if compress {
             let packed = made.and_then(|total| {

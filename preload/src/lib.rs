@@ -25,6 +25,7 @@ pub mod process;
 pub mod restart;
 pub mod restore;
 pub mod signal;
+pub mod snapshot;
 pub mod sys;
 pub mod sysv;
 pub mod thread;
@@ -125,3 +126,15 @@ extern "C" fn init() {
 #[used]
 #[link_section = ".init_array"]
 static INIT: extern "C" fn() = init;
+
+/// At `exit` (and a return from `main`): a checkpoint still being written in the background
+/// is finished first, as it would be if the program had been stopped for it.
+extern "C" fn at_exit() {
+    if sys::getpid() == config::ACTIVE_PID.load(Relaxed) {
+        snapshot::wait_at_exit();
+    }
+}
+
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = at_exit;

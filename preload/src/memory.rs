@@ -78,6 +78,9 @@ pub struct Layout {
     pub objects: Vec<ObjectState>,
     pub vdso: VdsoState,
     pub pages_len: u64,
+    /// Regions whose populated pages are still to be found in the pagemap ([`fill_runs`]):
+    /// `(index in regions, whether a private file mapping)`. Empty unless asked for.
+    pub pending: Vec<(usize, bool)>,
 }
 
 /// Reads the address space. `skip` are ranges that are pmig's own and never saved.
@@ -142,14 +145,48 @@ pub fn restore_advice(advice: &[pmig_image::RegionAdvice]) {
     }
 }
 
-pub fn collect(skip: &[(u64, u64)]) -> Result<Layout, String> {
+/// `defer`: leave the pagemap scan of private regions to [`fill_runs`] (a snapshot child does
+/// it in its copy of the address space), except in the ranges `defer` lists (which a child
+/// would not see as they are: `MADV_DONTFORK`, `MADV_WIPEONFORK`).
+pub fn collect(skip: &[(u64, u64)], defer: Option<&[(u64, u64)]>) -> Result<Layout, String> {
     let text = sys::read_file_vec(b"/proc/self/maps\0").map_err(|e| format!("cannot read /proc/self/maps: {}", Errno(e)))?;
     let text = String::from_utf8_lossy(&text).into_owned();
     let pagemap = sys::openat(libc::AT_FDCWD, b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
         .map_err(|e| format!("cannot open /proc/self/pagemap: {}", Errno(e)))? as i32;
-    let r = collect_from(&parse_maps(&text), skip, pagemap, &held_deleted());
+    let r = collect_from(&parse_maps(&text), skip, pagemap, &held_deleted(), defer);
     let _ = sys::close(pagemap);
     r
+}
+
+/// Finds the populated pages of the regions [`collect`] left pending (`pending`, reading this
+/// process's pagemap), then numbers every run's place in the page data again, in region
+/// order; returns the length of the page data.
+pub fn fill_runs(regions: &mut [RegionState], pending: &[(usize, bool)]) -> Result<u64, String> {
+    if !pending.is_empty() {
+        let pagemap = sys::openat(libc::AT_FDCWD, b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+            .map_err(|e| format!("cannot open /proc/self/pagemap: {}", Errno(e)))? as i32;
+        let mut entries = vec![0u64; 64 * 1024];
+        let mut scratch = 0u64;
+        let mut r = Ok(());
+        for &(i, file_private) in pending {
+            let reg = &mut regions[i];
+            match populated_runs(reg.start, reg.end, file_private, pagemap, &mut entries, &mut scratch) {
+                Ok(runs) => reg.runs = runs,
+                Err(e) => {
+                    r = Err(format!("cannot read pagemap: {}", Errno(e)));
+                    break;
+                }
+            }
+        }
+        let _ = sys::close(pagemap);
+        r?;
+    }
+    let mut off = 0u64;
+    for run in regions.iter_mut().flat_map(|r| r.runs.iter_mut()) {
+        run.data_off = off;
+        off += run.len;
+    }
+    Ok(off)
 }
 
 /// The inodes of deleted files and memfds the process holds open (their content is saved
@@ -166,8 +203,10 @@ fn held_deleted() -> Vec<u64> {
     out
 }
 
-/// `held`: the inodes of deleted files the process holds open (see `held_deleted`).
-fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32, held: &[u64]) -> Result<Layout, String> {
+/// `defer`: see [`collect`].
+fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32, held: &[u64], defer: Option<&[(u64, u64)]>) -> Result<Layout, String> {
+    let deferred = |m: &MapLine| defer.is_some_and(|eager| !eager.iter().any(|&(a, b)| m.start < b && a < m.end));
+    let mut pending = Vec::new();
     let mut regions = Vec::new();
     let mut objects: Vec<ObjectState> = Vec::new();
     let mut vdso = VdsoState::default();
@@ -210,8 +249,13 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32, held: &[u64
                 // again (from the fd's saved content) and mapped privately, with the pages the
                 // process changed on top: still tied to the file, as before.
                 let object = object_of(&mut objects, m, p);
-                let runs = populated_runs(m.start, m.end, true, pagemap, &mut entries, &mut data_off)
-                    .map_err(|e| format!("cannot read pagemap: {}", Errno(e)))?;
+                let runs = if deferred(m) {
+                    pending.push((regions.len(), true));
+                    Vec::new()
+                } else {
+                    populated_runs(m.start, m.end, true, pagemap, &mut entries, &mut data_off)
+                        .map_err(|e| format!("cannot read pagemap: {}", Errno(e)))?
+                };
                 let kind = RegionKind::SharedObject { object: object as u32, offset: m.offset };
                 regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: false, kind, runs });
                 continue;
@@ -241,13 +285,16 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32, held: &[u64
         let is_file = matches!(kind, RegionKind::File { .. });
         let runs = if is_file && m.shared {
             Vec::new()
+        } else if deferred(m) {
+            pending.push((regions.len(), is_file));
+            Vec::new()
         } else {
             populated_runs(m.start, m.end, is_file, pagemap, &mut entries, &mut data_off)
                 .map_err(|e| format!("cannot read pagemap: {}", Errno(e)))?
         };
         regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: m.shared, kind, runs });
     }
-    Ok(Layout { regions, objects, vdso, pages_len: data_off })
+    Ok(Layout { regions, objects, vdso, pages_len: data_off, pending })
 }
 
 /// The index of the object (a deleted file's or memfd's inode) mapping `m` of `path` maps,
@@ -376,10 +423,85 @@ fn populated_runs(
     Ok(runs)
 }
 
+/// Page runs copied aside while the other threads are parked, for a snapshot child that would
+/// not see them as they were: pages of `MAP_SHARED` memory (the program goes on changing
+/// them, and the child's mapping is the same memory), of `MADV_DONTFORK` regions (absent in
+/// the child) and of `MADV_WIPEONFORK` ones (zeros there). Kept in the arena, which the
+/// child inherits as a private copy.
+#[derive(Default)]
+pub struct Copies {
+    /// `(address, length, offset in buf)`, sorted by address.
+    runs: Vec<(u64, u64, usize)>,
+    buf: Vec<u8>,
+}
+
+impl Copies {
+    /// Nothing copied: every page is read where it is.
+    pub fn none() -> Copies {
+        Copies::default()
+    }
+
+    /// Copies the runs of every region that is shared or meets one of `ranges`. Fails (and
+    /// copies nothing) when they come to more than `limit` bytes.
+    pub fn take(regions: &[RegionState], ranges: &[(u64, u64)], limit: u64) -> Result<Copies, String> {
+        let wanted = |r: &&RegionState| r.shared || ranges.iter().any(|&(a, b)| r.start < b && a < r.end);
+        let total: u64 = regions.iter().filter(wanted).flat_map(|r| r.runs.iter()).map(|run| run.len).sum();
+        if total > limit {
+            return Err(format!("{} MiB of shared or fork-excluded memory to copy aside (more than {} MiB)", total >> 20, limit >> 20));
+        }
+        let mut c = Copies { runs: Vec::new(), buf: Vec::with_capacity(total as usize) };
+        let mut mem = -1;
+        let r = (|| {
+            for r in regions.iter().filter(wanted) {
+                for run in &r.runs {
+                    let at = c.buf.len();
+                    if r.prot & 1 != 0 {
+                        // SAFETY: the run lies in a readable mapping of this process that
+                        // nothing unmaps while the other threads are parked.
+                        c.buf.extend_from_slice(unsafe { core::slice::from_raw_parts(run.addr as *const u8, run.len as usize) });
+                    } else {
+                        if mem < 0 {
+                            mem = sys::openat(libc::AT_FDCWD, b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+                                .map_err(|e| format!("cannot open /proc/self/mem: {}", Errno(e)))? as i32;
+                        }
+                        c.buf.resize(at + run.len as usize, 0);
+                        let got = sys::pread(mem, &mut c.buf[at..], run.addr)
+                            .map_err(|e| format!("cannot read memory at {:#x} through /proc/self/mem: {}", run.addr, Errno(e)))?;
+                        if got != run.len {
+                            return Err(format!("short read of memory at {:#x}", run.addr));
+                        }
+                    }
+                    c.runs.push((run.addr, run.len, at));
+                }
+            }
+            Ok(())
+        })();
+        if mem >= 0 {
+            let _ = sys::close(mem);
+        }
+        r?;
+        c.runs.sort_unstable_by_key(|r| r.0);
+        Ok(c)
+    }
+
+    /// Bytes copied aside.
+    pub fn len(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
+    /// The copy of the run at `addr` of `len` bytes, if one was taken.
+    fn find(&self, addr: u64, len: u64) -> Option<&[u8]> {
+        let i = self.runs.binary_search_by_key(&addr, |r| r.0).ok()?;
+        let (_, l, at) = self.runs[i];
+        (l == len).then(|| &self.buf[at..at + l as usize])
+    }
+}
+
 /// Writes every run's pages to `fd` through a bounce buffer (so the checksum covers exactly
 /// the bytes written, even for the checkpoint thread's own stack), returning a crc per run.
-/// Unreadable regions are read through `/proc/self/mem`.
-pub fn write_pages(out: &mut dyn crate::checkpoint::Sink, regions: &[RegionState]) -> Result<Vec<u32>, String> {
+/// Runs in `copies` are written from there; unreadable regions are read through
+/// `/proc/self/mem`.
+pub fn write_pages(out: &mut dyn crate::checkpoint::Sink, regions: &[RegionState], copies: &Copies) -> Result<Vec<u32>, String> {
     let mut crcs = Vec::new();
     let mut buf = vec![0u8; 4 << 20];
     let mem = sys::openat(libc::AT_FDCWD, b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
@@ -388,6 +510,11 @@ pub fn write_pages(out: &mut dyn crate::checkpoint::Sink, regions: &[RegionState
         for r in regions {
             let readable = r.prot & 1 != 0;
             for run in &r.runs {
+                if let Some(copy) = copies.find(run.addr, run.len) {
+                    crcs.push(crc32fast::hash(copy));
+                    out.put(copy)?;
+                    continue;
+                }
                 let mut h = crc32fast::Hasher::new();
                 let mut done = 0u64;
                 while done < run.len {
@@ -395,7 +522,8 @@ pub fn write_pages(out: &mut dyn crate::checkpoint::Sink, regions: &[RegionState
                     let src = run.addr + done;
                     if readable {
                         // SAFETY: [src, src+n) lies in a readable mapping of this process that
-                        // nothing unmaps while the other threads are parked.
+                        // nothing unmaps while the other threads are parked (or, in a
+                        // snapshot child, that nothing else uses).
                         unsafe { core::ptr::copy_nonoverlapping(src as *const u8, buf.as_mut_ptr(), n) };
                     } else {
                         let got = sys::pread(mem, &mut buf[..n], src).map_err(|e| {
