@@ -85,6 +85,15 @@ struct Job<'a> {
     msg: StackBuf,
     /// The child writing the image while the program goes on (a background checkpoint).
     writer: Option<crate::snapshot::Writer>,
+    /// The mappings' flags, read before the threads were stopped (a background checkpoint
+    /// then need not read them while they are).
+    pre: Option<memory::Flags>,
+}
+
+/// The ranges that are pmig's own and never saved: the engine's and the arena.
+fn own_ranges() -> [(u64, u64); 2] {
+    let arena = alloc::ARENA_BASE.load(Relaxed);
+    [(ENGINE_BASE, ENGINE_BASE + RESERVE_LEN), (arena, arena + alloc::ARENA_LEN)]
 }
 
 fn checkpoint_once(cfg: &'static config::Config) {
@@ -100,9 +109,13 @@ fn checkpoint_once(cfg: &'static config::Config) {
     };
     let conn = connection.as_ref().map_or(-1, |c| c.fd);
     fd::socket::forget_repairs();
+    // Read while the program runs: smaps costs ~13 ms per GiB, which a background checkpoint
+    // then does not stop the program for (its writer checks nothing changed since).
+    let pre = (cfg.background && !cfg.exit_after && cfg.to.is_none()).then(|| memory::flags(&own_ranges()));
     // A thread caught replacing the program (execve) is waited for: the new program takes
     // the request (the checkpoint signal stays pending for it).
     let mut tries = 0;
+    let t_stop = sys::monotonic_ms();
     let mut stopped = thread::suspend_all(cfg.suspend_signal);
     while stopped == Err(thread::EXEC_IN_PROGRESS) && tries < 50 {
         tries += 1;
@@ -118,7 +131,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
             return failed(cfg, format_args!("{e}"));
         }
     };
-    debug!("{n} thread(s) stopped in {} ms", sys::monotonic_ms() - t0);
+    debug!("{n} thread(s) stopped in {} ms", sys::monotonic_ms() - t_stop);
     alloc::arena_on();
     // The rest of the tree stops too before anything is read.
     let helpers: Vec<i32> = connection.as_ref().and_then(|c| c.ssh.as_ref()).map(|c| c.id() as i32).into_iter().collect();
@@ -139,7 +152,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
     let (h, l) = sys::get_robust_list();
     CKPT_ROBUST[0].store(h, Relaxed);
     CKPT_ROBUST[1].store(l, Relaxed);
-    let mut job = Job { cfg, conn, connection: connection.as_ref(), tree, bytes: 0, msg: StackBuf::new(), writer: None };
+    let mut job = Job { cfg, conn, connection: connection.as_ref(), tree, bytes: 0, msg: StackBuf::new(), writer: None, pre };
     // SAFETY: CKPT_CTX is this thread's; `job` outlives the call.
     let r = unsafe { arch::save_and_call(CKPT_CTX.0.get(), dump_entry, &mut job as *mut Job as u64) };
     if r >= ENGINE_BASE {
@@ -151,7 +164,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
         unsafe { crate::restore::restored(r as *mut Mailbox) };
         return;
     }
-    let Job { bytes, msg, tree, writer, .. } = job;
+    let Job { bytes, msg, tree, writer, pre, .. } = job;
     if let Some(c) = connection.as_mut() {
         c.close();
     }
@@ -176,7 +189,8 @@ fn checkpoint_once(cfg: &'static config::Config) {
         // request is served once it is done.
         alloc::arena_off();
         thread::release_all();
-        let paused = sys::monotonic_ms() - t0;
+        drop(pre);
+        let paused = sys::monotonic_ms() - t_stop;
         debug!("the program goes on after a pause of {paused} ms; the image is written in the background (pid {})", w.pid());
         match w.wait() {
             Ok(bytes) => {
@@ -228,7 +242,8 @@ extern "C" fn dump_entry(job: u64) -> u64 {
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
     }
     let background = job.cfg.background && !job.cfg.exit_after && job.conn < 0 && job.tree.is_none();
-    let result = dump(job.cfg, job.conn, job.connection, job.tree.as_mut(), None, background.then_some(&mut job.writer));
+    let background = background.then_some((&mut job.writer, job.pre.as_ref()));
+    let result = dump(job.cfg, job.conn, job.connection, job.tree.as_mut(), None, background);
     if dumpable != 1 {
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, dumpable as u64, 0, 0, 0);
     }
@@ -298,20 +313,26 @@ const COPY_LIMIT: u64 = 2 << 30;
 /// with the stopped members, which write their images first; `member`: this process is a
 /// member writing its image into `(fd, …)` for its root (the root's socket is the second);
 /// `background`: the image file may be written by a child while the program goes on (see
-/// `snapshot`), which is then put here (and the size returned is 0).
+/// `snapshot`), which is then put here (and the size returned is 0), with the mappings'
+/// flags read before the threads stopped, if they were.
 fn dump(
     cfg: &config::Config,
     conn: i32,
     connection: Option<&crate::transfer::Connection>,
     tree: Option<&mut crate::tree::Session>,
     member: Option<(i32, i32, &[crate::tree::Share])>,
-    background: Option<&mut Option<crate::snapshot::Writer>>,
+    background: Option<(&mut Option<crate::snapshot::Writer>, Option<&memory::Flags>)>,
 ) -> Result<u64, String> {
     let background = background.filter(|_| conn < 0 && member.is_none() && tree.is_none());
     let t0 = sys::monotonic_ms();
-    let arena = alloc::ARENA_BASE.load(Relaxed);
-    let skip = [(ENGINE_BASE, ENGINE_BASE + RESERVE_LEN), (arena, arena + alloc::ARENA_LEN)];
-    let advice = memory::advice(&skip);
+    let skip = own_ranges();
+    // Flags read before the stop serve when the mappings are the same now; the writer checks
+    // that their flags were too (`memory::check_flags`).
+    let pre = background.as_ref().and_then(|b| b.1).filter(|p| memory::map_ranges(&skip).is_ok_and(|r| r == p.ranges));
+    let advice = match pre {
+        Some(p) => p.advice.clone(),
+        None => memory::advice(&skip),
+    };
     // Regions a snapshot child would not see as they are: their pages are found and copied
     // here; the child finds the others' in its own copy of the address space.
     let unforked: Vec<(u64, u64)> = advice
@@ -322,10 +343,11 @@ fn dump(
     let mut layout = memory::collect(&skip, background.is_some().then_some(&unforked[..]))?;
     let pending = core::mem::take(&mut layout.pending);
     debug!(
-        "{} regions, {} KiB of populated pages ({} regions left to the writer), in {} ms",
+        "{} regions, {} KiB of populated pages ({} regions left to the writer, flags {}), in {} ms",
         layout.regions.len(),
         layout.pages_len >> 10,
         pending.len(),
+        if pre.is_some() { "read before the stop" } else { "read now" },
         sys::monotonic_ms() - t0
     );
     let mut process = process::dump()?;
@@ -491,17 +513,20 @@ fn dump(
         return stream_image(&mut FileSink { fd, path: &cfg.image_path }, &manifest, &bytes, &header, &memory::Copies::none());
     }
     let mut manifest = manifest;
-    if let Some(slot) = background {
+    if let Some((slot, _)) = background {
         debug!("manifest read in {} ms", sys::monotonic_ms() - t0);
         match memory::Copies::take(&manifest.regions, &unforked, COPY_LIMIT) {
             Ok(copies) => {
                 let mut write = || {
+                    if let Some(p) = pre {
+                        memory::check_flags(p, &skip, &manifest.regions, &pending)?;
+                    }
                     let pages_len = memory::fill_runs(&mut manifest.regions, &pending)?;
                     write_image(&cfg.image_path, &mut manifest, pages_len, None, cfg.compress, &copies)
                 };
                 match crate::snapshot::start(&mut write) {
                     Ok(w) => {
-                        debug!("{} KiB copied aside; image writer {} started", copies.len() >> 10, w.pid());
+                        debug!("{} KiB copied aside; image writer {} started", copies.bytes() >> 10, w.pid());
                         *slot = Some(w);
                         return Ok(0);
                     }

@@ -116,7 +116,7 @@ fn capture_line(msg: &[u8]) -> bool {
     // process writes it.
     unsafe {
         let used = core::ptr::read_unaligned(addr as *const u32) as u64;
-        if used + msg.len() as u64 + 1 <= room {
+        if used + (msg.len() as u64) < room {
             let at = (addr + 4 + used) as *mut u8;
             core::ptr::copy_nonoverlapping(msg.as_ptr(), at, msg.len());
             *at.add(msg.len()) = b'\n';
