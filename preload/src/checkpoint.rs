@@ -1,6 +1,8 @@
 //! The checkpoint thread: waits for the checkpoint signal, stops the other threads, writes the
 //! image, and either exits (`--exit`) or lets the program go on. A checkpoint that fails always
-//! lets the program go on, `--exit` or not.
+//! lets the program go on, `--exit` or not. A checkpoint the program survives lets it go on
+//! as soon as the manifest is read and a snapshot taken: a child writes the image (see
+//! `snapshot`), and the next request is served once it has.
 //!
 //! **Runs with other threads stopped** from `suspend_all` to `release_all`: no `malloc` (the
 //! arena is on), no locks, no `std::io`, no panics; I/O by raw system calls.

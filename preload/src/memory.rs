@@ -2,7 +2,9 @@
 //! those pages to the image.
 //!
 //! Runs in the checkpoint thread with every other thread parked, allocating only from the
-//! arena. The truth comes from `/proc/self/maps` and `/proc/self/pagemap`: a page is saved
+//! arena, or in a background checkpoint's writer (`snapshot`: a copy of that process, under
+//! the same rules), which finds the populated pages of its copy ([`fill_runs`]) and writes
+//! them. The truth comes from `/proc/self/maps` and `/proc/self/pagemap`: a page is saved
 //! when it is present or swapped, except pages of private file mappings still shared with the
 //! page cache (pagemap bit 61), which come back from the file, and shared file mappings, whose
 //! file holds them.
