@@ -71,9 +71,11 @@ pub fn start(write: &mut dyn FnMut() -> Result<u64, String>) -> Result<Writer, i
     let parent = sys::getpid();
     // clone(2) with no flags but exit signal 0: a new process with a copy-on-write copy of the
     // address space, returning twice, like fork(2) without glibc's handlers.
+    let t0 = sys::clock_ns(libc::CLOCK_MONOTONIC);
     match sys::raw(libc::SYS_clone, &[0, 0, 0, 0, 0]) {
         Ok(0) => child(report, parent, write),
         Ok(pid) => {
+            debug!("snapshot taken in {} us", (sys::clock_ns(libc::CLOCK_MONOTONIC) - t0) / 1000);
             WRITER.store(pid as i32, Relaxed);
             WRITING.store(1, Release);
             Ok(Writer { pid: pid as i32, report })
