@@ -643,4 +643,67 @@ mod tests {
         // SAFETY: the mapping is ours and unused now.
         unsafe { sys::munmap(a, len).unwrap() };
     }
+
+    /// A sink that keeps what it is given.
+    struct Keep(Vec<u8>);
+
+    impl crate::checkpoint::Sink for Keep {
+        fn put(&mut self, bytes: &[u8]) -> Result<(), String> {
+            self.0.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn copies_taken_aside_are_what_is_written() {
+        let len = 4 * PAGE;
+        let a = sys::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0).unwrap();
+        // SAFETY: inside the mapping just made.
+        unsafe { core::ptr::write_bytes(a as *mut u8, 7, len as usize) };
+        let run = PageRun { addr: a + PAGE, len: 2 * PAGE, data_off: 0 };
+        let region = RegionState { start: a, end: a + len, prot: 3, shared: true, kind: RegionKind::Anon, runs: vec![run] };
+        let regions = [region];
+        let copies = Copies::take(&regions, &[], 1 << 20).unwrap();
+        assert_eq!(copies.bytes(), 2 * PAGE);
+        assert!(Copies::take(&regions, &[], PAGE).is_err(), "over the limit");
+        // The memory changes after the copy: the image has the copy.
+        // SAFETY: as above.
+        unsafe { core::ptr::write_bytes(a as *mut u8, 9, len as usize) };
+        let mut out = Keep(Vec::new());
+        let crcs = write_pages(&mut out, &regions, &copies).unwrap();
+        assert_eq!(out.0, vec![7u8; 2 * PAGE as usize]);
+        assert_eq!(crcs, vec![crc32fast::hash(&out.0)]);
+        let mut live = Keep(Vec::new());
+        write_pages(&mut live, &regions, &Copies::none()).unwrap();
+        assert_eq!(live.0, vec![9u8; 2 * PAGE as usize]);
+        // SAFETY: the mapping is ours and unused now.
+        unsafe { sys::munmap(a, len).unwrap() };
+    }
+
+    #[test]
+    fn pending_regions_are_scanned_and_runs_numbered_in_order() {
+        let len = 8 * PAGE;
+        let a = sys::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0).unwrap();
+        for p in [1u64, 5] {
+            // SAFETY: inside the mapping just made.
+            unsafe { *((a + p * PAGE) as *mut u8) = 1 };
+        }
+        let first = RegionState {
+            start: 0x1000,
+            end: 0x3000,
+            prot: 3,
+            shared: false,
+            kind: RegionKind::Anon,
+            runs: vec![PageRun { addr: 0x1000, len: 2 * PAGE, data_off: 99 }],
+        };
+        let second = RegionState { start: a, end: a + len, prot: 3, shared: false, kind: RegionKind::Anon, runs: Vec::new() };
+        let mut regions = [first, second];
+        let total = fill_runs(&mut regions, &[(1, false)]).unwrap();
+        assert_eq!(total, 4 * PAGE);
+        assert_eq!(regions[0].runs[0].data_off, 0);
+        let got: Vec<(u64, u64, u64)> = regions[1].runs.iter().map(|r| (r.addr, r.len, r.data_off)).collect();
+        assert_eq!(got, vec![(a + PAGE, PAGE, 2 * PAGE), (a + 5 * PAGE, PAGE, 3 * PAGE)]);
+        // SAFETY: the mapping is ours and unused now.
+        unsafe { sys::munmap(a, len).unwrap() };
+    }
 }
