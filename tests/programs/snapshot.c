@@ -10,8 +10,8 @@
  * program ran (torn, or later than the signal) does not.
  *
  * Every iteration starts by looking at its parent (the raw system call: pmig shows a
- * restored program the parent it had): a restored program has another one (pmig-resume's
- * init). It then checks the whole state at once, and the flags of its
+ * restored program the parent it had) and its pid namespace: a restored program has
+ * another parent (pmig-resume's init) or, restored again, another namespace. It then checks the whole state at once, and the flags of its
  * regions (smaps "dc", "wf"), and prints "restored C ok" (or CORRUPT, exit 3).
  * Every 16 iterations it stats IMAGE: when a new image appears there (another inode), it
  * prints "image C GAP_US": the iteration it saw it at and the longest time between two
@@ -43,6 +43,13 @@ static long raw_getppid(void)
     long r;
     __asm__ volatile("syscall" : "=a"(r) : "0"(110L) : "rcx", "r11", "memory");
     return r;
+}
+
+/* The inode of this process's pid namespace (0 if unknown). */
+static ino_t pid_ns(void)
+{
+    struct stat st;
+    return stat("/proc/self/ns/pid", &st) == 0 ? st.st_ino : 0;
 }
 
 static uint64_t now_us(void)
@@ -124,14 +131,16 @@ int main(int argc, char **argv)
         region[r] = base;
     }
     long parent = raw_getppid();
+    ino_t ns = pid_ns();
     struct stat st;
     ino_t seen = stat(image, &st) == 0 ? st.st_ino : 0;
     uint64_t last = now_us(), gap = 0, printed = last;
     printf("ready\n");
     fflush(stdout);
     for (uint64_t c = 0;;) {
-        if (raw_getppid() != parent) {
+        if (raw_getppid() != parent || pid_ns() != ns) {
             parent = raw_getppid();
+            ns = pid_ns();
             check(c);
             printf("restored %llu ok\n", (unsigned long long)c);
             fflush(stdout);

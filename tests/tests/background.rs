@@ -77,15 +77,24 @@ fn wait_log(p: &mut Proc, what: &str, n: usize) -> String {
 
 /// Resumes `image` and returns the iteration the restored program checked its state at.
 fn resume_checked(sb: &Sandbox, image: &Path) -> u64 {
+    let (mut r, at) = resume(sb, image);
+    kill(&mut r);
+    at
+}
+
+/// Resumes `image` (pmig's log on): the restored program, and the iteration it checked its
+/// state at.
+fn resume(sb: &Sandbox, image: &Path) -> (Proc, u64) {
     let mut cmd = Command::new(&sb.bins().resume);
     cmd.arg(image).current_dir(sb.workdir("resume"));
     pmig_env(&mut cmd);
+    cmd.env("PMIG_DEBUG", "1");
     let mut r = Proc::spawn("pmig-resume (snapshot)", cmd, Terminal::Pipe);
     let line = next_with(&mut r, "restored ", RESUME_TIMEOUT);
     if !line.ends_with(" ok") {
         fail_with(&format!("unexpected line {line:?}"), &mut [&mut r]);
     }
-    numbers(&line)[0]
+    (r, numbers(&line)[0])
 }
 
 /// Kills `p` (the program) and reaps it.
@@ -255,4 +264,26 @@ fn program_killed_during_a_background_write_takes_the_write_with_it() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(left.iter().all(|n| n.ends_with(".log")), "files left: {left:?}");
+}
+
+#[test]
+fn restored_program_in_its_pid_namespace_checkpoints_in_the_background() {
+    // After a restore the program runs in a pid namespace of its own (exact ids): its writer
+    // is a process of that namespace, and the image it writes restores again.
+    let sb = Sandbox::new();
+    let image = sb.image("again.pmig");
+    let mut p = start(&sb, &image, 64);
+    p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    image_seen(&mut p);
+    wait_log(&mut p, "checkpoint written to", 1);
+    kill(&mut p);
+    let (mut r, first) = resume(&sb, &image);
+    r.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut r]));
+    let (seen, _) = image_seen(&mut r);
+    let log = wait_log(&mut r, "checkpoint written to", 1);
+    kill(&mut r);
+    assert!(log.contains("image writer"), "not written in the background:\n{log}");
+    let at = resume_checked(&sb, &image);
+    assert!(at > first, "the second image holds iteration {at}, not later than the first restore ({first})");
+    ran_meanwhile(at, seen, "a restored program's checkpoint");
 }
