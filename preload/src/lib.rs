@@ -66,6 +66,7 @@ fn find_rseq() {
 extern "C" fn after_fork_in_child() {
     pid::after_fork_in_child();
     exec::after_fork_in_child();
+    snapshot::after_fork_in_child();
     process::MLOCKALL.store(0, Relaxed);
     // (A new mm has no membarrier registration; rseq's passes to the forking thread's copy.)
     process::MEMBARRIER.store(0, Relaxed);

@@ -124,6 +124,13 @@ fn child(report: u64, parent: i32, write: &mut dyn FnMut() -> Result<u64, String
     sys::exit_group(if rep.state.load(Relaxed) == DONE { 0 } else { 1 })
 }
 
+/// In a child the program forked (during a write, maybe): the parent's writer is not its
+/// own, and its `exit` must not wait for it.
+pub fn after_fork_in_child() {
+    WRITER.store(0, Relaxed);
+    WRITING.store(0, Relaxed);
+}
+
 /// Says that the last writer's result has been told: a program waiting to exit goes on.
 pub fn told() {
     WRITING.store(0, Release);

@@ -18,12 +18,16 @@
  * iterations since the previous such line (how long the checkpoint stopped it). Every
  * 20 ms it prints "tick C".
  *
+ * On SIGUSR1 it forks a child that calls exit(0), waits for it and prints "forked".
+ *
  * Usage: snapshot MIB IMAGE
  */
 #include "common.h"
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define RLEN (64 * 1024)
@@ -36,6 +40,13 @@ static uint64_t *buf;
 static size_t npages;
 static char *region[3];
 static const char *flag[3] = {"dc", "wf", NULL};
+static volatile sig_atomic_t fork_asked;
+
+static void ask_fork(int sig)
+{
+    (void)sig;
+    fork_asked = 1;
+}
 
 /* getppid(2) as the kernel answers it, past libc and pmig's wrappers. */
 static long raw_getppid(void)
@@ -130,6 +141,7 @@ int main(int argc, char **argv)
         memset(base, 0, RLEN);
         region[r] = base;
     }
+    signal(SIGUSR1, ask_fork);
     long parent = raw_getppid();
     ino_t ns = pid_ns();
     struct stat st;
@@ -147,6 +159,17 @@ int main(int argc, char **argv)
             last = now_us();
             gap = 0;
             seen = stat(image, &st) == 0 ? st.st_ino : 0;
+        }
+        if (fork_asked) {
+            fork_asked = 0;
+            pid_t child = fork();
+            if (child == 0)
+                exit(0);
+            int status;
+            if (child < 0 || waitpid(child, &status, 0) != child || !WIFEXITED(status))
+                corrupt("fork and wait: %s", strerror(errno));
+            printf("forked\n");
+            fflush(stdout);
         }
         c++;
         buf[(c % npages) * (PAGE / 8)] = c;

@@ -287,3 +287,22 @@ fn restored_program_in_its_pid_namespace_checkpoints_in_the_background() {
     assert!(at > first, "the second image holds iteration {at}, not later than the first restore ({first})");
     ran_meanwhile(at, seen, "a restored program's checkpoint");
 }
+
+#[test]
+fn child_forked_during_a_background_write_exits_at_once() {
+    // The program's own `exit` waits for a write in progress; a child it forks meanwhile
+    // has no write of its own to wait for.
+    let sb = Sandbox::new();
+    let image = sb.image("fork.pmig");
+    let mut p = start(&sb, &image, 256);
+    p.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    wait_log(&mut p, "started", 1);
+    p.signal(libc::SIGUSR1).unwrap_or_else(|e| fail_with(&e, &mut [&mut p]));
+    next_with(&mut p, "forked", STEP_TIMEOUT);
+    let (seen, _) = image_seen(&mut p);
+    let log = wait_log(&mut p, "checkpoint written to", 1);
+    kill(&mut p);
+    assert!(!log.contains("checkpoint failed"), "{log}");
+    let at = resume_checked(&sb, &image);
+    ran_meanwhile(at, seen, "with a fork during the write");
+}
