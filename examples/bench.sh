@@ -89,6 +89,31 @@ printf '%-34s %12s   (%s; baseline: reading the image once: %s)\n' "restore to f
 printf '%-34s %12s   (every page read in first; %.1fx reading the image once)\n' "restore to first output, --eager" "$(ms "$eager")" \
     "$(awk -v a="$eager" -v b="$readimg" 'BEGIN { print a / b }')"
 
+# Pause of a checkpoint the program survives (no --exit): the longest time between two of
+# the program's own writes until it sees the new image. Written in the background (the
+# default) and, as the baseline, with the program stopped for the whole write
+# (PMIG_BACKGROUND=0).
+pause() {
+    rm -f "$fifo" "$work/pause.pmig"
+    mkfifo "$fifo"
+    PMIG_BACKGROUND=$1 "$bin/pmig-run" --image "$work/pause.pmig" "$work/mem" "$mib" zeros "$work/pause.pmig" > "$fifo" 2> "$work/run.err" &
+    local pid=$!
+    exec 3< "$fifo"
+    read -r line <&3
+    [ "$line" = ready ] || { echo "unexpected: $line"; exit 1; }
+    kill -USR2 "$pid"
+    read -r line <&3
+    exec 3<&-
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    us=${line#pause }
+}
+pause 1
+bg=$us
+pause 0
+printf '%-34s %12s   (stopped for the whole write: %s)\n' "pause of a surviving checkpoint" \
+    "$(awk -v u="$bg" 'BEGIN { printf "%.1f ms", u / 1000 }')" "$(awk -v u="$us" 'BEGIN { printf "%.1f ms", u / 1000 }')"
+
 # Packed images (--compress): checkpoint time to durable, size, restore time, for memory that
 # compresses well (one byte per page) and for random memory.
 for kind in zeros random; do

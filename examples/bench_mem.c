@@ -1,11 +1,23 @@
 /* Benchmark subject: touches N MiB of heap, then prints a tick every 2 ms.
  * Used by examples/bench.sh to time checkpoint and restore.
- *   bench_mem MIB [zeros|random]   zeros (default): one byte written per page, the rest
- *                                  zero (compresses well); random: every byte random. */
+ *   bench_mem MIB [zeros|random] [IMAGE]
+ *     zeros (default): one byte written per page, the rest zero (compresses well);
+ *     random: every byte random.
+ *     With IMAGE: instead of ticking, writes one page after the other without a break,
+ *     and when a new IMAGE appears prints "pause US": the longest time between two of its
+ *     own writes until then (how long the checkpoint stopped it). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+static unsigned long long now_us(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (unsigned long long)t.tv_sec * 1000000 + t.tv_nsec / 1000;
+}
 
 int main(int argc, char **argv) {
     size_t mib = argc > 1 ? strtoul(argv[1], 0, 10) : 256;
@@ -21,6 +33,23 @@ int main(int argc, char **argv) {
     }
     printf("ready\n");
     fflush(stdout);
+    if (argc > 3) {
+        struct stat st;
+        ino_t seen = stat(argv[3], &st) == 0 ? st.st_ino : 0;
+        unsigned long long last = now_us(), gap = 0;
+        for (size_t i = 0;; i++) {
+            p[(i * 4096) % (mib << 20)] = (char)i;
+            unsigned long long t = now_us();
+            if (t - last > gap) gap = t - last;
+            last = t;
+            if (i % 64 == 0 && stat(argv[3], &st) == 0 && st.st_ino != seen) {
+                seen = st.st_ino;
+                printf("pause %llu\n", gap);
+                fflush(stdout);
+                gap = 0;
+            }
+        }
+    }
     for (long t = 0;; t++) {
         printf("tick %ld\n", t);
         fflush(stdout);

@@ -49,7 +49,10 @@ program writes at an offset (a resumed program would write over them); this line
   PMIG_PRELOAD=PATH
                  the libpmig.so to preload (default: next to pmig-run, or in
                  ../lib/pmig/ from it)
-  PMIG_DEBUG=1   log each checkpoint and restore phase to stderr";
+  PMIG_DEBUG=1   log each checkpoint and restore phase to stderr
+  PMIG_BACKGROUND=0
+                 keep the program stopped while a checkpoint it survives is written
+                 (by default it goes on and a child process writes the image)";
 
 /// What the command line asks for.
 #[derive(Debug)]

@@ -14,6 +14,11 @@ use std::alloc::System;
 /// Size of the arena's address range.
 pub const ARENA_LEN: u64 = 1 << 32;
 
+/// The arena's last page is never handed out: words kept there are in no image (the arena
+/// is never saved) and read as zeros in every process that did not write them (see
+/// [`own_words`]).
+const OWN_PAGE: u64 = 4096;
+
 /// Allocations go to the arena while this is set.
 pub static ARENA_ON: AtomicBool = AtomicBool::new(false);
 /// Start of the arena (0 until mapped).
@@ -34,7 +39,7 @@ fn arena_alloc(layout: Layout) -> *mut u8 {
     let cur = ARENA_NEXT.load(Ordering::Relaxed);
     let start = (base + cur).next_multiple_of(align);
     let end = start + layout.size() as u64;
-    if base == 0 || end > base + ARENA_LEN {
+    if base == 0 || end > base + ARENA_LEN - OWN_PAGE {
         return core::ptr::null_mut();
     }
     ARENA_NEXT.store(end - base, Ordering::Relaxed);
@@ -91,6 +96,20 @@ pub fn map_arena(at: u64) -> bool {
         }
         _ => false,
     }
+}
+
+/// Two words of the arena's last page (`None` before the arena is mapped): state of this
+/// process alone that an image written from a copy of its memory must not hold (a snapshot
+/// writer's log area, see `log::capture`). Zero unless this process wrote them.
+pub fn own_words() -> Option<&'static [AtomicU64; 2]> {
+    let base = ARENA_BASE.load(Ordering::Relaxed);
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: the arena is mapped read/write for ARENA_LEN bytes from `base` for the life of
+    // the process (mapped again at the same place after a restore); its last page is never
+    // allocated, and AtomicU64 has the alignment of the page-aligned address.
+    Some(unsafe { &*((base + ARENA_LEN - OWN_PAGE) as *const [AtomicU64; 2]) })
 }
 
 /// Turns the arena on (the caller has stopped every other thread).

@@ -1,6 +1,8 @@
 //! The checkpoint thread: waits for the checkpoint signal, stops the other threads, writes the
 //! image, and either exits (`--exit`) or lets the program go on. A checkpoint that fails always
-//! lets the program go on, `--exit` or not.
+//! lets the program go on, `--exit` or not. A checkpoint the program survives lets it go on
+//! as soon as the manifest is read and a snapshot taken: a child writes the image (see
+//! `snapshot`), and the next request is served once it has.
 //!
 //! **Runs with other threads stopped** from `suspend_all` to `release_all`: no `malloc` (the
 //! arena is on), no locks, no `std::io`, no panics; I/O by raw system calls.
@@ -86,6 +88,17 @@ struct Job<'a> {
     tree: Option<crate::tree::Session>,
     bytes: u64,
     msg: StackBuf,
+    /// The child writing the image while the program goes on (a background checkpoint).
+    writer: Option<crate::snapshot::Writer>,
+    /// The mappings' flags, read before the threads were stopped (a background checkpoint
+    /// then need not read them while they are).
+    pre: Option<memory::Flags>,
+}
+
+/// The ranges that are pmig's own and never saved: the engine's and the arena.
+fn own_ranges() -> [(u64, u64); 2] {
+    let arena = alloc::ARENA_BASE.load(Relaxed);
+    [(ENGINE_BASE, ENGINE_BASE + RESERVE_LEN), (arena, arena + alloc::ARENA_LEN)]
 }
 
 fn checkpoint_once(cfg: &'static config::Config) {
@@ -104,9 +117,13 @@ fn checkpoint_once(cfg: &'static config::Config) {
     };
     let conn = connection.as_ref().map_or(-1, |c| c.fd);
     fd::socket::forget_repairs();
+    // Read while the program runs: smaps costs ~13 ms per GiB, which a background checkpoint
+    // then does not stop the program for (its writer checks nothing changed since).
+    let pre = (cfg.background && !cfg.exit_after && cfg.to.is_none()).then(|| memory::flags(&own_ranges()));
     // A thread caught replacing the program (execve) is waited for: the new program takes
     // the request (the checkpoint signal stays pending for it).
     let mut tries = 0;
+    let t_stop = sys::monotonic_ms();
     let mut stopped = thread::suspend_all(cfg.suspend_signal);
     while stopped == Err(thread::EXEC_IN_PROGRESS) && tries < 50 {
         tries += 1;
@@ -122,7 +139,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
             return failed(cfg, format_args!("{e}"));
         }
     };
-    debug!("{n} thread(s) stopped in {} ms", sys::monotonic_ms() - t0);
+    debug!("{n} thread(s) stopped in {} ms", sys::monotonic_ms() - t_stop);
     alloc::arena_on();
     // The rest of the tree stops too before anything is read.
     let helpers: Vec<i32> = connection.as_ref().and_then(|c| c.ssh.as_ref()).map(|c| c.id() as i32).into_iter().collect();
@@ -143,7 +160,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
     let (h, l) = sys::get_robust_list();
     CKPT_ROBUST[0].store(h, Relaxed);
     CKPT_ROBUST[1].store(l, Relaxed);
-    let mut job = Job { cfg, conn, connection: connection.as_ref(), tree, bytes: 0, msg: StackBuf::new() };
+    let mut job = Job { cfg, conn, connection: connection.as_ref(), tree, bytes: 0, msg: StackBuf::new(), writer: None, pre };
     // SAFETY: CKPT_CTX is this thread's; `job` outlives the call.
     let r = unsafe { arch::save_and_call(CKPT_CTX.0.get(), dump_entry, &mut job as *mut Job as u64) };
     if r >= ENGINE_BASE {
@@ -155,7 +172,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
         unsafe { crate::restore::restored(r as *mut Mailbox) };
         return;
     }
-    let Job { bytes, msg, tree, .. } = job;
+    let Job { bytes, msg, tree, writer, pre, .. } = job;
     if let Some(c) = connection.as_mut() {
         c.close();
     }
@@ -174,6 +191,24 @@ fn checkpoint_once(cfg: &'static config::Config) {
         thread::release_all();
         let msg = core::str::from_utf8(msg.as_bytes()).unwrap_or("?");
         return failed(cfg, format_args!("{msg}"));
+    }
+    if let Some(w) = writer {
+        // A background checkpoint: the program goes on while the writer works; the next
+        // request is served once it is done.
+        alloc::arena_off();
+        thread::release_all();
+        drop(pre);
+        let paused = sys::monotonic_ms() - t_stop;
+        debug!("the program goes on after a pause of {paused} ms; the image is written in the background (pid {})", w.pid());
+        match w.wait() {
+            Ok(bytes) => {
+                let ms = (sys::monotonic_ms() - t0).max(1);
+                debug!("checkpoint written to {} ({bytes} bytes in {ms} ms, the program paused for {paused} ms); going on", cfg.image_path);
+            }
+            Err(e) => failed(cfg, format_args!("{e}")),
+        }
+        crate::snapshot::told();
+        return;
     }
     let ms = (sys::monotonic_ms() - t0).max(1);
     if let Some(to) = cfg.to.as_ref() {
@@ -214,7 +249,9 @@ extern "C" fn dump_entry(job: u64) -> u64 {
     if dumpable != 1 {
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
     }
-    let result = dump(job.cfg, job.conn, job.connection, job.tree.as_mut(), None);
+    let background = job.cfg.background && !job.cfg.exit_after && job.conn < 0 && job.tree.is_none();
+    let background = background.then_some((&mut job.writer, job.pre.as_ref()));
+    let result = dump(job.cfg, job.conn, job.connection, job.tree.as_mut(), None, background);
     if dumpable != 1 {
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, dumpable as u64, 0, 0, 0);
     }
@@ -267,7 +304,7 @@ extern "C" fn member_entry(job: u64) -> u64 {
         if dumpable != 1 {
             let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
         }
-        let r = dump(cfg, -1, None, None, Some((fd, sock, shares)));
+        let r = dump(cfg, -1, None, None, Some((fd, sock, shares)), None);
         if dumpable != 1 {
             let _ = sys::prctl(libc::PR_SET_DUMPABLE, dumpable as u64, 0, 0, 0);
         }
@@ -276,21 +313,51 @@ extern "C" fn member_entry(job: u64) -> u64 {
     0
 }
 
+/// The most memory a background checkpoint copies aside while the program is stopped
+/// (`memory::Copies`); with more, the image is written with the program stopped.
+const COPY_LIMIT: u64 = 2 << 30;
+
 /// Collects everything and writes the image; returns its size. `tree`: the root's session
 /// with the stopped members, which write their images first; `member`: this process is a
-/// member writing its image into `(fd, …)` for its root (the root's socket is the second).
+/// member writing its image into `(fd, …)` for its root (the root's socket is the second);
+/// `background`: the image file may be written by a child while the program goes on (see
+/// `snapshot`), which is then put here (and the size returned is 0), with the mappings'
+/// flags read before the threads stopped, if they were.
 fn dump(
     cfg: &config::Config,
     conn: i32,
     connection: Option<&crate::transfer::Connection>,
     tree: Option<&mut crate::tree::Session>,
     member: Option<(i32, i32, &[crate::tree::Share])>,
+    background: Option<(&mut Option<crate::snapshot::Writer>, Option<&memory::Flags>)>,
 ) -> Result<u64, String> {
-    let arena = alloc::ARENA_BASE.load(Relaxed);
-    let skip = [(ENGINE_BASE, ENGINE_BASE + RESERVE_LEN), (arena, arena + alloc::ARENA_LEN)];
-    let layout = memory::collect(&skip)?;
-    let advice = memory::advice(&skip);
-    debug!("{} regions, {} KiB of populated pages", layout.regions.len(), layout.pages_len >> 10);
+    let background = background.filter(|_| conn < 0 && member.is_none() && tree.is_none());
+    let t0 = sys::monotonic_ms();
+    let skip = own_ranges();
+    // Flags read before the stop serve when the mappings are the same now; the writer checks
+    // that their flags were too (`memory::check_flags`).
+    let pre = background.as_ref().and_then(|b| b.1).filter(|p| memory::map_ranges(&skip).is_ok_and(|r| r == p.ranges));
+    let advice = match pre {
+        Some(p) => p.advice.clone(),
+        None => memory::advice(&skip),
+    };
+    // Regions a snapshot child would not see as they are: their pages are found and copied
+    // here; the child finds the others' in its own copy of the address space.
+    let unforked: Vec<(u64, u64)> = advice
+        .iter()
+        .filter(|a| a.flags & (pmig_image::ADVICE_DONTFORK | pmig_image::ADVICE_WIPEONFORK) != 0)
+        .map(|a| (a.start, a.end))
+        .collect();
+    let mut layout = memory::collect(&skip, background.is_some().then_some(&unforked[..]))?;
+    let pending = core::mem::take(&mut layout.pending);
+    debug!(
+        "{} regions, {} KiB of populated pages ({} regions left to the writer, flags {}), in {} ms",
+        layout.regions.len(),
+        layout.pages_len >> 10,
+        pending.len(),
+        if pre.is_some() { "read before the stop" } else { "read now" },
+        sys::monotonic_ms() - t0
+    );
     let mut process = process::dump()?;
     // Signals queued for the whole process, with their siginfo (this thread blocks them all).
     let status = sys::read_file_vec(b"/proc/self/status\0").unwrap_or_default();
@@ -443,7 +510,7 @@ fn dump(
             }
             let _ = sys::close(members_fd);
         }
-        let len = stream_image(&mut sink, &manifest, &bytes, &header)?;
+        let len = stream_image(&mut sink, &manifest, &bytes, &header, &memory::Copies::none())?;
         let verdict = sink.finish()?;
         debug!("receiver: {verdict}");
         return Ok(len);
@@ -451,10 +518,34 @@ fn dump(
     if let Some((fd, _, _)) = member {
         // Into the root's file, where it points: the root makes it durable.
         let (bytes, header) = self::layout(&manifest, layout.pages_len)?;
-        return stream_image(&mut FileSink { fd, path: &cfg.image_path }, &manifest, &bytes, &header);
+        return stream_image(&mut FileSink { fd, path: &cfg.image_path }, &manifest, &bytes, &header, &memory::Copies::none());
     }
     let mut manifest = manifest;
-    write_image(&cfg.image_path, &mut manifest, layout.pages_len, tree, cfg.compress)
+    if let Some((slot, _)) = background {
+        debug!("manifest read in {} ms", sys::monotonic_ms() - t0);
+        match memory::Copies::take(&manifest.regions, &unforked, COPY_LIMIT) {
+            Ok(copies) => {
+                let mut write = || {
+                    if let Some(p) = pre {
+                        memory::check_flags(p, &skip, &manifest.regions, &pending)?;
+                    }
+                    let pages_len = memory::fill_runs(&mut manifest.regions, &pending)?;
+                    write_image(&cfg.image_path, &mut manifest, pages_len, None, cfg.compress, &copies)
+                };
+                match crate::snapshot::start(&mut write) {
+                    Ok(w) => {
+                        debug!("{} KiB copied aside; image writer {} started", copies.bytes() >> 10, w.pid());
+                        *slot = Some(w);
+                        return Ok(0);
+                    }
+                    Err(e) => debug!("cannot start an image writer (clone: {}); the image is written with the program stopped", Errno(e)),
+                }
+            }
+            Err(why) => debug!("{why}: the image is written with the program stopped"),
+        }
+    }
+    let pages_len = memory::fill_runs(&mut manifest.regions, &pending)?;
+    write_image(&cfg.image_path, &mut manifest, pages_len, tree, cfg.compress, &memory::Copies::none())
 }
 
 /// Where an image goes: a file, or a receiver on the network.
@@ -482,11 +573,11 @@ pub fn layout(m: &Manifest, pages_len: u64) -> Result<(Vec<u8>, Header), String>
 }
 
 /// Streams the whole image, front to back, into `out`; returns its length.
-pub fn stream_image(out: &mut dyn Sink, m: &Manifest, manifest: &[u8], header: &Header) -> Result<u64, String> {
+pub fn stream_image(out: &mut dyn Sink, m: &Manifest, manifest: &[u8], header: &Header, copies: &memory::Copies) -> Result<u64, String> {
     out.put(&header.to_bytes())?;
     out.put(manifest)?;
     out.put(&vec![0u8; (header.pages_off - header.manifest_off - header.manifest_len) as usize])?;
-    let run_crcs = memory::write_pages(out, &m.regions)?;
+    let run_crcs = memory::write_pages(out, &m.regions, copies)?;
     let trailer = pmig_image::encode(&Trailer { run_crcs }).map_err(|e| e.to_string())?;
     out.put(&trailer)?;
     let footer = Footer { trailer_off: header.trailer_off(), trailer_len: trailer.len() as u64, trailer_crc: crc32fast::hash(&trailer) };
@@ -505,7 +596,14 @@ pub fn stream_image(out: &mut dyn Sink, m: &Manifest, manifest: &[u8], header: &
 /// 4. the directory is synced, so the new name is durable too.
 ///
 /// A file system without `O_TMPFILE` gets `PATH.tmp.PID` from the start (step 2 named).
-fn write_image(path: &str, m: &mut Manifest, pages_len: u64, mut tree: Option<&mut crate::tree::Session>, compress: bool) -> Result<u64, String> {
+fn write_image(
+    path: &str,
+    m: &mut Manifest,
+    pages_len: u64,
+    mut tree: Option<&mut crate::tree::Session>,
+    compress: bool,
+    copies: &memory::Copies,
+) -> Result<u64, String> {
     let (dir, base) = match path.rsplit_once('/') {
         Some((d, b)) => (if d.is_empty() { "/" } else { d }, b),
         None => (".", path),
@@ -541,7 +639,7 @@ fn write_image(path: &str, m: &mut Manifest, pages_len: u64, mut tree: Option<&m
                 m.tree = t.dump_members(plain)?;
             }
             let (bytes, header) = layout(m, pages_len)?;
-            stream_image(&mut FileSink { fd: plain, path: if named { &tmp } else { path } }, m, &bytes, &header)
+            stream_image(&mut FileSink { fd: plain, path: if named { &tmp } else { path } }, m, &bytes, &header, copies)
         })();
         let total = if compress {
             let packed = made.and_then(|total| {

@@ -25,6 +25,9 @@ pub struct Config {
     pub compress: bool,
     /// The hosts share a file system: offer no files to carry.
     pub shared_fs: bool,
+    /// Write a checkpoint the program survives in the background (`snapshot`); off with
+    /// `PMIG_BACKGROUND=0`.
+    pub background: bool,
     /// The pid of the process `pmig-run` started: the root of the tree, which the checkpoint
     /// signal checkpoints whole. Other processes of the tree take part when it asks them.
     pub root_pid: i32,
@@ -82,5 +85,6 @@ pub fn from_env() -> Option<Config> {
     };
     let compress = std::env::var("PMIG_COMPRESS").map(|v| v == "1").unwrap_or(false);
     let shared_fs = std::env::var("PMIG_SHARED_FS").map(|v| v == "1").unwrap_or(false);
-    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported, to, token, compress, shared_fs, root_pid })
+    let background = std::env::var("PMIG_BACKGROUND").map(|v| v != "0").unwrap_or(true);
+    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported, to, token, compress, shared_fs, background, root_pid })
 }

@@ -25,6 +25,7 @@ pub mod process;
 pub mod restart;
 pub mod restore;
 pub mod signal;
+pub mod snapshot;
 pub mod sys;
 pub mod sysv;
 pub mod thread;
@@ -65,6 +66,7 @@ fn find_rseq() {
 extern "C" fn after_fork_in_child() {
     pid::after_fork_in_child();
     exec::after_fork_in_child();
+    snapshot::after_fork_in_child();
     process::MLOCKALL.store(0, Relaxed);
     // (A new mm has no membarrier registration; rseq's passes to the forking thread's copy.)
     process::MEMBARRIER.store(0, Relaxed);
@@ -125,3 +127,15 @@ extern "C" fn init() {
 #[used]
 #[link_section = ".init_array"]
 static INIT: extern "C" fn() = init;
+
+/// At `exit` (and a return from `main`): a checkpoint still being written in the background
+/// is finished first, as it would be if the program had been stopped for it.
+extern "C" fn at_exit() {
+    if sys::getpid() == config::ACTIVE_PID.load(Relaxed) {
+        snapshot::wait_at_exit();
+    }
+}
+
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = at_exit;

@@ -74,6 +74,58 @@ fn keeps_lines(fd: i32) -> bool {
         || crate::sys::fcntl(fd, libc::F_GETFL, 0).is_ok_and(|fl| fl as i32 & libc::O_APPEND != 0)
 }
 
+/// In a background checkpoint's writer (`snapshot`), which holds none of the program's fds,
+/// pmig's lines are kept in an area the checkpoint thread reads when the writer has exited:
+/// a `u32` count of bytes used, then the lines. Its address and size are kept in the arena's
+/// own words (`alloc::own_words`), not in a static: the writer writes the image from its own
+/// memory, which must stay as it was at the snapshot.
+///
+/// From now on, keeps pmig's lines (without their `pmig[PID]: ` prefix) in the `len` bytes
+/// at `addr`, which must stay mapped read/write in this process.
+pub fn capture(addr: u64, len: u64) {
+    if let Some(w) = crate::alloc::own_words() {
+        w[1].store(len, Ordering::Relaxed);
+        w[0].store(addr, Ordering::Relaxed);
+    }
+}
+
+/// The capture area (address, length), if [`capture`] set one in this process.
+fn capture_area() -> Option<(u64, u64)> {
+    let w = crate::alloc::own_words()?;
+    let addr = w[0].load(Ordering::Relaxed);
+    (addr != 0).then(|| (addr, w[1].load(Ordering::Relaxed)))
+}
+
+/// The lines kept at `addr` by [`capture`] (in another process).
+///
+/// # Safety
+/// `[addr, addr + len)` must be mapped and readable, and nobody may write it now.
+pub unsafe fn captured(addr: u64, len: u64) -> String {
+    // SAFETY: the caller guarantees the area; the count is clamped to it.
+    let used = unsafe { core::ptr::read_unaligned(addr as *const u32) } as u64;
+    let n = used.min(len.saturating_sub(4)) as usize;
+    // SAFETY: as above: `n` bytes after the count lie inside the area.
+    String::from_utf8_lossy(unsafe { core::slice::from_raw_parts((addr + 4) as *const u8, n) }).into_owned()
+}
+
+/// Adds `msg` and a newline to the capture area; false when none is set.
+fn capture_line(msg: &[u8]) -> bool {
+    let Some((addr, len)) = capture_area() else { return false };
+    let room = len.saturating_sub(4);
+    // SAFETY: `capture`'s caller keeps the area mapped; only this (single-threaded) writer
+    // process writes it.
+    unsafe {
+        let used = core::ptr::read_unaligned(addr as *const u32) as u64;
+        if used + (msg.len() as u64) < room {
+            let at = (addr + 4 + used) as *mut u8;
+            core::ptr::copy_nonoverlapping(msg.as_ptr(), at, msg.len());
+            *at.add(msg.len()) = b'\n';
+            core::ptr::write_unaligned(addr as *mut u32, (used + msg.len() as u64 + 1) as u32);
+        }
+    }
+    true
+}
+
 /// Writes `line` where pmig's lines go (see the module banner).
 fn write_line(line: &[u8]) {
     let held = HELD.load(Ordering::Relaxed);
@@ -101,6 +153,12 @@ fn write_line(line: &[u8]) {
 
 /// Writes one line `pmig[pid]: <msg>` where pmig's lines go (see the module banner).
 pub fn emit(args: fmt::Arguments<'_>) {
+    if capture_area().is_some() {
+        let mut b = StackBuf::new();
+        let _ = b.write_fmt(args);
+        capture_line(b.as_bytes());
+        return;
+    }
     let mut b = StackBuf::new();
     let _ = write!(b, "pmig[{}]: ", crate::sys::getpid());
     let _ = b.write_fmt(args);

@@ -2,7 +2,9 @@
 //! those pages to the image.
 //!
 //! Runs in the checkpoint thread with every other thread parked, allocating only from the
-//! arena. The truth comes from `/proc/self/maps` and `/proc/self/pagemap`: a page is saved
+//! arena, or in a background checkpoint's writer (`snapshot`: a copy of that process, under
+//! the same rules), which finds the populated pages of its copy ([`fill_runs`]) and writes
+//! them. The truth comes from `/proc/self/maps` and `/proc/self/pagemap`: a page is saved
 //! when it is present or swapped, except pages of private file mappings still shared with the
 //! page cache (pagemap bit 61), which come back from the file, and shared file mappings, whose
 //! file holds them.
@@ -110,21 +112,34 @@ pub struct Layout {
     pub objects: Vec<ObjectState>,
     pub vdso: VdsoState,
     pub pages_len: u64,
+    /// Regions whose populated pages are still to be found in the pagemap ([`fill_runs`]):
+    /// `(index in regions, whether a private file mapping)`. Empty unless asked for.
+    pub pending: Vec<(usize, bool)>,
 }
 
-/// Reads the address space. `skip` are ranges that are pmig's own and never saved.
-/// The regions outside `skip` with flags a program sets (smaps `VmFlags`).
-pub fn advice(skip: &[(u64, u64)]) -> Vec<pmig_image::RegionAdvice> {
+/// What `/proc/self/smaps` says outside `skip`: every mapping's range, and the flags of those
+/// that have any a program sets.
+#[derive(Default)]
+pub struct Flags {
+    pub ranges: Vec<(u64, u64)>,
+    pub advice: Vec<pmig_image::RegionAdvice>,
+}
+
+/// Reads [`Flags`] (smaps walks the page tables for its counts: ~13 ms per GiB here).
+pub fn flags(skip: &[(u64, u64)]) -> Flags {
     let text = sys::read_file_vec(b"/proc/self/smaps\0").unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
-    let mut out = Vec::new();
+    let mut out = Flags::default();
     let mut range: Option<(u64, u64)> = None;
     for line in text.lines() {
         if let Some(v) = line.strip_prefix("VmFlags:") {
             let flags = pmig_image::RegionAdvice::parse_vmflags(v);
             if let Some((start, end)) = range.take() {
-                if flags != 0 && !skip.iter().any(|&(a, b)| start < b && a < end) {
-                    out.push(pmig_image::RegionAdvice { start, end, flags });
+                if !skip.iter().any(|&(a, b)| start < b && a < end) {
+                    out.ranges.push((start, end));
+                    if flags != 0 {
+                        out.advice.push(pmig_image::RegionAdvice { start, end, flags });
+                    }
                 }
             }
         } else if let Some((a, rest)) = line.split_once('-') {
@@ -137,6 +152,38 @@ pub fn advice(skip: &[(u64, u64)]) -> Vec<pmig_image::RegionAdvice> {
         }
     }
     out
+}
+
+/// The regions outside `skip` with flags a program sets (smaps `VmFlags`).
+pub fn advice(skip: &[(u64, u64)]) -> Vec<pmig_image::RegionAdvice> {
+    flags(skip).advice
+}
+
+/// Every mapping's range outside `skip`, from `/proc/self/maps` (no page-table walk).
+pub fn map_ranges(skip: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, i32> {
+    let text = sys::read_file_vec(b"/proc/self/maps\0")?;
+    let text = String::from_utf8_lossy(&text);
+    Ok(parse_maps(&text).iter().map(|m| (m.start, m.end)).filter(|&(s, e)| !skip.iter().any(|&(a, b)| s < b && a < e)).collect())
+}
+
+/// In a snapshot writer: checks that its mappings are what `before` (smaps read by the
+/// parent before it stopped the threads) says they were — the same flags but for `mlock`'s,
+/// which a fork does not copy — and that every region whose pages it is to find
+/// (`pending`) is there. A program that changed them in between (`madvise`, `mlock`)
+/// fails the checkpoint instead of leaving a region out of the image.
+pub fn check_flags(before: &Flags, skip: &[(u64, u64)], regions: &[RegionState], pending: &[(usize, bool)]) -> Result<(), String> {
+    use pmig_image::{ADVICE_DONTFORK, ADVICE_LOCKED, ADVICE_LOCKONFAULT};
+    let now = flags(skip);
+    let key = |a: &pmig_image::RegionAdvice| (a.start, a.end, a.flags & !(ADVICE_LOCKED | ADVICE_LOCKONFAULT));
+    let mut was: Vec<_> = before.advice.iter().filter(|a| a.flags & ADVICE_DONTFORK == 0).map(key).filter(|k| k.2 != 0).collect();
+    let mut is: Vec<_> = now.advice.iter().map(key).filter(|k| k.2 != 0).collect();
+    was.sort_unstable();
+    is.sort_unstable();
+    let missing = pending.iter().map(|&(i, _)| &regions[i]).find(|r| !now.ranges.iter().any(|&(a, b)| a <= r.start && r.end <= b));
+    if was != is || missing.is_some() {
+        return Err("the program changed its mappings' flags (madvise, mlock) as the checkpoint began; try again".into());
+    }
+    Ok(())
 }
 
 /// Gives regions their flags back (after the engine mapped them): advice, locks. What
@@ -174,14 +221,48 @@ pub fn restore_advice(advice: &[pmig_image::RegionAdvice]) {
     }
 }
 
-pub fn collect(skip: &[(u64, u64)]) -> Result<Layout, String> {
+/// `defer`: leave the pagemap scan of private regions to [`fill_runs`] (a snapshot child does
+/// it in its copy of the address space), except in the ranges `defer` lists (which a child
+/// would not see as they are: `MADV_DONTFORK`, `MADV_WIPEONFORK`).
+pub fn collect(skip: &[(u64, u64)], defer: Option<&[(u64, u64)]>) -> Result<Layout, String> {
     let text = sys::read_file_vec(b"/proc/self/maps\0").map_err(|e| format!("cannot read /proc/self/maps: {}", Errno(e)))?;
     let text = String::from_utf8_lossy(&text).into_owned();
     let pagemap = sys::openat(libc::AT_FDCWD, b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
         .map_err(|e| format!("cannot open /proc/self/pagemap: {}", Errno(e)))? as i32;
-    let r = collect_from(&parse_maps(&text), skip, pagemap, &held_deleted());
+    let r = collect_from(&parse_maps(&text), skip, pagemap, &held_deleted(), defer);
     let _ = sys::close(pagemap);
     r
+}
+
+/// Finds the populated pages of the regions [`collect`] left pending (`pending`, reading this
+/// process's pagemap), then numbers every run's place in the page data again, in region
+/// order; returns the length of the page data.
+pub fn fill_runs(regions: &mut [RegionState], pending: &[(usize, bool)]) -> Result<u64, String> {
+    if !pending.is_empty() {
+        let pagemap = sys::openat(libc::AT_FDCWD, b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+            .map_err(|e| format!("cannot open /proc/self/pagemap: {}", Errno(e)))? as i32;
+        let mut entries = vec![0u64; 64 * 1024];
+        let mut scratch = 0u64;
+        let mut r = Ok(());
+        for &(i, file_private) in pending {
+            let reg = &mut regions[i];
+            match populated_runs(reg.start, reg.end, file_private, pagemap, &mut entries, &mut scratch) {
+                Ok(runs) => reg.runs = runs,
+                Err(e) => {
+                    r = Err(format!("cannot read pagemap: {}", Errno(e)));
+                    break;
+                }
+            }
+        }
+        let _ = sys::close(pagemap);
+        r?;
+    }
+    let mut off = 0u64;
+    for run in regions.iter_mut().flat_map(|r| r.runs.iter_mut()) {
+        run.data_off = off;
+        off += run.len;
+    }
+    Ok(off)
 }
 
 /// The inodes of deleted files and memfds the process holds open (their content is saved
@@ -198,8 +279,10 @@ fn held_deleted() -> Vec<u64> {
     out
 }
 
-/// `held`: the inodes of deleted files the process holds open (see `held_deleted`).
-fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32, held: &[u64]) -> Result<Layout, String> {
+/// `defer`: see [`collect`].
+fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32, held: &[u64], defer: Option<&[(u64, u64)]>) -> Result<Layout, String> {
+    let deferred = |m: &MapLine| defer.is_some_and(|eager| !eager.iter().any(|&(a, b)| m.start < b && a < m.end));
+    let mut pending = Vec::new();
     let mut regions = Vec::new();
     let mut objects: Vec<ObjectState> = Vec::new();
     let mut vdso = VdsoState::default();
@@ -242,8 +325,13 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32, held: &[u64
                 // again (from the fd's saved content) and mapped privately, with the pages the
                 // process changed on top: still tied to the file, as before.
                 let object = object_of(&mut objects, m, p);
-                let runs = populated_runs(m.start, m.end, true, pagemap, &mut entries, &mut data_off)
-                    .map_err(|e| format!("cannot read pagemap: {}", Errno(e)))?;
+                let runs = if deferred(m) {
+                    pending.push((regions.len(), true));
+                    Vec::new()
+                } else {
+                    populated_runs(m.start, m.end, true, pagemap, &mut entries, &mut data_off)
+                        .map_err(|e| format!("cannot read pagemap: {}", Errno(e)))?
+                };
                 let kind = RegionKind::SharedObject { object: object as u32, offset: m.offset };
                 regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: false, kind, runs });
                 continue;
@@ -273,13 +361,16 @@ fn collect_from(maps: &[MapLine], skip: &[(u64, u64)], pagemap: i32, held: &[u64
         let is_file = matches!(kind, RegionKind::File { .. });
         let runs = if is_file && m.shared {
             Vec::new()
+        } else if deferred(m) {
+            pending.push((regions.len(), is_file));
+            Vec::new()
         } else {
             populated_runs(m.start, m.end, is_file, pagemap, &mut entries, &mut data_off)
                 .map_err(|e| format!("cannot read pagemap: {}", Errno(e)))?
         };
         regions.push(RegionState { start: m.start, end: m.end, prot: m.prot, shared: m.shared, kind, runs });
     }
-    Ok(Layout { regions, objects, vdso, pages_len: data_off })
+    Ok(Layout { regions, objects, vdso, pages_len: data_off, pending })
 }
 
 /// The index of the object (a deleted file's or memfd's inode) mapping `m` of `path` maps,
@@ -417,10 +508,85 @@ fn populated_runs(
     Ok(runs)
 }
 
+/// Page runs copied aside while the other threads are parked, for a snapshot child that would
+/// not see them as they were: pages of `MAP_SHARED` memory (the program goes on changing
+/// them, and the child's mapping is the same memory), of `MADV_DONTFORK` regions (absent in
+/// the child) and of `MADV_WIPEONFORK` ones (zeros there). Kept in the arena, which the
+/// child inherits as a private copy.
+#[derive(Default)]
+pub struct Copies {
+    /// `(address, length, offset in buf)`, sorted by address.
+    runs: Vec<(u64, u64, usize)>,
+    buf: Vec<u8>,
+}
+
+impl Copies {
+    /// Nothing copied: every page is read where it is.
+    pub fn none() -> Copies {
+        Copies::default()
+    }
+
+    /// Copies the runs of every region that is shared or meets one of `ranges`. Fails (and
+    /// copies nothing) when they come to more than `limit` bytes.
+    pub fn take(regions: &[RegionState], ranges: &[(u64, u64)], limit: u64) -> Result<Copies, String> {
+        let wanted = |r: &&RegionState| r.shared || ranges.iter().any(|&(a, b)| r.start < b && a < r.end);
+        let total: u64 = regions.iter().filter(wanted).flat_map(|r| r.runs.iter()).map(|run| run.len).sum();
+        if total > limit {
+            return Err(format!("{} MiB of shared or fork-excluded memory to copy aside (more than {} MiB)", total >> 20, limit >> 20));
+        }
+        let mut c = Copies { runs: Vec::new(), buf: Vec::with_capacity(total as usize) };
+        let mut mem = -1;
+        let r = (|| {
+            for r in regions.iter().filter(wanted) {
+                for run in &r.runs {
+                    let at = c.buf.len();
+                    if r.prot & 1 != 0 {
+                        // SAFETY: the run lies in a readable mapping of this process that
+                        // nothing unmaps while the other threads are parked.
+                        c.buf.extend_from_slice(unsafe { core::slice::from_raw_parts(run.addr as *const u8, run.len as usize) });
+                    } else {
+                        if mem < 0 {
+                            mem = sys::openat(libc::AT_FDCWD, b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+                                .map_err(|e| format!("cannot open /proc/self/mem: {}", Errno(e)))? as i32;
+                        }
+                        c.buf.resize(at + run.len as usize, 0);
+                        let got = sys::pread(mem, &mut c.buf[at..], run.addr)
+                            .map_err(|e| format!("cannot read memory at {:#x} through /proc/self/mem: {}", run.addr, Errno(e)))?;
+                        if got != run.len {
+                            return Err(format!("short read of memory at {:#x}", run.addr));
+                        }
+                    }
+                    c.runs.push((run.addr, run.len, at));
+                }
+            }
+            Ok(())
+        })();
+        if mem >= 0 {
+            let _ = sys::close(mem);
+        }
+        r?;
+        c.runs.sort_unstable_by_key(|r| r.0);
+        Ok(c)
+    }
+
+    /// Bytes copied aside.
+    pub fn bytes(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
+    /// The copy of the run at `addr` of `len` bytes, if one was taken.
+    fn find(&self, addr: u64, len: u64) -> Option<&[u8]> {
+        let i = self.runs.binary_search_by_key(&addr, |r| r.0).ok()?;
+        let (_, l, at) = self.runs[i];
+        (l == len).then(|| &self.buf[at..at + l as usize])
+    }
+}
+
 /// Writes every run's pages to `fd` through a bounce buffer (so the checksum covers exactly
 /// the bytes written, even for the checkpoint thread's own stack), returning a crc per run.
-/// Unreadable regions are read through `/proc/self/mem`.
-pub fn write_pages(out: &mut dyn crate::checkpoint::Sink, regions: &[RegionState]) -> Result<Vec<u32>, String> {
+/// Runs in `copies` are written from there; unreadable regions are read through
+/// `/proc/self/mem`.
+pub fn write_pages(out: &mut dyn crate::checkpoint::Sink, regions: &[RegionState], copies: &Copies) -> Result<Vec<u32>, String> {
     let mut crcs = Vec::new();
     let mut buf = vec![0u8; 4 << 20];
     let mem = sys::openat(libc::AT_FDCWD, b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
@@ -429,6 +595,11 @@ pub fn write_pages(out: &mut dyn crate::checkpoint::Sink, regions: &[RegionState
         for r in regions {
             let readable = r.prot & 1 != 0;
             for run in &r.runs {
+                if let Some(copy) = copies.find(run.addr, run.len) {
+                    crcs.push(crc32fast::hash(copy));
+                    out.put(copy)?;
+                    continue;
+                }
                 let mut h = crc32fast::Hasher::new();
                 let mut done = 0u64;
                 while done < run.len {
@@ -436,7 +607,8 @@ pub fn write_pages(out: &mut dyn crate::checkpoint::Sink, regions: &[RegionState
                     let src = run.addr + done;
                     if readable {
                         // SAFETY: [src, src+n) lies in a readable mapping of this process that
-                        // nothing unmaps while the other threads are parked.
+                        // nothing unmaps while the other threads are parked (or, in a
+                        // snapshot child, that nothing else uses).
                         unsafe { core::ptr::copy_nonoverlapping(src as *const u8, buf.as_mut_ptr(), n) };
                     } else {
                         let got = sys::pread(mem, &mut buf[..n], src).map_err(|e| {
@@ -526,6 +698,69 @@ mod tests {
         assert_eq!((runs[0].addr, runs[0].len, runs[0].data_off), (a + 3 * PAGE, 2 * PAGE, 0));
         assert_eq!((runs[1].addr, runs[1].len, runs[1].data_off), (a + 10 * PAGE, PAGE, 2 * PAGE));
         assert_eq!(off, 3 * PAGE);
+        // SAFETY: the mapping is ours and unused now.
+        unsafe { sys::munmap(a, len).unwrap() };
+    }
+
+    /// A sink that keeps what it is given.
+    struct Keep(Vec<u8>);
+
+    impl crate::checkpoint::Sink for Keep {
+        fn put(&mut self, bytes: &[u8]) -> Result<(), String> {
+            self.0.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn copies_taken_aside_are_what_is_written() {
+        let len = 4 * PAGE;
+        let a = sys::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0).unwrap();
+        // SAFETY: inside the mapping just made.
+        unsafe { core::ptr::write_bytes(a as *mut u8, 7, len as usize) };
+        let run = PageRun { addr: a + PAGE, len: 2 * PAGE, data_off: 0 };
+        let region = RegionState { start: a, end: a + len, prot: 3, shared: true, kind: RegionKind::Anon, runs: vec![run] };
+        let regions = [region];
+        let copies = Copies::take(&regions, &[], 1 << 20).unwrap();
+        assert_eq!(copies.bytes(), 2 * PAGE);
+        assert!(Copies::take(&regions, &[], PAGE).is_err(), "over the limit");
+        // The memory changes after the copy: the image has the copy.
+        // SAFETY: as above.
+        unsafe { core::ptr::write_bytes(a as *mut u8, 9, len as usize) };
+        let mut out = Keep(Vec::new());
+        let crcs = write_pages(&mut out, &regions, &copies).unwrap();
+        assert_eq!(out.0, vec![7u8; 2 * PAGE as usize]);
+        assert_eq!(crcs, vec![crc32fast::hash(&out.0)]);
+        let mut live = Keep(Vec::new());
+        write_pages(&mut live, &regions, &Copies::none()).unwrap();
+        assert_eq!(live.0, vec![9u8; 2 * PAGE as usize]);
+        // SAFETY: the mapping is ours and unused now.
+        unsafe { sys::munmap(a, len).unwrap() };
+    }
+
+    #[test]
+    fn pending_regions_are_scanned_and_runs_numbered_in_order() {
+        let len = 8 * PAGE;
+        let a = sys::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0).unwrap();
+        for p in [1u64, 5] {
+            // SAFETY: inside the mapping just made.
+            unsafe { *((a + p * PAGE) as *mut u8) = 1 };
+        }
+        let first = RegionState {
+            start: 0x1000,
+            end: 0x3000,
+            prot: 3,
+            shared: false,
+            kind: RegionKind::Anon,
+            runs: vec![PageRun { addr: 0x1000, len: 2 * PAGE, data_off: 99 }],
+        };
+        let second = RegionState { start: a, end: a + len, prot: 3, shared: false, kind: RegionKind::Anon, runs: Vec::new() };
+        let mut regions = [first, second];
+        let total = fill_runs(&mut regions, &[(1, false)]).unwrap();
+        assert_eq!(total, 4 * PAGE);
+        assert_eq!(regions[0].runs[0].data_off, 0);
+        let got: Vec<(u64, u64, u64)> = regions[1].runs.iter().map(|r| (r.addr, r.len, r.data_off)).collect();
+        assert_eq!(got, vec![(a + PAGE, PAGE, 2 * PAGE), (a + 5 * PAGE, PAGE, 3 * PAGE)]);
         // SAFETY: the mapping is ours and unused now.
         unsafe { sys::munmap(a, len).unwrap() };
     }

@@ -173,7 +173,8 @@ pub fn descendants() -> Vec<Found> {
             for t in tids {
                 let Ok(text) = sys::read_file_vec(&sys::cstr(&format!("/proc/{p}/task/{t}/children"))) else { continue };
                 for c in String::from_utf8_lossy(&text).split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
-                    if out.iter().any(|f| f.pid == c) {
+                    // pmig's own image writer (a background checkpoint) is not the program's.
+                    if out.iter().any(|f| f.pid == c) || c == crate::snapshot::writer_pid() {
                         continue;
                     }
                     if let Some(f) = stat_of(c) {
@@ -204,7 +205,7 @@ fn left_the_tree(root: i32, known: &[Found]) -> Vec<Found> {
     let _ = sys::for_each_numbered_entry(b"/proc\0", |p, _| pids.push(p));
     let mut out = Vec::new();
     for p in pids {
-        if p == root || known.iter().any(|f| f.pid == p) {
+        if p == root || known.iter().any(|f| f.pid == p) || p == crate::snapshot::writer_pid() {
             continue;
         }
         // Readable only for processes of this user (or by root): others are not the tree's.

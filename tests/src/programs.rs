@@ -60,6 +60,12 @@ pub const LAZY: &str = env!("PMIG_TEST_PROG_LAZY");
 /// when the `[vdso]` is no longer where it was at start.
 pub const VDSO: &str = env!("PMIG_TEST_PROG_VDSO");
 
+/// `snapshot MIB IMAGE`: changes a MIB MiB buffer, a `MADV_DONTFORK`, a `MADV_WIPEONFORK`
+/// and a `MAP_SHARED` region every iteration, without steps: prints `ready`, `tick C`,
+/// `image C GAP_US` when a new IMAGE appears, and `restored C ok` after checking its whole
+/// state once restored.
+pub const SNAPSHOT: &str = env!("PMIG_TEST_PROG_SNAPSHOT");
+
 /// `badptr STEPS`: wrapped calls given bad pointers must fail with EFAULT.
 pub const BADPTR: &str = env!("PMIG_TEST_PROG_BADPTR");
 
