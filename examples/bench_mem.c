@@ -1,7 +1,8 @@
 /* Benchmark subject: touches N MiB of heap, then prints a tick every 2 ms.
  * Used by examples/bench.sh to time checkpoint and restore.
- *   bench_mem MIB [zeros|random] [IMAGE]
+ *   bench_mem MIB [zeros|text|random] [IMAGE]
  *     zeros (default): one byte written per page, the rest zero (compresses well);
+ *     text: words of English-like text (as a program's strings and logs are);
  *     random: every byte random.
  *     With IMAGE: instead of ticking, writes one page after the other without a break,
  *     and when a new IMAGE appears prints "pause US": the longest time between two of its
@@ -27,6 +28,18 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < (mib << 20); i += 8) {
             x ^= x << 13; x ^= x >> 7; x ^= x << 17;
             memcpy(p + i, &x, 8);
+        }
+    } else if (argc > 2 && strcmp(argv[2], "text") == 0) {
+        static const char *words[] = {"the", "process", "memory", "of", "a", "checkpoint", "and", "restore",
+                                      "page", "to", "in", "file", "is", "thread", "signal", "with", "for",
+                                      "kernel", "image", "on", "that", "it", "time", "program"};
+        unsigned long long x = 88172645463325252ULL;
+        size_t i = 0, n = mib << 20;
+        while (i < n) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            const char *w = words[x % (sizeof words / sizeof *words)];
+            for (; *w && i < n; w++) p[i++] = *w;
+            if (i < n) p[i++] = (x >> 20) % 11 == 0 ? '\n' : ' ';
         }
     } else {
         for (size_t i = 0; i < (mib << 20); i += 4096) p[i] = (char)i;
