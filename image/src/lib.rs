@@ -25,7 +25,7 @@ pub mod wire;
 
 pub use inspect::describe;
 pub use manifest::*;
-pub use read::{verify, verify_bytes, verify_file, verify_file_pages, Pages, ReadSeek, VerifiedImage, VerifiedMember};
+pub use read::{verify, verify_bytes, verify_file, verify_file_pages, verify_with, Pages, ReadSeek, VerifiedImage, VerifiedMember};
 
 /// First 8 bytes of every image.
 pub const MAGIC: [u8; 8] = *b"PMIGIMG\0";

@@ -90,7 +90,8 @@ pub fn verify(f: &mut impl ReadSeek, file_len: u64) -> Result<VerifiedImage, Ima
     verify_with(f, file_len, Pages::All)
 }
 
-fn verify_with(f: &mut impl ReadSeek, file_len: u64, pages: Pages) -> Result<VerifiedImage, ImageError> {
+/// [`verify`], reading only the page data `pages` says.
+pub fn verify_with(f: &mut impl ReadSeek, file_len: u64, pages: Pages) -> Result<VerifiedImage, ImageError> {
     let mut f = f;
     if file_len == 0 {
         return Err(ImageError::Truncated("the file is empty".into()));

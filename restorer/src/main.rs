@@ -175,7 +175,7 @@ fn main() {
         let r = receive::Receiver { token: Vec::new(), as_owner: false, root: root.clone(), check_uid: false, ready: make_ready };
         let result = r.receive(&mut receive::Stdio).and_then(|(s, img)| {
             detach(&img, log.as_deref())?;
-            restore(&s.path, &img, false, ids, false).map(|_| drop(s.file))
+            restore(&s.path, &img, false, ids, false, None).map(|_| drop(s.file))
         });
         if let Err(e) = result {
             fail(&format!("{e:#}"));
@@ -199,7 +199,7 @@ fn main() {
         let path = PathBuf::from(format!("/proc/self/fd/{fd}"));
         let result = verify_file(&path).context("the received image").and_then(|mut img| {
             make_ready(&mut img, root.as_deref())?;
-            restore(&path, &img, as_owner, ids, false)
+            restore(&path, &img, as_owner, ids, false, None)
         });
         if let Err(e) = result {
             fail(&format!("{e:#}"));
@@ -222,33 +222,41 @@ fn main() {
             exit(2)
         }
         (None, Some(i)) if i == "-" => receive::from_stdin()
-            .and_then(|s| Ok(receive::unpack_file(&s.path)?.unwrap_or(s)))
+            .and_then(|s| Ok(receive::unpack_file(&s.path, false)?.map_or(s, |(u, _)| u)))
             .and_then(|s| {
                 let img = verify_file(&s.path).context("cannot use this image")?;
                 if inspect {
                     return print_inspect(&img);
                 }
                 check_addresses(&img, allow_unbound)?;
-                restore(&s.path, &img, false, ids, false).map(|_| drop(s.file))
+                restore(&s.path, &img, false, ids, false, None).map(|_| drop(s.file))
             })
             .with_context(|| "standard input".to_string()),
         (None, Some(i)) => (|| {
-            // A packed image is unpacked into memory first (kept open until the restore is done).
-            let unpacked = receive::unpack_file(Path::new(&i)).context("cannot use this image")?;
-            let path = unpacked.as_ref().map_or_else(|| PathBuf::from(&i), |s| s.path.clone());
             // A lazy restore checks the pages it leaves to the pager as they come in.
             // SAFETY: geteuid has no preconditions.
             let lazy = !eager && !inspect && ids != ns::Ids::Virtual && unsafe { libc::geteuid() } == 0;
             let pages = if lazy { pmig_image::Pages::NotLazy } else { pmig_image::Pages::All };
-            let img = verify_file_pages(&path, pages).context("cannot use this image")?;
+            // A packed image is unpacked into memory (kept open until the restore is done):
+            // for a lazy restore, only what the checks and the engine read now.
+            let unpacked = receive::unpack_file(Path::new(&i), lazy).context("cannot use this image")?;
+            let path = unpacked.as_ref().map_or_else(|| PathBuf::from(&i), |(s, _)| s.path.clone());
+            let img = match &unpacked {
+                Some((s, p)) => pmig_image::verify_with(&mut p.reader(&s.file), p.len, pages),
+                None => verify_file_pages(&path, pages),
+            }
+            .context("cannot use this image")?;
             if inspect {
                 return print_inspect(&img);
             }
             check_addresses(&img, allow_unbound)?;
-            restore(&path, &img, false, ids, lazy).map(|r| {
-                drop(unpacked);
-                r
-            })
+            let packed = match &unpacked {
+                Some((s, p)) => Some((s.file.try_clone().context("cannot reopen the unpacked image")?, p)),
+                None => None,
+            };
+            let r = restore(&path, &img, false, ids, lazy, packed);
+            drop(unpacked);
+            r
         })()
         .with_context(|| i.clone()),
     };
@@ -369,7 +377,7 @@ fn print_inspect(img: &VerifiedImage) -> Result<()> {
 /// Checks the host, writes the plan and execs the engine: returns only on failure.
 /// Sets up the pager of a lazy restore: its socket pair and its view of the image. `None`
 /// (every page is read in at once) where userfaultfd cannot serve it, said with `PMIG_DEBUG`.
-fn start_pager(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Option<(std::thread::JoinHandle<()>, i32)>> {
+fn start_pager(image: &Path, img: &VerifiedImage, debug: bool, packed: Option<&(std::fs::File, &receive::Packed)>) -> Result<Option<(std::thread::JoinHandle<()>, i32)>> {
     if let Err(why) = pager::available() {
         if debug {
             say!("pmig-resume: every page is read in before the program runs: no lazy restore here ({why})");
@@ -383,12 +391,18 @@ fn start_pager(image: &Path, img: &VerifiedImage, debug: bool) -> Result<Option<
     }
     // SAFETY: the pager's end, just made, owned from here.
     let mine = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sv[0]) };
-    Ok(Some((pager::Pager::new(image, img, mine, debug)?.start()?, sv[1])))
+    let packed = match packed {
+        Some((f, p)) => Some((f.try_clone().context("cannot reopen the unpacked image")?, p.share())),
+        None => None,
+    };
+    Ok(Some((pager::Pager::new(image, img, mine, debug, packed)?.start()?, sv[1])))
 }
 
 /// `lazy`: private anonymous memory comes in on first touch (from a local image file, with
 /// exact ids, where userfaultfd allows), else every page is read in before the program runs.
-fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids, lazy: bool) -> Result<()> {
+/// `packed`: the memfd of a packed image unpacked only in part (lazy), and what unpacks the
+/// rest.
+fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids, lazy: bool, packed: Option<(std::fs::File, &receive::Packed)>) -> Result<()> {
     check_host(img)?;
     for m in &img.members {
         if let Some(p) = &m.image {
@@ -403,7 +417,7 @@ fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids, lazy
     let p = &img.manifest.process;
     // As root only (a user namespace cannot be entered by a process with threads, and
     // userfaultfd's fork events need root's CAP_SYS_PTRACE anyway).
-    let pager = if lazy && me == 0 && ids != ns::Ids::Virtual { start_pager(image, img, debug)? } else { None };
+    let pager = if lazy && me == 0 && ids != ns::Ids::Virtual { start_pager(image, img, debug, packed.as_ref())? } else { None };
     let exact = match ids {
         ns::Ids::Virtual if tree => bail!("the image holds a tree of {} processes, which needs exact ids (not --ids virtual)", img.members.len() + 1),
         ns::Ids::Virtual => false,
@@ -418,9 +432,13 @@ fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids, lazy
         },
     };
     if lazy && (pager.is_none() || !exact) {
-        // Its lazy pages were left unchecked for a pager that does not run: checked now.
+        // Its lazy pages were left unchecked (and, packed, unpacked) for a pager that does
+        // not run: unpacked and checked now.
         if debug {
             say!("pmig-resume: every page is read in before the program runs (a lazy restore needs exact ids, as root, and userfaultfd)");
+        }
+        if let Some((f, p)) = &packed {
+            p.finish(f)?;
         }
         verify_file(image).context("cannot use this image")?;
     }

@@ -109,6 +109,8 @@ pub struct Pager {
     debug: bool,
     /// `PMIG_PAGER_TRACE` set: every userfaultfd message is logged.
     trace: bool,
+    /// A packed image's memfd and its unpacking (see [`Pager::new`]).
+    packed: Option<(std::fs::File, crate::receive::Packed)>,
     copied: u64,
 }
 
@@ -137,11 +139,15 @@ pub fn available() -> std::result::Result<(), String> {
 impl Pager {
     /// Maps the image and gathers the lazy runs of every process of `img`; `sock` is the
     /// pager's end of the socket pair the engines have the other end of.
-    pub fn new(image: &Path, img: &VerifiedImage, sock: OwnedFd, debug: bool) -> Result<Pager> {
+    /// `packed`: the memfd `image` names holds a packed image unpacked only in part, and
+    /// what unpacks the rest (each run is unpacked before it is read).
+    pub fn new(image: &Path, img: &VerifiedImage, sock: OwnedFd, debug: bool, packed: Option<(std::fs::File, crate::receive::Packed)>) -> Result<Pager> {
         let f = std::fs::File::open(image).context("cannot reopen the image for the pager")?;
         let map_len = f.metadata()?.len();
-        // SAFETY: a fresh read-only private mapping of a file we opened; checked below.
-        let map = unsafe { libc::mmap(std::ptr::null_mut(), map_len as usize, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+        // SAFETY: a fresh read-only mapping of a file we opened; checked below. Shared: a
+        // packed image's memfd is filled in while the pager runs, and it reads what was
+        // written (a private mapping could keep a zero page it read from a hole).
+        let map = unsafe { libc::mmap(std::ptr::null_mut(), map_len as usize, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
         if map == libc::MAP_FAILED {
             bail!("cannot map the image for the pager: {}", std::io::Error::last_os_error());
         }
@@ -165,7 +171,7 @@ impl Pager {
             sources.push(s);
         }
         let expected = sources.len();
-        Ok(Pager { sock, map: map as *const u8, map_len, sources, expected, mms: Vec::new(), debug, trace: std::env::var_os("PMIG_PAGER_TRACE").is_some(), copied: 0 })
+        Ok(Pager { sock, map: map as *const u8, map_len, sources, expected, mms: Vec::new(), debug, trace: std::env::var_os("PMIG_PAGER_TRACE").is_some(), copied: 0, packed })
     }
 
     /// Starts serving, in a thread (made before pmig-resume enters the new pid namespace:
@@ -321,6 +327,9 @@ impl Pager {
         let run = &mut self.sources[s].runs[r];
         if run.checked {
             return Ok(());
+        }
+        if let Some((f, p)) = &self.packed {
+            p.ensure(f, run.file_off, run.len).map_err(|e| format!("{e:#}"))?;
         }
         // SAFETY: inside the read-only mapping (checked against the file's length in `new`).
         let bytes = unsafe { std::slice::from_raw_parts(self.map.add(run.file_off as usize), run.len as usize) };

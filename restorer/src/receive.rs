@@ -48,9 +48,11 @@ pub fn from_stdin() -> Result<Spooled> {
     Ok(s)
 }
 
-/// A packed image (`pmig-run --compress --image`) at `path` unpacked into memory; `None` for a
-/// plain one. A damaged packed image is refused here, before anything is made.
-pub fn unpack_file(path: &std::path::Path) -> Result<Option<Spooled>> {
+/// A packed image file (`pmig-run --compress --image`) unpacked into a memfd, or `None`
+/// for a plain one. `lazy`: only the blocks a restore reads before the program runs are
+/// unpacked now (as the checks and the engine read them, through [`Packed`]); the others
+/// when the pager needs them.
+pub fn unpack_file(path: &std::path::Path, lazy: bool) -> Result<Option<(Spooled, Packed)>> {
     let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut first = [0u8; 8];
     let n = f.read(&mut first).unwrap_or(0);
@@ -59,40 +61,128 @@ pub fn unpack_file(path: &std::path::Path) -> Result<Option<Spooled>> {
     }
     drop(f);
     let t0 = std::time::Instant::now();
-    // The packed image is small next to the plain one: read whole, then its blocks are decoded
-    // by every core at once, each into its place in the memfd.
+    // The packed image is small next to the plain one: read whole, its blocks decoded into
+    // their places in the memfd.
     let packed = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let packed_len = packed.len();
     let (blocks, len) = pmig_image::packed::blocks(&packed).context("cannot unpack the image")?;
     let s = memfd()?;
     s.file.set_len(len).context("cannot size the memfd for the unpacked image")?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|sc| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                sc.spawn(|| -> Result<()> {
-                    use std::os::unix::fs::FileExt;
-                    let mut buf = vec![0u8; pmig_image::packed::BLOCK];
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(b) = blocks.get(i) else { return Ok(()) };
-                        pmig_image::packed::decode(&packed, b, &mut buf)?;
-                        s.file.write_all_at(&buf[..b.plain_len], b.plain_at)?;
-                    }
+    let done = blocks.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
+    let p = Packed { packed: packed.into(), blocks: blocks.into(), done: std::sync::Arc::new(done), len };
+    if !lazy {
+        p.finish(&s.file)?;
+        say!(
+            "pmig-resume: unpacked the image ({:.1} MiB on disk, {:.1} MiB plain) in {} ms",
+            p.packed.len() as f64 / 1048576.0,
+            len as f64 / 1048576.0,
+            t0.elapsed().as_millis()
+        );
+    }
+    Ok(Some((s, p)))
+}
+
+/// A packed image being unpacked into its memfd, block by block as parts of it are needed
+/// (shared with the pager: [`Packed::share`]).
+#[derive(Clone)]
+pub struct Packed {
+    packed: std::sync::Arc<[u8]>,
+    blocks: std::sync::Arc<[pmig_image::packed::Block]>,
+    /// Which blocks are in the memfd.
+    done: std::sync::Arc<Vec<std::sync::atomic::AtomicBool>>,
+    /// The plain image's length.
+    pub len: u64,
+}
+
+impl Packed {
+    /// Unpacks into `file` every block `[off, off + len)` of the plain image touches that is
+    /// not there yet.
+    pub fn ensure(&self, file: &File, off: u64, len: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        use std::sync::atomic::Ordering::*;
+        let bs = pmig_image::packed::BLOCK as u64;
+        let (first, last) = ((off / bs) as usize, ((off + len.max(1) - 1) / bs) as usize);
+        let mut buf = Vec::new();
+        for i in first..=last.min(self.blocks.len().saturating_sub(1)) {
+            if self.done[i].load(Acquire) {
+                continue;
+            }
+            let b = &self.blocks[i];
+            buf.resize(pmig_image::packed::BLOCK, 0);
+            pmig_image::packed::decode(&self.packed, b, &mut buf).context("cannot unpack the image")?;
+            file.write_all_at(&buf[..b.plain_len], b.plain_at).context("cannot write the unpacked image")?;
+            self.done[i].store(true, Release);
+        }
+        Ok(())
+    }
+
+    /// The same unpacking, for another thread.
+    pub fn share(&self) -> Packed {
+        self.clone()
+    }
+
+    /// Unpacks every block not in `file` yet, on every core.
+    pub fn finish(&self, file: &File) -> Result<()> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let bs = pmig_image::packed::BLOCK as u64;
+        std::thread::scope(|sc| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    sc.spawn(|| -> Result<()> {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= self.blocks.len() {
+                                return Ok(());
+                            }
+                            self.ensure(file, i as u64 * bs, 1)?;
+                        }
+                    })
                 })
-            })
-            .collect();
-        workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("an unpacking thread failed"))))
-    })
-    .context("cannot unpack the image")?;
-    say!(
-        "pmig-resume: unpacked the image ({:.1} MiB on disk, {:.1} MiB plain) in {} ms",
-        packed_len as f64 / 1048576.0,
-        len as f64 / 1048576.0,
-        t0.elapsed().as_millis()
-    );
-    Ok(Some(s))
+                .collect();
+            workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("an unpacking thread failed"))))
+        })
+    }
+
+    /// A reader of the plain image in `file` that unpacks what it reads first.
+    pub fn reader<'a>(&'a self, file: &'a File) -> PackedReader<'a> {
+        PackedReader { packed: self, file, pos: 0 }
+    }
+}
+
+/// See [`Packed::reader`].
+pub struct PackedReader<'a> {
+    packed: &'a Packed,
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for PackedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = (buf.len() as u64).min(self.packed.len.saturating_sub(self.pos)) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.packed.ensure(self.file, self.pos, n as u64).map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        let got = self.file.read_at(&mut buf[..n], self.pos)?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl std::io::Seek for PackedReader<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let base = match to {
+            std::io::SeekFrom::Start(o) => o as i128,
+            std::io::SeekFrom::End(d) => self.packed.len as i128 + d as i128,
+            std::io::SeekFrom::Current(d) => self.pos as i128 + d as i128,
+        };
+        if base < 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        }
+        self.pos = base as u64;
+        Ok(self.pos)
+    }
 }
 
 /// How a receiver judges senders.

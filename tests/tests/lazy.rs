@@ -9,6 +9,7 @@
 //! - `eager_chain`: the same program with `--eager` (the pager is not used).
 //! - `checkpoint_while_memory_comes_in`: a checkpoint right after a lazy restore waits for the
 //!   pager, and its image holds all of the memory.
+//! - `packed_image_lazy_chain`: a packed image is unpacked as the pager needs it.
 //! - `damaged_lazy_page_stops_the_program`: a flipped byte in the lazily served memory stops
 //!   the program before it can read it, and pmig-resume exits 1 naming the damage.
 
@@ -138,4 +139,21 @@ fn checkpoint_while_memory_comes_in() {
         steps.accept(l).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
     }
     assert!(status.success() && steps.complete(), "the last resume did not run to the end:\n{}", p.describe());
+}
+
+/// A packed image (`--compress`) restores lazily too: only what the checks and the engine
+/// read is unpacked before the program runs, the rest as the pager needs it.
+#[test]
+fn packed_image_lazy_chain() {
+    if skip_unless_root("packed_image_lazy_chain") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let prog = Program::new("lazy-packed", programs::LAZY, 16, &["256"]);
+    let opts = ChainOpts { first_stop: 2, resume_steps: 2, run_args: vec!["--compress".into()], resume_env: debug_env(), ..ChainOpts::default() };
+    let report = Chain::new(&sb, &prog, opts).run();
+    for (i, err) in report.resume_stderr.iter().enumerate() {
+        assert!(err.contains("pager serves"), "resume #{}: the packed image was not restored lazily:\n{err}", i + 1);
+        assert!(!err.contains("unpacked the image"), "resume #{}: the packed image was unpacked whole first:\n{err}", i + 1);
+    }
 }

@@ -50,6 +50,9 @@ impl FdInfo {
     }
 }
 
+/// Per `(family, protocol)`: the sockets shut down in either direction, as `(inode, bits)`.
+pub type ShutdownTable = Vec<((i32, i32), Vec<(u64, u8)>)>;
+
 /// State shared by the dumps of one checkpoint.
 #[derive(Default)]
 pub struct DumpCtx {
@@ -57,7 +60,7 @@ pub struct DumpCtx {
     pub pipes_with_data: Vec<u64>,
     /// Per `(family, protocol)`: the sockets shut down in either direction (inode, bits),
     /// listed once per checkpoint (see `socket::inet_shutdowns`).
-    pub inet_shutdowns: Vec<((i32, i32), Vec<(u64, u8)>)>,
+    pub inet_shutdowns: ShutdownTable,
 }
 
 /// State shared by the restores of one restore.
