@@ -174,6 +174,53 @@ pub unsafe fn syscall6(n: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, a6: 
     ret
 }
 
+/// The CPUID words that say which instruction-set extensions this CPU offers a program (what
+/// glibc's and other libraries' ifuncs choose their code by when the program starts), in
+/// the order [`CPU_FEATURES`] indexes them: leaf 1 ECX and EDX, leaf 7.0 EBX, ECX and EDX,
+/// leaf 7.1 EAX, leaf 0x8000_0001 ECX and EDX.
+pub fn cpu_feature_words() -> [u32; 8] {
+    use core::arch::x86_64::{__cpuid, __cpuid_count};
+    // (CPUID exists on every x86-64 CPU; leaves above the maximum are not asked.)
+    let max = __cpuid(0).eax;
+    let max_ext = __cpuid(0x8000_0000).eax;
+    let l1 = __cpuid(1);
+    let (b7, c7, d7, a71) = if max >= 7 {
+        let (l7, l71) = (__cpuid_count(7, 0), __cpuid_count(7, 1));
+        (l7.ebx, l7.ecx, l7.edx, l71.eax)
+    } else {
+        (0, 0, 0, 0)
+    };
+    let (ce, de) = if max_ext >= 0x8000_0001 {
+        let e = __cpuid(0x8000_0001);
+        (e.ecx, e.edx)
+    } else {
+        (0, 0)
+    };
+    [l1.ecx, l1.edx, b7, c7, d7, a71, ce, de]
+}
+
+/// Instruction-set extensions a program may use once it has seen them: `(word of
+/// [`cpu_feature_words`], bit, name as /proc/cpuinfo spells it)`.
+pub const CPU_FEATURES: &[(usize, u32, &str)] = &[
+    (0, 0, "pni"), (0, 1, "pclmulqdq"), (0, 9, "ssse3"), (0, 12, "fma"), (0, 13, "cx16"), (0, 19, "sse4_1"),
+    (0, 20, "sse4_2"), (0, 22, "movbe"), (0, 23, "popcnt"), (0, 25, "aes"), (0, 26, "xsave"), (0, 28, "avx"),
+    (0, 29, "f16c"), (0, 30, "rdrand"), (2, 3, "bmi1"), (2, 4, "hle"), (2, 5, "avx2"), (2, 8, "bmi2"),
+    (2, 9, "erms"), (2, 11, "rtm"), (2, 16, "avx512f"), (2, 17, "avx512dq"), (2, 18, "rdseed"), (2, 19, "adx"),
+    (2, 21, "avx512ifma"), (2, 23, "clflushopt"), (2, 24, "clwb"), (2, 28, "avx512cd"), (2, 29, "sha_ni"),
+    (2, 30, "avx512bw"), (2, 31, "avx512vl"), (3, 1, "avx512vbmi"), (3, 6, "avx512_vbmi2"), (3, 8, "gfni"),
+    (3, 9, "vaes"), (3, 10, "vpclmulqdq"), (3, 11, "avx512_vnni"), (3, 12, "avx512_bitalg"),
+    (3, 14, "avx512_vpopcntdq"), (3, 22, "rdpid"), (4, 4, "fsrm"), (4, 8, "avx512_vp2intersect"),
+    (4, 14, "serialize"), (4, 22, "amx_bf16"), (4, 23, "avx512_fp16"), (4, 24, "amx_tile"), (4, 25, "amx_int8"),
+    (5, 4, "avx_vnni"), (5, 5, "avx512_bf16"), (6, 0, "lahf_lm"), (6, 5, "abm"), (6, 8, "3dnowprefetch"),
+    (7, 27, "rdtscp"),
+];
+
+/// The names of the [`CPU_FEATURES`] that `saved` has and `here` lacks.
+pub fn missing_cpu_features<'a>(saved: &'a [u32], here: &'a [u32]) -> impl Iterator<Item = &'static str> + 'a {
+    let has = |w: &[u32], i: usize, bit: u32| w.get(i).is_some_and(|v| v & (1 << bit) != 0);
+    CPU_FEATURES.iter().filter(move |&&(i, bit, _)| has(saved, i, bit) && !has(here, i, bit)).map(|&(_, _, n)| n)
+}
+
 /// Reads the thread pointer (fs base) of the calling thread.
 pub fn fs_base() -> u64 {
     let mut v: u64 = 0;
@@ -189,4 +236,23 @@ pub fn xcr0() -> u64 {
     // Linux 6.x runs user space on has; it only reads a register.
     unsafe { asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
     ((hi as u64) << 32) | lo as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_features_the_saved_cpu_had_and_this_one_lacks() {
+        // Saved: sse4_2 (word 0 bit 20), avx2 (word 2 bit 5), bmi2 (word 2 bit 8).
+        let saved = [1 << 20, 0, (1 << 5) | (1 << 8), 0, 0, 0, 0, 0];
+        let here = [1 << 20, 0, 1 << 8, 0, 0, 0, 0, 0];
+        let mut missing = missing_cpu_features(&saved, &here);
+        assert_eq!((missing.next(), missing.next()), (Some("avx2"), None));
+        // An image with fewer words (or none) misses nothing.
+        assert_eq!(missing_cpu_features(&[], &here).count(), 0);
+        // This CPU has what it has.
+        let me = cpu_feature_words();
+        assert_eq!(missing_cpu_features(&me, &me).count(), 0);
+    }
 }

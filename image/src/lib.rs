@@ -32,9 +32,9 @@ pub const MAGIC: [u8; 8] = *b"PMIGIMG\0";
 /// Last 8 bytes of every complete image.
 pub const END_MAGIC: [u8; 8] = *b"PMIGEND\0";
 /// The format version this code writes and the newest it reads.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// The oldest format version this code reads.
-pub const MIN_VERSION: u32 = 5;
+pub const MIN_VERSION: u32 = 6;
 /// Size of [`Header`] on disk.
 pub const HEADER_LEN: u64 = 64;
 /// Size of [`Footer`] on disk.

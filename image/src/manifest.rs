@@ -178,6 +178,10 @@ pub struct HostState {
     pub hostname: String,
     /// XSAVE features enabled (XCR0): the target must have all of them.
     pub xcr0: u64,
+    /// The CPUID words naming the instruction-set extensions the program could see
+    /// (`pmig_abi::arch::cpu_feature_words`): the target must offer every one the saved CPU
+    /// had.
+    pub cpu_features: Vec<u32>,
     /// Nanoseconds since the epoch (CLOCK_REALTIME) when the image was taken.
     pub time_ns: u64,
     /// `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME` (ns) as the program saw them then: a restore

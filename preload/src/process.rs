@@ -34,6 +34,7 @@ pub fn host() -> HostState {
         kernel_release: utsfield(&u.release),
         hostname: utsfield(&u.nodename),
         xcr0: pmig_abi::arch::xcr0(),
+        cpu_features: pmig_abi::arch::cpu_feature_words().to_vec(),
         time_ns: sys::realtime_ns(),
         monotonic_ns: sys::clock_ns(libc::CLOCK_MONOTONIC),
         boottime_ns: sys::clock_ns(libc::CLOCK_BOOTTIME),

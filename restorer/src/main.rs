@@ -515,6 +515,22 @@ fn check_host(img: &VerifiedImage) -> Result<()> {
             have
         );
     }
+    let mut here = pmig_abi::arch::cpu_feature_words();
+    // (A test switch: these features count as missing on this CPU.)
+    for name in std::env::var("PMIG_CPU_LACKS").unwrap_or_default().split(',').filter(|n| !n.is_empty()) {
+        if let Some(&(i, bit, _)) = pmig_abi::arch::CPU_FEATURES.iter().find(|f| f.2 == name) {
+            here[i] &= !(1 << bit);
+        }
+    }
+    let missing: Vec<&str> = pmig_abi::arch::missing_cpu_features(&m.host.cpu_features, &here).collect();
+    if !missing.is_empty() {
+        bail!(
+            "this CPU lacks {} that the saved CPU had (the program, or a library it uses, may have chosen code for {} when it started); restore it on a CPU that has {}",
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" },
+            if missing.len() == 1 { "it" } else { "them" }
+        );
+    }
     if !vdso::same(m)? {
         // Another kernel's vdso: its functions become jumps into this one's (checked here,
         // made by the plan).

@@ -615,6 +615,28 @@ fn resume_rejects_bad_images() {
     );
 }
 
+/// A CPU that lacks an instruction-set extension the saved CPU had is refused before anything
+/// is touched, naming it (`PMIG_CPU_LACKS` makes this CPU count as lacking it).
+#[test]
+fn resume_refuses_a_cpu_without_a_saved_feature() {
+    let flags = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = |f: &str| flags.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|w| w == f));
+    let Some(feature) = ["sse4_2", "popcnt", "ssse3"].into_iter().find(|f| has(f)) else {
+        eprintln!("SKIPPED resume_refuses_a_cpu_without_a_saved_feature: this CPU has none of the features it tries");
+        return;
+    };
+    let sb = Sandbox::new();
+    let prog = Program::new("counter-cpu", programs::COUNTER, STEPS, &[]);
+    let mut chain = Chain::new(&sb, &prog, ChainOpts::default());
+    chain.start_and_checkpoint();
+    let out = Command::new(&sb.bins().resume).arg(chain.image()).env("PMIG_CPU_LACKS", feature).env_remove("PMIG_DEBUG").output().expect("run pmig-resume");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(feature) && err.trim().lines().count() == 1, "a CPU without {feature} must be refused in one line naming it: {err}");
+    assert!(out.stdout.is_empty(), "the program ran: {}", String::from_utf8_lossy(&out.stdout));
+    // Without the switch the same image resumes.
+    chain.resume_to_end();
+}
+
 #[test]
 fn run_reports_missing_program() {
     let sb = Sandbox::new();
