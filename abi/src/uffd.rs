@@ -27,6 +27,65 @@ pub const IOC_ZEROPAGE: u64 = 0xc020_aa04;
 
 /// `UFFDIO_REGISTER_MODE_MISSING`.
 pub const MODE_MISSING: u64 = 1;
+/// `UFFDIO_REGISTER_MODE_WP`.
+pub const MODE_WP: u64 = 2;
+/// `_IOWR(0xaa, 0x06, struct uffdio_writeprotect)`.
+pub const IOC_WRITEPROTECT: u64 = 0xc018_aa06;
+/// `UFFDIO_WRITEPROTECT_MODE_WP`.
+pub const WRITEPROTECT_MODE_WP: u64 = 1;
+/// userfaultfd(2) flag: only faults taken in user mode (what an unprivileged process may ask
+/// for when `vm.unprivileged_userfaultfd` is 0).
+pub const USER_MODE_ONLY: u64 = 1;
+/// `UFFD_FEATURE_WP_UNPOPULATED`: a page never touched is write-protected too.
+pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+/// `UFFD_FEATURE_WP_ASYNC`: a write to a protected page is let through by the kernel (no
+/// message), which marks the page written; `PAGEMAP_SCAN` reads and resets that mark.
+pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
+
+/// `struct uffdio_writeprotect`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Writeprotect {
+    pub range: Range,
+    pub mode: u64,
+}
+
+/// `PAGEMAP_SCAN` (Linux 6.7: `<linux/fs.h>`), on an fd of `/proc/PID/pagemap`:
+/// `_IOWR('f', 16, struct pm_scan_arg)`.
+pub const IOC_PAGEMAP_SCAN: u64 = 0xc060_6610;
+/// `PM_SCAN_WP_MATCHING`: write-protect again the pages reported.
+pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// `PM_SCAN_CHECK_WPASYNC`: refuse ranges not registered for async write-protect.
+pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+/// `PAGE_IS_WRITTEN`: written since it was last write-protected.
+pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+/// `struct pm_scan_arg`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PmScanArg {
+    pub size: u64,
+    pub flags: u64,
+    pub start: u64,
+    pub end: u64,
+    pub walk_end: u64,
+    pub vec: u64,
+    pub vec_len: u64,
+    pub max_pages: u64,
+    pub category_inverted: u64,
+    pub category_mask: u64,
+    pub category_anyof_mask: u64,
+    pub return_mask: u64,
+}
+
+/// `struct page_region`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
 
 /// `UFFD_FEATURE_EVENT_FORK`: a child forked from a registered process gets a userfaultfd of
 /// its own, handed to the reader (needs `CAP_SYS_PTRACE`).

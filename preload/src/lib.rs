@@ -15,6 +15,7 @@ pub mod api;
 pub mod checkpoint;
 pub mod config;
 pub mod creds;
+pub mod dirty;
 pub mod errno;
 pub mod exec;
 pub mod fd;
