@@ -61,19 +61,19 @@ pub fn unpack_file(path: &std::path::Path, lazy: bool) -> Result<Option<(Spooled
     }
     drop(f);
     let t0 = std::time::Instant::now();
-    // The packed image is small next to the plain one: read whole, its blocks decoded into
+    // The packed file is mapped (read in as its blocks are decoded), its blocks decoded into
     // their places in the memfd.
-    let packed = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (blocks, len) = pmig_image::packed::blocks(&packed).context("cannot unpack the image")?;
+    let packed = Mapped::new(path)?;
+    let (blocks, len) = pmig_image::packed::blocks(packed.bytes()).context("cannot unpack the image")?;
     let s = memfd()?;
     s.file.set_len(len).context("cannot size the memfd for the unpacked image")?;
     let done = blocks.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
-    let p = Packed { packed: packed.into(), blocks: blocks.into(), done: std::sync::Arc::new(done), len };
+    let p = Packed { packed: std::sync::Arc::new(packed), blocks: blocks.into(), done: std::sync::Arc::new(done), len };
     if !lazy {
         p.finish(&s.file)?;
         say!(
             "pmig-resume: unpacked the image ({:.1} MiB on disk, {:.1} MiB plain) in {} ms",
-            p.packed.len() as f64 / 1048576.0,
+            p.packed.bytes().len() as f64 / 1048576.0,
             len as f64 / 1048576.0,
             t0.elapsed().as_millis()
         );
@@ -81,11 +81,51 @@ pub fn unpack_file(path: &std::path::Path, lazy: bool) -> Result<Option<(Spooled
     Ok(Some((s, p)))
 }
 
+/// A file mapped read-only, whole.
+pub struct Mapped {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: a read-only mapping, never written through, unmapped only on drop.
+unsafe impl Send for Mapped {}
+// SAFETY: as above.
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    fn new(path: &std::path::Path) -> Result<Mapped> {
+        use std::os::fd::AsRawFd;
+        let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let len = f.metadata()?.len() as usize;
+        if len == 0 {
+            bail!("{} is empty", path.display());
+        }
+        // SAFETY: a fresh read-only mapping of a file we opened; checked below.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+        if p == libc::MAP_FAILED {
+            bail!("cannot map {}: {}", path.display(), std::io::Error::last_os_error());
+        }
+        Ok(Mapped { ptr: p as *const u8, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` bytes, readable, alive as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, no longer used.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
 /// A packed image being unpacked into its memfd, block by block as parts of it are needed
 /// (shared with the pager: [`Packed::share`]).
 #[derive(Clone)]
 pub struct Packed {
-    packed: std::sync::Arc<[u8]>,
+    packed: std::sync::Arc<Mapped>,
     blocks: std::sync::Arc<[pmig_image::packed::Block]>,
     /// Which blocks are in the memfd.
     done: std::sync::Arc<Vec<std::sync::atomic::AtomicBool>>,
@@ -108,7 +148,7 @@ impl Packed {
             }
             let b = &self.blocks[i];
             buf.resize(pmig_image::packed::BLOCK, 0);
-            pmig_image::packed::decode(&self.packed, b, &mut buf).context("cannot unpack the image")?;
+            pmig_image::packed::decode(self.packed.bytes(), b, &mut buf).context("cannot unpack the image")?;
             file.write_all_at(&buf[..b.plain_len], b.plain_at).context("cannot write the unpacked image")?;
             self.done[i].store(true, Release);
         }
