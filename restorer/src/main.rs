@@ -362,6 +362,9 @@ fn print_inspect(img: &VerifiedImage) -> Result<()> {
         .collect();
     print!("{}", pmig_image::describe(&img.manifest, img.file_len, &ptys));
     println!("checksums: all {} page runs verified", img.trailer.run_crcs.len());
+    for line in restore_here(&img.manifest) {
+        println!("{line}");
+    }
     // Each other process of a tree, with its own resources.
     for m in &img.members {
         println!();
@@ -377,7 +380,28 @@ fn print_inspect(img: &VerifiedImage) -> Result<()> {
     Ok(())
 }
 
-/// Checks the host, writes the plan and execs the engine: returns only on failure.
+/// What a restore of `m` here would do, for `--inspect`: how its memory comes in, whose vdso
+/// it calls, whether this CPU has what the saved one had.
+fn restore_here(m: &pmig_image::Manifest) -> Vec<String> {
+    // SAFETY: geteuid has no preconditions.
+    let memory = match (unsafe { libc::geteuid() } == 0, pager::available()) {
+        (true, Ok(())) => "lazily, on first touch (as root, with exact ids; --eager reads it all in first)".to_string(),
+        (false, _) => "read in before the program runs (a lazy restore needs root)".to_string(),
+        (true, Err(why)) => format!("read in before the program runs (no lazy restore here: {why})"),
+    };
+    let vdso = match vdso::same(m) {
+        Ok(true) => "this kernel's, as saved".to_string(),
+        Ok(false) => match vdso::proxy(m) {
+            Ok(_) => format!("another kernel's ({}): restored as a proxy whose functions jump into this one's", m.host.kernel_release),
+            Err(e) => format!("another kernel's ({}), which this one cannot stand in for: {e:#}", m.host.kernel_release),
+        },
+        Err(e) => format!("unknown ({e:#})"),
+    };
+    let missing: Vec<&str> = pmig_abi::arch::missing_cpu_features(&m.host.cpu_features, &pmig_abi::arch::cpu_feature_words()).collect();
+    let cpu = if missing.is_empty() { "has every extension the saved one offered".to_string() } else { format!("lacks {} (a restore here is refused)", missing.join(", ")) };
+    vec![format!("restore here: memory {memory}"), format!("restore here: vdso {vdso}"), format!("restore here: this CPU {cpu}")]
+}
+
 /// Sets up the pager of a lazy restore: its socket pair and its view of the image. `None`
 /// (every page is read in at once) where userfaultfd cannot serve it, said with `PMIG_DEBUG`.
 fn start_pager(image: &Path, img: &VerifiedImage, debug: bool, packed: Option<&(std::fs::File, &receive::Packed)>) -> Result<Option<(std::thread::JoinHandle<()>, i32)>> {
@@ -401,6 +425,7 @@ fn start_pager(image: &Path, img: &VerifiedImage, debug: bool, packed: Option<&(
     Ok(Some((pager::Pager::new(image, img, mine, debug, packed)?.start()?, sv[1])))
 }
 
+/// Checks the host, writes the plan and execs the engine: returns only on failure.
 /// `lazy`: private anonymous memory comes in on first touch (from a local image file, with
 /// exact ids, where userfaultfd allows), else every page is read in before the program runs.
 /// `packed`: the memfd of a packed image unpacked only in part (lazy), and what unpacks the

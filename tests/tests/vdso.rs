@@ -14,13 +14,26 @@ const STEPS: u32 = 30;
 
 fn chain(name: &str, foreign: bool) -> Vec<String> {
     let sb = Sandbox::new();
+    let inspect = |image: &std::path::Path| {
+        let mut cmd = std::process::Command::new(&sb.bins().resume);
+        cmd.arg("--inspect").arg(image);
+        if foreign {
+            cmd.env("PMIG_FOREIGN_VDSO", "1");
+        }
+        String::from_utf8_lossy(&cmd.output().expect("run pmig-resume --inspect").stdout).into_owned()
+    };
     let prog = Program::new(name, programs::VDSO, STEPS, &[]);
     let mut env = vec![("PMIG_DEBUG".to_string(), "1".to_string())];
     if foreign {
         env.push(("PMIG_FOREIGN_VDSO".into(), "1".into()));
     }
     let opts = ChainOpts { resume_env: env, ..ChainOpts::default() };
-    Chain::new(&sb, &prog, opts).run().resume_stderr
+    let report = Chain::new(&sb, &prog, opts).run();
+    // --inspect says which vdso a restore here would call.
+    let text = inspect(&report.image);
+    let want = if foreign { "restored as a proxy" } else { "vdso this kernel's" };
+    assert!(text.contains(want), "--inspect does not say \"{want}\":\n{text}");
+    report.resume_stderr
 }
 
 #[test]
