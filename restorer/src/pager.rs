@@ -198,6 +198,7 @@ impl Pager {
     fn serve(mut self) {
         let t0 = std::time::Instant::now();
         let mut sock_open = true;
+        let mut busy = true;
         loop {
             if !sock_open && self.expected > 0 {
                 // An engine that died before its hello serves no one.
@@ -209,13 +210,17 @@ impl Pager {
             }
             let mut fds: Vec<libc::pollfd> = self.mms.iter().map(|m| libc::pollfd { fd: m.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
             fds.push(libc::pollfd { fd: if sock_open { self.sock.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 });
-            // Background work waits only for what is already there.
-            let timeout = if self.mms.is_empty() { -1 } else { 0 };
+            // Faults first: after messages, the background waits for a quiet millisecond (the
+            // restore and the program's first steps fault in what they need without a
+            // background copy in the way, and without it taking their CPU); once quiet, it
+            // goes on without a break until the next message.
+            let timeout = if self.mms.is_empty() { -1 } else if busy { 1 } else { 0 };
             // SAFETY: poll on pollfds we own.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as u64, timeout) };
             if n < 0 {
                 continue;
             }
+            busy = n > 0;
             if fds.last().is_some_and(|p| p.revents != 0) && !self.hello() {
                 sock_open = false;
             }
@@ -228,6 +233,9 @@ impl Pager {
                 return;
             }
             // One run in the background, from the process with the most left.
+            if busy {
+                continue;
+            }
             if let Some(i) = (0..self.mms.len()).filter(|&i| !self.mms[i].pieces.is_empty()).max_by_key(|&i| self.mms[i].pieces.len()) {
                 let (&addr, &p) = self.mms[i].pieces.iter().next().expect("not empty");
                 self.put(i, addr, p);
