@@ -8,9 +8,13 @@
 //! 3. move the kernel's `[vvar]`, `[vvar_vclock]`, `[vdso]` block to `VDSO_PARK`;
 //! 4. unmap everything below and above the reserved range (the old stack included);
 //! 5. map every saved region at its address (anonymous, file or shared), writable while filling;
-//! 6. read the saved page runs from the image straight into place;
+//!    with a pager (a lazy restore), register the `REGION_LAZY` regions with a userfaultfd
+//!    and send it to pmig-resume's pager (`hand_to_pager`), or tell it why not;
+//! 6. read the saved page runs not left to the pager from the image straight into place, on
+//!    every CPU the process may use (`fill_all`: helper threads with a share each);
 //! 7. set each region's final protection;
-//! 8. move the vdso block to where the saved process had it (same kernel, checked before);
+//! 8. move the vdso block to where the saved process had it (same kernel, checked before) or,
+//!    for another kernel's vdso, to a free place, with the saved vdso made a proxy of it;
 //! 9. `PR_SET_MM_MAP`: brk, stack, arg/env and auxv of the saved process;
 //! 10. close the mapped files' fds, fill the mailbox, and `clone3` the checkpoint thread
 //!     (with its saved tid when ids are exact) straight into its saved context, handing it
