@@ -52,7 +52,11 @@ pub fn pack<E>(
         if got == 0 {
             break;
         }
-        let c = lz4_flex::block::compress_into(&plain[..got], &mut packed).unwrap_or(usize::MAX);
+        let c = if incompressible(&plain[..got], &mut packed) {
+            usize::MAX
+        } else {
+            lz4_flex::block::compress_into(&plain[..got], &mut packed).unwrap_or(usize::MAX)
+        };
         let (bytes, stored) = if c < got { (&packed[..c], c as u32) } else { (&plain[..got], got as u32 | RAW) };
         let mut head = [0u8; 12];
         head[..4].copy_from_slice(&(got as u32).to_le_bytes());
@@ -69,6 +73,21 @@ pub fn pack<E>(
     end[20..].copy_from_slice(&crc.finalize().to_le_bytes());
     out(&end)?;
     Ok(written + end.len() as u64)
+}
+
+/// Whether `block` looks incompressible (random or already compressed data): three samples of
+/// 64 KiB (start, middle, end) each shrink by less than 1/16. Such a block is stored raw
+/// without compressing the rest of it, which would cost as much time for nothing. `scratch`
+/// holds a compressed block.
+fn incompressible(block: &[u8], scratch: &mut [u8]) -> bool {
+    const SAMPLE: usize = 64 << 10;
+    if block.len() < 4 * SAMPLE {
+        return false;
+    }
+    [0, block.len() / 2 - SAMPLE / 2, block.len() - SAMPLE].iter().all(|&at| {
+        let sample = &block[at..at + SAMPLE];
+        lz4_flex::block::compress_into(sample, scratch).map_or(true, |c| c > SAMPLE - SAMPLE / 16)
+    })
 }
 
 /// One block of a packed image held in memory: where its stored bytes are, and where its
@@ -250,6 +269,22 @@ mod tests {
         let p = packed_of(&data);
         assert!(p.len() < data.len() / 2, "zeros and patterns must shrink: {} of {}", p.len(), data.len());
         assert!(is_packed(&p));
+        assert_eq!(unpacked(&p).unwrap(), data);
+    }
+
+    #[test]
+    fn incompressible_blocks_are_stored_raw_and_others_compressed() {
+        let mut data = vec![0u8; BLOCK * 2];
+        let mut x = 99u64;
+        for b in data[..BLOCK].iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let p = packed_of(&data);
+        let (bs, _) = blocks(&p).unwrap();
+        assert_eq!(bs.iter().map(|b| b.raw).collect::<Vec<_>>(), vec![true, false]);
         assert_eq!(unpacked(&p).unwrap(), data);
     }
 
