@@ -107,8 +107,9 @@ fn damaged_lazy_page_stops_the_program() {
 }
 
 /// A checkpoint requested as soon as a lazy restore is done (before most of the memory is
-/// in: it comes in while the program runs) waits for the pager, and the image holds all of
-/// the memory: the next resume reads every byte back.
+/// in: it comes in while the program runs, from an image file removed meanwhile) waits for
+/// the pager, and the new image holds all of the memory: the next resume reads every byte
+/// back.
 #[test]
 fn checkpoint_while_memory_comes_in() {
     if skip_unless_root("checkpoint_while_memory_comes_in") {
@@ -125,6 +126,8 @@ fn checkpoint_while_memory_comes_in() {
     if let Err(e) = done {
         panic!("{e}\n{}", p.describe());
     }
+    // The image may go while its memory comes in (the pager holds it open).
+    std::fs::remove_file(chain.image()).expect("remove the image");
     p.signal(libc::SIGUSR2).expect("signal pmig-resume");
     let (lines, status) = p.finish(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}\n{}", p.describe()));
     let err = p.stderr_text();
