@@ -49,14 +49,6 @@ pub fn set_init(pid: i32) {
     INIT.store(pid, Release);
 }
 
-/// Writes one line to stderr with one `write` (Rust's stderr writes each piece of a
-/// formatted line separately, and the engines write to the same file).
-fn say(mut line: String) {
-    use std::io::Write;
-    line.push('\n');
-    let _ = std::io::stderr().write_all(line.as_bytes());
-}
-
 /// `true` once the pager has ended the restored tree because of a failure.
 pub fn failed() -> bool {
     FAILED.load(Acquire)
@@ -100,8 +92,10 @@ struct Mm {
 /// What the pager thread owns.
 pub struct Pager {
     sock: OwnedFd,
-    map: *const u8,
-    map_len: u64,
+    /// The image, mapped shared (a packed image's memfd is filled in while the pager runs,
+    /// and it reads what was written; a private mapping could keep a zero page read from a
+    /// hole).
+    map: crate::receive::Mapped,
     sources: Vec<Source>,
     /// Engines that have not said hello yet.
     expected: usize,
@@ -113,9 +107,6 @@ pub struct Pager {
     packed: Option<(std::fs::File, crate::receive::Packed)>,
     copied: u64,
 }
-
-// SAFETY: the mapping is read-only and owned by the pager, which moves to its thread whole.
-unsafe impl Send for Pager {}
 
 /// `true` where a lazy restore can run: a userfaultfd that follows forks and every change of
 /// the memory map (root, or `CAP_SYS_PTRACE`; with `vm.unprivileged_userfaultfd` alone
@@ -142,15 +133,8 @@ impl Pager {
     /// `packed`: the memfd `image` names holds a packed image unpacked only in part, and
     /// what unpacks the rest (each run is unpacked before it is read).
     pub fn new(image: &Path, img: &VerifiedImage, sock: OwnedFd, debug: bool, packed: Option<(std::fs::File, crate::receive::Packed)>) -> Result<Pager> {
-        let f = std::fs::File::open(image).context("cannot reopen the image for the pager")?;
-        let map_len = f.metadata()?.len();
-        // SAFETY: a fresh read-only mapping of a file we opened; checked below. Shared: a
-        // packed image's memfd is filled in while the pager runs, and it reads what was
-        // written (a private mapping could keep a zero page it read from a hole).
-        let map = unsafe { libc::mmap(std::ptr::null_mut(), map_len as usize, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
-        if map == libc::MAP_FAILED {
-            bail!("cannot map the image for the pager: {}", std::io::Error::last_os_error());
-        }
+        let map = crate::receive::Mapped::new(image).context("cannot map the image for the pager")?;
+        let map_len = map.bytes().len() as u64;
         let mut sources = Vec::new();
         for (pid, i) in img.processes() {
             let mut s = Source { saved_pid: pid, runs: Vec::new(), pieces: BTreeMap::new() };
@@ -171,7 +155,7 @@ impl Pager {
             sources.push(s);
         }
         let expected = sources.len();
-        Ok(Pager { sock, map: map as *const u8, map_len, sources, expected, mms: Vec::new(), debug, trace: std::env::var_os("PMIG_PAGER_TRACE").is_some(), copied: 0, packed })
+        Ok(Pager { sock, map, sources, expected, mms: Vec::new(), debug, trace: std::env::var_os("PMIG_PAGER_TRACE").is_some(), copied: 0, packed })
     }
 
     /// Starts serving, in a thread (made before pmig-resume enters the new pid namespace:
@@ -245,7 +229,7 @@ impl Pager {
             }
         }
         if self.debug {
-            say(format!("pmig-resume: pager done: {} MiB put in place in {} ms", self.copied >> 20, t0.elapsed().as_millis()));
+            say!("pmig-resume: pager done: {} MiB put in place in {} ms", self.copied >> 20, t0.elapsed().as_millis());
         }
     }
 
@@ -255,7 +239,7 @@ impl Pager {
 
     /// Ends the restored tree: its memory cannot be made whole.
     fn fail(&mut self, why: String) {
-        say(format!("pmig-resume: {why}; the restored program is stopped (killed) rather than run with memory the image does not hold"));
+        say!("pmig-resume: {why}; the restored program is stopped (killed) rather than run with memory the image does not hold");
         FAILED.store(true, Release);
         let init = INIT.load(Acquire);
         if init > 0 {
@@ -303,11 +287,11 @@ impl Pager {
         let Some(source) = self.sources.iter().position(|s| s.saved_pid == hello.saved_pid) else { return true };
         if hello.lazy == 0 || fds.is_empty() {
             if self.debug {
-                say(format!(
+                say!(
                     "pmig-resume: process {} reads its memory in at once: the engine could not hand it to the pager ({})",
                     hello.saved_pid,
                     pmig_abi::errno::Errno(hello.errno)
-                ));
+                );
             }
             // The engine read the runs in unchecked: check them now, late but before anything
             // trusts them longer.
@@ -323,7 +307,7 @@ impl Pager {
         let uffd = fds.swap_remove(0);
         if self.debug {
             let bytes: u64 = pieces.values().map(|p| p.len).sum();
-            say(format!("pmig-resume: pager serves process {} ({} MiB to come in lazily)", hello.saved_pid, bytes >> 20));
+            say!("pmig-resume: pager serves process {} ({} MiB to come in lazily)", hello.saved_pid, bytes >> 20);
         }
         self.mms.push(Mm { uffd, source, pieces });
         true
@@ -339,8 +323,8 @@ impl Pager {
         if let Some((f, p)) = &self.packed {
             p.ensure(f, run.file_off, run.len).map_err(|e| format!("{e:#}"))?;
         }
-        // SAFETY: inside the read-only mapping (checked against the file's length in `new`).
-        let bytes = unsafe { std::slice::from_raw_parts(self.map.add(run.file_off as usize), run.len as usize) };
+        // (Inside the mapping: checked against the file's length in `new`.)
+        let bytes = &self.map.bytes()[run.file_off as usize..(run.file_off + run.len) as usize];
         if crc32fast::hash(bytes) != run.crc {
             return Err(format!(
                 "the image is damaged: checksum mismatch in the saved pages of process {} ({} bytes at file offset {})",
@@ -374,7 +358,7 @@ impl Pager {
 
     fn event(&mut self, i: usize, m: &uffd::Msg) {
         if self.trace {
-            say(format!("pager: mm {i} event {:#x} {:#x} {:#x} {:#x}", m.event, m.arg[0], m.arg[1], m.arg[2]));
+            say!("pager: mm {i} event {:#x} {:#x} {:#x} {:#x}", m.event, m.arg[0], m.arg[1], m.arg[2]);
         }
         match m.event {
             uffd::EVENT_PAGEFAULT => {
@@ -422,7 +406,7 @@ impl Pager {
             return self.fail(why);
         }
         let run = &self.sources[s].runs[p.run];
-        let src = self.map as u64 + run.file_off + p.skip;
+        let src = self.map.bytes().as_ptr() as u64 + run.file_off + p.skip;
         let fd = self.mms[i].uffd.as_raw_fd();
         let mut done = 0u64;
         while done < p.len {
@@ -471,13 +455,6 @@ impl Pager {
             pieces.insert(addr + done, Piece { len: p.len - done, run: p.run, skip: p.skip + done });
         }
         self.copied += done;
-    }
-}
-
-impl Drop for Pager {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unused from here on.
-        unsafe { libc::munmap(self.map as *mut libc::c_void, self.map_len as usize) };
     }
 }
 

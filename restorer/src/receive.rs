@@ -81,7 +81,8 @@ pub fn unpack_file(path: &std::path::Path, lazy: bool) -> Result<Option<(Spooled
     Ok(Some((s, p)))
 }
 
-/// A file mapped read-only, whole.
+/// A file mapped read-only and shared, whole (a file another process or thread fills in
+/// meanwhile, as a packed image's memfd, shows what was written).
 pub struct Mapped {
     ptr: *const u8,
     len: usize,
@@ -93,7 +94,7 @@ unsafe impl Send for Mapped {}
 unsafe impl Sync for Mapped {}
 
 impl Mapped {
-    fn new(path: &std::path::Path) -> Result<Mapped> {
+    pub fn new(path: &std::path::Path) -> Result<Mapped> {
         use std::os::fd::AsRawFd;
         let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let len = f.metadata()?.len() as usize;
@@ -101,14 +102,14 @@ impl Mapped {
             bail!("{} is empty", path.display());
         }
         // SAFETY: a fresh read-only mapping of a file we opened; checked below.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
         if p == libc::MAP_FAILED {
             bail!("cannot map {}: {}", path.display(), std::io::Error::last_os_error());
         }
         Ok(Mapped { ptr: p as *const u8, len })
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         // SAFETY: the mapping is `len` bytes, readable, alive as long as `self`.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }

@@ -59,3 +59,9 @@ pub fn receiver_port(r: &mut Proc, host: &str) -> u16 {
     })
     .unwrap_or_else(|e| fail_with(&e, &mut [r]))
 }
+
+/// Whether the tests run as root (some need it, and skip with a message otherwise).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -16,10 +16,7 @@ use pmig_tests::{pmig_env, programs, Chain, ChainOpts, Proc, Program, RunAs, San
 
 const STEPS: u32 = 60;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use pmig_tests::is_root;
 
 fn exact_chain(sb: &Sandbox, exe: &str) {
     let prog = Program::new("exact-ids", exe, STEPS, &[]);

@@ -22,10 +22,7 @@ use pmig_tests::{programs, wait_until, Chain, ChainOpts, Input, Proc, Program, S
 
 const MIB: u64 = 1024 * 1024;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use pmig_tests::is_root;
 
 fn skip_unless_root(test: &str) -> bool {
     if is_root() {

@@ -10,10 +10,7 @@ use pmig_tests::{programs, Chain, ChainOpts, Program, RunAs, Sandbox};
 
 const STEPS: u32 = 60;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+use pmig_tests::is_root;
 
 /// An echo peer outside pmig: answers "ping N" with "pong N", logs each accepted connection.
 struct EchoPeer {
