@@ -59,6 +59,12 @@ pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 /// `PAGE_IS_WRITTEN`: written since it was last write-protected.
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+/// `PAGE_IS_FILE`: the page is the file's (page cache), not anonymous.
+pub const PAGE_IS_FILE: u64 = 1 << 2;
+/// `PAGE_IS_PRESENT`: in memory.
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+/// `PAGE_IS_PFNZERO`: maps the shared zero page.
+pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
 /// `struct pm_scan_arg`.
 #[repr(C)]

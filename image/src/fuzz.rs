@@ -7,7 +7,7 @@
 //! and `fuzz_wire.rs` run one input from standard input, for an outside fuzzer (AFL++,
 //! honggfuzz, cargo-fuzz) to drive.
 
-use crate::wire::{self, Auth, FileOffer, Frames, AUTH_LEN, FLAG_LZ4};
+use crate::wire::{self, Auth, FileOffer, Frame, Frames, AUTH_LEN, FLAG_LZ4};
 use crate::{encode, Footer, Header, Manifest, PageRun, RegionKind, RegionState, Trailer, VerifiedImage, PAGE};
 
 /// The image decoder: the verified image, or `None` if it is refused.
@@ -49,12 +49,32 @@ pub fn wire(data: &[u8]) -> Result<Received, String> {
         return Err("authentication failed".into());
     }
     let files = wire::read_files_message(&mut read).map_err(|e| format!("no FILES: {e}"))??;
-    let mut frames = Frames::new(auth.flags & FLAG_LZ4 != 0, MAX_FUZZ_IMAGE);
+    let mut frames = Frames::new(auth.flags, MAX_FUZZ_IMAGE);
     let mut img = Vec::new();
-    while let Some(b) = frames.next(&mut read).map_err(|e| e.to_string())? {
-        img.extend_from_slice(b);
+    let mut sums = wire::PageSums::default();
+    let put = |img: &mut Vec<u8>, off: u64, b: &[u8]| {
+        let end = off as usize + b.len();
+        if img.len() < end {
+            img.resize(end, 0);
+        }
+        img[off as usize..end].copy_from_slice(b);
+    };
+    loop {
+        match frames.next(&mut read).map_err(|e| e.to_string())? {
+            Frame::End => break,
+            Frame::Bytes(b) => img.extend_from_slice(b),
+            Frame::At { off, data } => put(&mut img, off, data),
+            Frame::Pages { off, data } => {
+                sums.put(off, data);
+                put(&mut img, crate::FAR_PAGES_OFF + off, data);
+            }
+            Frame::Round { .. } => {}
+        }
     }
     let image = crate::verify_bytes(&img).map_err(|e| e.to_string())?;
+    if auth.flags & wire::FLAG_LIVE != 0 {
+        sums.check(&image)?;
+    }
     Ok(Received { auth, files, image, bytes: img })
 }
 

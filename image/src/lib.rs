@@ -5,7 +5,9 @@
 //!                 | page data offset, length | header crc
 //! 64              manifest: bincode (serde) of `Manifest`
 //! pages_off       page data, page aligned: one run after another, each run a whole number of
-//!                 pages, at the file offset its `PageRun` names
+//!                 pages, at the file offset its `PageRun` names (an image a live move's
+//!                 receiver assembles has them at `FAR_PAGES_OFF`, where the sender put
+//!                 each, in any order, with holes between)
 //! trailer_off     trailer: bincode of `Trailer` (a crc32 per page run)
 //! end - 32        Footer: trailer offset, length, crc | total length | magic "PMIGEND\0"
 //! ```
@@ -16,6 +18,7 @@
 //! newer than it knows, before anything acts on the content.
 #![forbid(unsafe_code)]
 
+pub mod crc;
 pub mod fuzz;
 mod inspect;
 mod manifest;
@@ -43,6 +46,11 @@ pub const FOOTER_LEN: u64 = 32;
 pub const PAGE: u64 = 4096;
 /// The largest manifest a reader accepts (a bound against hostile length fields).
 pub const MAX_MANIFEST: u64 = 1 << 30;
+/// Where the page data of an image assembled by a live move's receiver starts: beyond any
+/// manifest, so that pages sent while the program still ran can be put in place before the
+/// manifest exists (the gap is a hole in the receiver's memfd). Its runs lie where the
+/// sender placed them, in any order, not one after another ("sparse"); see `wire`.
+pub const FAR_PAGES_OFF: u64 = (HEADER_LEN + MAX_MANIFEST).div_ceil(PAGE) * PAGE;
 
 /// Errors reading an image.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +99,16 @@ impl Header {
         let manifest_off = HEADER_LEN;
         let pages_off = (manifest_off + manifest_len).div_ceil(PAGE) * PAGE;
         Header { version: VERSION, manifest_off, manifest_len, manifest_crc, pages_off, pages_len }
+    }
+
+    /// The layout of a live move's assembled image: page data at [`FAR_PAGES_OFF`].
+    pub fn layout_far(manifest_len: u64, manifest_crc: u32, pages_len: u64) -> Header {
+        Header { pages_off: FAR_PAGES_OFF, ..Header::layout(manifest_len, manifest_crc, pages_len) }
+    }
+
+    /// Whether the page data lies at [`FAR_PAGES_OFF`], its runs placed by the sender.
+    pub fn is_sparse(&self) -> bool {
+        self.pages_off == FAR_PAGES_OFF
     }
 
     /// Offset where the trailer starts.
@@ -144,7 +162,7 @@ impl Header {
         };
         if h.manifest_off != HEADER_LEN
             || h.manifest_len > MAX_MANIFEST
-            || h.pages_off != Header::layout(h.manifest_len, 0, 0).pages_off
+            || (h.pages_off != Header::layout(h.manifest_len, 0, 0).pages_off && h.pages_off != FAR_PAGES_OFF)
             || !h.pages_len.is_multiple_of(PAGE)
             || h.pages_off.checked_add(h.pages_len).is_none()
         {

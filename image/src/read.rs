@@ -67,6 +67,9 @@ pub enum Pages {
     /// ([`crate::RegionState::is_lazy_candidate`]) are not read: the pager checks each run's
     /// checksum before it puts the run in place. Everything else is checked.
     NotLazy,
+    /// No page data is read: the caller checks the runs' checksums its own way (a live move's
+    /// receiver, from the checksums of the pages as they arrived: `crate::crc`).
+    Unread,
 }
 
 /// [`verify_file`], reading only the page data `pages` says.
@@ -219,6 +222,7 @@ fn check_layout(h: &Header, m: &Manifest, t: &Trailer) -> Result<(), ImageError>
     let mut prev_end = 0u64;
     let mut next_off = 0u64;
     let mut n_runs = 0usize;
+    let mut placed: Vec<(u64, u64)> = Vec::new();
     for f in &m.files {
         if let crate::FileKind::Deleted { content, .. } | crate::FileKind::Memfd { content, .. } = &f.kind {
             if !content.is_sound() {
@@ -242,13 +246,24 @@ fn check_layout(h: &Header, m: &Manifest, t: &Trailer) -> Result<(), ImageError>
             if run.len == 0 || run.len % PAGE != 0 || run.addr < r.start || end.is_none_or(|e| e > r.end) {
                 return bad(format!("page run at {:#x} lies outside its region", run.addr));
             }
-            if run.data_off != next_off {
+            if h.is_sparse() {
+                if run.data_off % PAGE != 0 || run.data_off.checked_add(run.len).is_none_or(|e| e > h.pages_len) {
+                    return bad(format!("page run at {:#x} lies outside the page data", run.addr));
+                }
+                placed.push((run.data_off, run.len));
+            } else if run.data_off != next_off {
                 return bad(format!("page run at {:#x} is not where the layout puts it", run.addr));
             }
             next_off += run.len;
         }
     }
-    if next_off != h.pages_len {
+    if h.is_sparse() {
+        // Placed by the sender: no two runs may share page data.
+        placed.sort_unstable();
+        if placed.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
+            return bad("two page runs share page data".into());
+        }
+    } else if next_off != h.pages_len {
         return bad("page data length does not match the runs".into());
     }
     if n_runs != t.run_crcs.len() {
@@ -261,7 +276,7 @@ fn check_pages(f: &mut impl ReadSeek, base: u64, hd: &Header, m: &Manifest, t: &
     let mut buf = vec![0u8; 1 << 20];
     let runs = m.regions.iter().flat_map(|r| r.runs.iter().map(move |run| (r, run)));
     for ((r, run), &want) in runs.zip(&t.run_crcs) {
-        if pages == Pages::NotLazy && r.is_lazy_candidate() {
+        if pages == Pages::Unread || (pages == Pages::NotLazy && r.is_lazy_candidate()) {
             continue;
         }
         f.seek(SeekFrom::Start(base + hd.pages_off + run.data_off))?;

@@ -14,7 +14,7 @@ use std::process::{exit, Command};
 #[path = "man.rs"]
 mod man;
 
-const USAGE: &str = "usage: pmig-run [--image PATH | --to HOST:PORT --token-file FILE [--shared-fs]] [--compress]
+const USAGE: &str = "usage: pmig-run [--image PATH | --to HOST:PORT --token-file FILE [--shared-fs] [--live]] [--compress]
                 [--exit] [--signal SIG] [--drop-unsupported] [--allow-static] [--] PROGRAM [ARGS...]
 
 Runs PROGRAM under pmig. `kill -SIG <pid>` (default SIGUSR2) then writes a checkpoint image
@@ -35,6 +35,11 @@ program writes at an offset (a resumed program would write over them); this line
                  ($PMIG_SSH replaces the ssh command, $PMIG_REMOTE_RESUME pmig-resume's path)
   --token-file FILE
                  the secret shared with the receiver (needed with --to HOST:PORT)
+  --live         with --to: copy the program's memory while it runs, in rounds (each
+                 sends what it wrote since the last), then stop it only for the last
+                 pages and the rest of its state; a progress line per round. A program
+                 that writes faster than the link carries is stopped after a few rounds
+                 for the rest (said). Its child processes, if any, are copied stopped
   --compress     LZ4-compress the transfer (for slow links), or the image file (smaller on
                  disk; pmig-resume unpacks it into memory first)
   --shared-fs    the hosts share a file system: carry no files (the target must see the
@@ -65,6 +70,7 @@ struct Args {
     token_file: Option<PathBuf>,
     compress: bool,
     shared_fs: bool,
+    live: bool,
     signal: i32,
     /// The program and its arguments.
     prog: OsString,
@@ -84,6 +90,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> 
         token_file: None,
         compress: false,
         shared_fs: false,
+        live: false,
         signal: libc::SIGUSR2,
         prog: OsString::new(),
         rest: Vec::new(),
@@ -109,6 +116,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> 
             Some(Long("allow-static")) => a.allow_static = true,
             Some(Long("compress")) => a.compress = true,
             Some(Long("shared-fs")) => a.shared_fs = true,
+            Some(Long("live")) => a.live = true,
             Some(Long("image")) => a.image = Some(value(&mut p, "--image")?.into()),
             Some(Long("to")) => a.to = Some(value(&mut p, "--to")?.to_string_lossy().into_owned()),
             Some(Long("token-file")) => a.token_file = Some(value(&mut p, "--token-file")?.into()),
@@ -328,7 +336,7 @@ fn find_library() -> PathBuf {
 }
 
 fn main() {
-    let Args { image, exit_after, drop_unsupported, allow_static, to, token_file, compress, shared_fs, signal, prog, rest } =
+    let Args { image, exit_after, drop_unsupported, allow_static, to, token_file, compress, shared_fs, live, signal, prog, rest } =
         parse_args(std::env::args_os().skip(1)).unwrap_or_else(|e| {
             eprintln!("{}", man::usage_error("pmig-run", USAGE, &e));
             exit(2)
@@ -346,6 +354,9 @@ fn main() {
         None => {}
     }
     let lib = find_library();
+    if live && to.is_none() {
+        die("--live moves the program to a receiver: it needs --to HOST:PORT (or ssh://HOST)");
+    }
     let to = to.map(|t| resolve_receiver(&t));
     if to.as_ref().is_some_and(|t| !t.starts_with("ssh://")) {
         match &token_file {
@@ -399,6 +410,7 @@ fn main() {
     }
     cmd.env("PMIG_COMPRESS", if compress { "1" } else { "0" });
     cmd.env("PMIG_SHARED_FS", if shared_fs { "1" } else { "0" });
+    cmd.env("PMIG_LIVE", if live { "1" } else { "0" });
     let err = cmd
         .arg0(&prog)
         .args(&rest)

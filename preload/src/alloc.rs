@@ -21,11 +21,25 @@ const OWN_PAGE: u64 = 4096;
 
 /// Allocations go to the arena while this is set.
 pub static ARENA_ON: AtomicBool = AtomicBool::new(false);
+/// The one thread whose allocations go to the arena while the others run (0: none): the
+/// checkpoint thread during a live move's pre-copy, which must neither grow the program's
+/// heap (it would be in the image) nor free into it (glibc may then unmap memory the
+/// pre-copy tracks, and wait for the thread itself to read the event).
+static ARENA_TID: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
 /// Start of the arena (0 until mapped).
 pub static ARENA_BASE: AtomicU64 = AtomicU64::new(0);
 static ARENA_NEXT: AtomicU64 = AtomicU64::new(0);
 
 pub struct PmigAlloc;
+
+/// Whether this allocation goes to (or this free is ignored for) the arena.
+fn arena_here() -> bool {
+    if ARENA_ON.load(Ordering::Relaxed) {
+        return true;
+    }
+    let t = ARENA_TID.load(Ordering::Relaxed);
+    t != 0 && t == crate::sys::gettid()
+}
 
 fn in_arena(p: *mut u8) -> bool {
     let base = ARENA_BASE.load(Ordering::Relaxed);
@@ -51,7 +65,7 @@ fn arena_alloc(layout: Layout) -> *mut u8 {
 // it is on, and it is only on in one thread at a time (the checkpoint thread).
 unsafe impl GlobalAlloc for PmigAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if ARENA_ON.load(Ordering::Relaxed) {
+        if arena_here() {
             return arena_alloc(layout);
         }
         // SAFETY: forwarded with the caller's layout.
@@ -59,7 +73,7 @@ unsafe impl GlobalAlloc for PmigAlloc {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if in_arena(ptr) || ARENA_ON.load(Ordering::Relaxed) {
+        if in_arena(ptr) || arena_here() {
             return;
         }
         // SAFETY: `ptr` came from System.alloc with this layout (it is not an arena pointer).
@@ -67,7 +81,7 @@ unsafe impl GlobalAlloc for PmigAlloc {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if !in_arena(ptr) && !ARENA_ON.load(Ordering::Relaxed) {
+        if !in_arena(ptr) && !arena_here() {
             // SAFETY: `ptr` came from System with this layout.
             return unsafe { System.realloc(ptr, layout, new_size) };
         }
@@ -112,15 +126,26 @@ pub fn own_words() -> Option<&'static [AtomicU64; 2]> {
     Some(unsafe { &*((base + ARENA_LEN - OWN_PAGE) as *const [AtomicU64; 2]) })
 }
 
-/// Turns the arena on (the caller has stopped every other thread).
+/// Turns the arena on (the caller has stopped every other thread). What the calling thread
+/// put there with [`thread_arena_on`] stays.
 pub fn arena_on() {
-    ARENA_NEXT.store(0, Ordering::Relaxed);
+    if ARENA_TID.load(Ordering::Relaxed) != crate::sys::gettid() {
+        ARENA_NEXT.store(0, Ordering::Relaxed);
+    }
     ARENA_ON.store(true, Ordering::SeqCst);
+}
+
+/// Sends the calling thread's allocations (only its) to the arena while the other threads
+/// run, until [`arena_off`]. The arena must not be in use.
+pub fn thread_arena_on() {
+    ARENA_NEXT.store(0, Ordering::Relaxed);
+    ARENA_TID.store(crate::sys::gettid(), Ordering::SeqCst);
 }
 
 /// Turns the arena off and gives its memory back. Nothing allocated in it may be used again.
 pub fn arena_off() {
     ARENA_ON.store(false, Ordering::SeqCst);
+    ARENA_TID.store(0, Ordering::SeqCst);
     let used = ARENA_NEXT.swap(0, Ordering::Relaxed);
     let base = ARENA_BASE.load(Ordering::Relaxed);
     if base != 0 && used != 0 {

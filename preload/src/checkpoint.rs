@@ -93,6 +93,8 @@ struct Job<'a> {
     /// The mappings' flags, read before the threads were stopped (a background checkpoint
     /// then need not read them while they are).
     pre: Option<memory::Flags>,
+    /// A live move's pre-copy (`--live`): what was sent while the program ran. In the arena.
+    live: Option<crate::precopy::Precopy>,
 }
 
 /// The ranges that are pmig's own and never saved: the engine's and the arena.
@@ -107,15 +109,43 @@ fn checkpoint_once(cfg: &'static config::Config) {
     if let Err(e) = memory::wait_paged(PAGED_WAIT_MS) {
         return failed(cfg, format_args!("{e}"));
     }
+    // Pre-copy covers one process: a tree's other processes could not be followed.
+    let live = cfg.live
+        && cfg.to.is_some()
+        && match crate::tree::descendants().iter().filter(|f| !f.zombie).count() {
+            0 => true,
+            n => {
+                say!("the program has {n} child process(es): pre-copy (--live) covers a single process; it is moved stopped");
+                false
+            }
+        };
     // A receiver is reached and authenticated before the program is stopped.
     let mut connection = match &cfg.to {
-        Some(addr) => match crate::transfer::connect(addr, &cfg.token, cfg.compress, cfg.shared_fs) {
+        Some(addr) => match crate::transfer::connect(addr, &cfg.token, cfg.compress, cfg.shared_fs, live) {
             Ok(c) => Some(c),
             Err(e) => return failed(cfg, format_args!("{e}")),
         },
         None => None,
     };
     let conn = connection.as_ref().map_or(-1, |c| c.fd);
+    // --live: memory goes while the program runs (the checkpoint thread's allocations go to
+    // the arena meanwhile, see `precopy`).
+    let mut live_state = None;
+    if live {
+        alloc::thread_arena_on();
+        match crate::precopy::run(conn, cfg.compress, &own_ranges()) {
+            Ok(p) => live_state = Some(p),
+            Err(e) => {
+                failed(cfg, format_args!("{e}"));
+                drop(e);
+                alloc::arena_off();
+                if let Some(c) = connection.as_mut() {
+                    c.close();
+                }
+                return;
+            }
+        }
+    }
     fd::socket::forget_repairs();
     // Read while the program runs: smaps costs ~13 ms per GiB, which a background checkpoint
     // then does not stop the program for (its writer checks nothing changed since).
@@ -136,7 +166,11 @@ fn checkpoint_once(cfg: &'static config::Config) {
             if let Some(c) = connection.as_mut() {
                 c.close();
             }
-            return failed(cfg, format_args!("{e}"));
+            failed(cfg, format_args!("{e}"));
+            if live_state.take().is_some() {
+                alloc::arena_off();
+            }
+            return;
         }
     };
     debug!("{n} thread(s) stopped in {} ms", sys::monotonic_ms() - t_stop);
@@ -148,6 +182,7 @@ fn checkpoint_once(cfg: &'static config::Config) {
         Err(e) => {
             // Said before the arena (which holds the message) is emptied.
             failed(cfg, format_args!("{e}"));
+            drop(live_state);
             alloc::arena_off();
             thread::release_all();
             if let Some(c) = connection.as_mut() {
@@ -160,19 +195,32 @@ fn checkpoint_once(cfg: &'static config::Config) {
     let (h, l) = sys::get_robust_list();
     CKPT_ROBUST[0].store(h, Relaxed);
     CKPT_ROBUST[1].store(l, Relaxed);
-    let mut job = Job { cfg, conn, connection: connection.as_ref(), tree, bytes: 0, msg: StackBuf::new(), writer: None, pre };
+    let mut job = Job { cfg, conn, connection: connection.as_ref(), tree, bytes: 0, msg: StackBuf::new(), writer: None, pre, live: live_state };
     // SAFETY: CKPT_CTX is this thread's; `job` outlives the call.
     let r = unsafe { arch::save_and_call(CKPT_CTX.0.get(), dump_entry, &mut job as *mut Job as u64) };
     if r >= ENGINE_BASE {
         // The tree session belonged to the process that wrote the image: its memory was in
         // the arena (mapped anew, empty) and its fds are gone. It is forgotten, not dropped.
         core::mem::forget(job.tree.take());
+        // So was the pre-copy's state (in the arena, which is not in the image).
+        core::mem::forget(job.live.take());
         // SAFETY: only the engine resumes this context, handing over its mailbox's address
         // (always at or above ENGINE_BASE; a dump returns 0 or 1).
         unsafe { crate::restore::restored(r as *mut Mailbox) };
         return;
     }
-    let Job { bytes, msg, tree, writer, pre, .. } = job;
+    let Job { bytes, msg, tree, writer, pre, live, .. } = job;
+    let live_note = live.as_ref().map(|p| {
+        format!(
+            "; live: {} round(s) sent {} MiB while it ran, {} MiB with it stopped for {} ms",
+            p.rounds,
+            p.sent >> 20,
+            p.sent_stopped >> 20,
+            sys::monotonic_ms() - t_stop
+        )
+    });
+    // Before the arena it lives in is emptied.
+    drop(live);
     if let Some(c) = connection.as_mut() {
         c.close();
     }
@@ -212,7 +260,11 @@ fn checkpoint_once(cfg: &'static config::Config) {
     }
     let ms = (sys::monotonic_ms() - t0).max(1);
     if let Some(to) = cfg.to.as_ref() {
-        say!("moved to {to} ({} MiB in {ms} ms); the receiver has it and checked it; exiting", bytes >> 20);
+        say!(
+            "moved to {to} ({} MiB in {ms} ms{}); the receiver has it and checked it; exiting",
+            bytes >> 20,
+            live_note.as_deref().unwrap_or("")
+        );
         sys::exit_group(0);
     }
     if cfg.exit_after {
@@ -251,7 +303,7 @@ extern "C" fn dump_entry(job: u64) -> u64 {
     }
     let background = job.cfg.background && !job.cfg.exit_after && job.conn < 0 && job.tree.is_none();
     let background = background.then_some((&mut job.writer, job.pre.as_ref()));
-    let result = dump(job.cfg, job.conn, job.connection, job.tree.as_mut(), None, background);
+    let result = dump(job.cfg, job.conn, job.connection, job.tree.as_mut(), None, background, job.live.as_mut());
     if dumpable != 1 {
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, dumpable as u64, 0, 0, 0);
     }
@@ -304,7 +356,7 @@ extern "C" fn member_entry(job: u64) -> u64 {
         if dumpable != 1 {
             let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
         }
-        let r = dump(cfg, -1, None, None, Some((fd, sock, shares)), None);
+        let r = dump(cfg, -1, None, None, Some((fd, sock, shares)), None, None);
         if dumpable != 1 {
             let _ = sys::prctl(libc::PR_SET_DUMPABLE, dumpable as u64, 0, 0, 0);
         }
@@ -330,9 +382,14 @@ fn dump(
     tree: Option<&mut crate::tree::Session>,
     member: Option<(i32, i32, &[crate::tree::Share])>,
     background: Option<(&mut Option<crate::snapshot::Writer>, Option<&memory::Flags>)>,
+    mut live: Option<&mut crate::precopy::Precopy>,
 ) -> Result<u64, String> {
     let background = background.filter(|_| conn < 0 && member.is_none() && tree.is_none());
     let t0 = sys::monotonic_ms();
+    // The last writes noted and the tracker gone before the page map is read.
+    if let Some(p) = live.as_mut() {
+        p.stop_tracking()?;
+    }
     let skip = own_ranges();
     // Flags read before the stop serve when the mappings are the same now; the writer checks
     // that their flags were too (`memory::check_flags`).
@@ -465,6 +522,22 @@ fn dump(
         let mut manifest = manifest;
         if let Some(c) = connection {
             crate::transfer::carry(&mut manifest, c)?;
+        }
+        if let Some(p) = live {
+            // Pages go where they are (most sent already), then what places them.
+            let (run_crcs, pages_len) = p.place_and_send(&mut manifest.regions)?;
+            let bytes = pmig_image::encode(&manifest).map_err(|e| e.to_string())?;
+            let header = Header::layout_far(bytes.len() as u64, crc32fast::hash(&bytes), pages_len);
+            let trailer = pmig_image::encode(&Trailer { run_crcs }).map_err(|e| e.to_string())?;
+            let footer = Footer { trailer_off: header.trailer_off(), trailer_len: trailer.len() as u64, trailer_crc: crc32fast::hash(&trailer) };
+            p.send_at(0, &header.to_bytes())?;
+            p.send_at(header.manifest_off, &bytes)?;
+            p.send_at(footer.trailer_off, &trailer)?;
+            p.send_at(footer.trailer_off + footer.trailer_len, &footer.to_bytes())?;
+            p.end()?;
+            let verdict = crate::transfer::verdict(connection.map_or(conn, |c| c.rfd))?;
+            debug!("receiver: {verdict}");
+            return Ok(p.sent + p.sent_stopped + bytes.len() as u64);
         }
         // A tree's members write their images into a memfd first; it goes ahead of the root's.
         let mut members_fd = -1;

@@ -25,6 +25,8 @@ pub struct Config {
     pub compress: bool,
     /// The hosts share a file system: offer no files to carry.
     pub shared_fs: bool,
+    /// With `to`: pre-copy memory while the program runs (`precopy`).
+    pub live: bool,
     /// Write a checkpoint the program survives in the background (`snapshot`); off with
     /// `PMIG_BACKGROUND=0`.
     pub background: bool,
@@ -85,6 +87,7 @@ pub fn from_env() -> Option<Config> {
     };
     let compress = std::env::var("PMIG_COMPRESS").map(|v| v == "1").unwrap_or(false);
     let shared_fs = std::env::var("PMIG_SHARED_FS").map(|v| v == "1").unwrap_or(false);
+    let live = std::env::var("PMIG_LIVE").map(|v| v == "1").unwrap_or(false);
     let background = std::env::var("PMIG_BACKGROUND").map(|v| v != "0").unwrap_or(true);
-    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported, to, token, compress, shared_fs, background, root_pid })
+    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported, to, token, compress, shared_fs, live, background, root_pid })
 }

@@ -22,6 +22,7 @@ pub mod fd;
 pub mod log;
 pub mod memory;
 pub mod pid;
+pub mod precopy;
 pub mod process;
 pub mod restart;
 pub mod restore;

@@ -441,7 +441,10 @@ pub fn suspend_all(suspend_sig: i32) -> Result<usize, &'static str> {
                 release_all();
                 return Err("a thread did not stop within 10 s (does it block pmig's suspend signal, or is it stopped?)");
             }
-            let _ = sys::futex_wait(&PARKED_COUNT, got, 50);
+            // A live move's tracker reports munmap & co., and the thread that made one
+            // cannot stop before the report is read.
+            let tracking = crate::precopy::drain_while_stopping();
+            let _ = sys::futex_wait(&PARKED_COUNT, got, if tracking { 1 } else { 50 });
         }
         if !asked_new {
             return Ok(USED.load(Acquire) as usize);

@@ -193,10 +193,11 @@ fn spawn_ssh(spec: &str) -> Result<(i32, i32, std::process::Child), String> {
 
 /// Connects to `addr` (`ip:port` or `ssh://[user@]host[:port]`), authenticates, and agrees on
 /// the files to carry.
-pub fn connect(addr: &str, token: &[u8], lz4: bool, shared_fs: bool) -> Result<Connection, String> {
+pub fn connect(addr: &str, token: &[u8], lz4: bool, shared_fs: bool, live: bool) -> Result<Connection, String> {
+    let flags = if lz4 { FLAG_LZ4 } else { 0 } | if live { wire::FLAG_LIVE } else { 0 };
     if let Some(spec) = addr.strip_prefix("ssh://") {
         let (w, r, mut child) = spawn_ssh(spec)?;
-        return match handshake(w, r, b"", lz4, shared_fs) {
+        return match handshake(w, r, b"", flags, shared_fs) {
             Ok((offers, carry)) => Ok(Connection { fd: w, rfd: r, ssh: Some(child), offers, carry }),
             Err(e) => {
                 let _ = sys::close(w);
@@ -217,7 +218,7 @@ pub fn connect(addr: &str, token: &[u8], lz4: bool, shared_fs: bool) -> Result<C
     let _ = s.set_write_timeout(Some(Duration::from_secs(60)));
     s.connect_timeout(&sa.into(), Duration::from_secs(10)).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let fd = s.into_raw_fd();
-    match handshake(fd, fd, token, lz4, shared_fs) {
+    match handshake(fd, fd, token, flags, shared_fs) {
         Ok((offers, carry)) => Ok(Connection { fd, rfd: fd, ssh: None, offers, carry }),
         Err(e) => {
             let _ = sys::close(fd);
@@ -228,7 +229,7 @@ pub fn connect(addr: &str, token: &[u8], lz4: bool, shared_fs: bool) -> Result<C
 
 /// The protocol up to the image: greeting, proofs, file negotiation.
 #[allow(clippy::type_complexity)]
-fn handshake(fd: i32, rfd: i32, token: &[u8], lz4: bool, shared_fs: bool) -> Result<(Vec<wire::FileOffer>, Vec<bool>), String> {
+fn handshake(fd: i32, rfd: i32, token: &[u8], flags: u32, shared_fs: bool) -> Result<(Vec<wire::FileOffer>, Vec<bool>), String> {
     {
         let mut hello = [0u8; HELLO_LEN];
         recv_exact(rfd, &mut hello)?;
@@ -236,7 +237,7 @@ fn handshake(fd: i32, rfd: i32, token: &[u8], lz4: bool, shared_fs: bool) -> Res
         let mine = challenge();
         let auth = Auth {
             mac: wire::mac(token, b"pmig-sender", &c),
-            flags: if lz4 { FLAG_LZ4 } else { 0 },
+            flags,
             uid: sys::getuid(),
             challenge: mine,
         };
@@ -250,6 +251,11 @@ fn handshake(fd: i32, rfd: i32, token: &[u8], lz4: bool, shared_fs: bool) -> Res
         recv_exact(rfd, &mut carry)?;
         Ok((offers, carry.into_iter().map(|c| c != 0).collect()))
     }
+}
+
+/// The receiver's verdict on the whole image, once it has it.
+pub fn verdict(rfd: i32) -> Result<String, String> {
+    read_status(rfd, None)
 }
 
 impl Connection {

@@ -9,8 +9,8 @@
 //! of `pmig-resume --received FD`, in a process with one thread again.
 
 use anyhow::{bail, Context, Result};
-use pmig_image::wire::{self, Auth, AUTH_LEN, FLAG_LZ4};
-use pmig_image::{verify_file, VerifiedImage};
+use pmig_image::wire::{self, Auth, AUTH_LEN};
+use pmig_image::{verify_file, verify_file_pages, VerifiedImage};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -372,11 +372,28 @@ impl Receiver {
         conn.write_all(&reply).and_then(|_| conn.flush()).context("cannot answer the sender's file list")?;
 
         let mut s = memfd()?;
-        let mut frames = wire::Frames::new(auth.flags & FLAG_LZ4 != 0, MAX_IMAGE);
+        let live = auth.flags & wire::FLAG_LIVE != 0;
+        let mut frames = wire::Frames::new(auth.flags, MAX_IMAGE);
+        let mut sums = wire::PageSums::default();
         let started = Instant::now();
         let mut last = Instant::now();
-        while let Some(bytes) = frames.next(|b| conn.read_exact(b))? {
-            s.file.write_all(bytes).context("cannot hold the image in memory")?;
+        loop {
+            use std::os::unix::fs::FileExt;
+            let put = |f: &File, off: u64, b: &[u8]| f.write_all_at(b, off).context("cannot hold the image in memory");
+            match frames.next(|b| conn.read_exact(b))? {
+                wire::Frame::End => break,
+                wire::Frame::Bytes(bytes) => s.file.write_all(bytes).context("cannot hold the image in memory")?,
+                wire::Frame::At { off, data } => put(&s.file, off, data)?,
+                wire::Frame::Pages { off, data } => {
+                    sums.put(off, data);
+                    put(&s.file, pmig_image::FAR_PAGES_OFF + off, data)?;
+                }
+                wire::Frame::Round { round, bytes } => {
+                    if std::env::var_os("PMIG_DEBUG").is_some_and(|v| !v.is_empty() && v != "0") {
+                        say!("pmig-resume: pre-copy round {round}: {:.1} MiB", bytes as f64 / 1048576.0);
+                    }
+                }
+            }
             if started.elapsed() > Duration::from_secs(1) && last.elapsed() >= Duration::from_secs(1) {
                 last = Instant::now();
                 let mib = frames.total as f64 / 1048576.0;
@@ -384,11 +401,23 @@ impl Receiver {
             }
         }
         drop(frames);
-        let mut img = match verify_file(&s.path) {
+        // A live move's pages were checked as they came (each page's checksum, put together
+        // into the runs' here); anything else is read and checked whole.
+        let checked = if live {
+            verify_file_pages(&s.path, pmig_image::Pages::Unread).map_err(|e| e.to_string()).and_then(|img| {
+                if !img.header.is_sparse() || !img.manifest.tree.is_empty() {
+                    return Err("a live move's image is not laid out as one".to_string());
+                }
+                sums.check(&img).map(|_| img)
+            })
+        } else {
+            verify_file(&s.path).map_err(|e| e.to_string())
+        };
+        let mut img = match checked {
             Ok(img) => img,
             Err(e) => {
                 let _ = send_status(conn, false, None, &format!("the image does not check out: {e}"));
-                return Err(anyhow::Error::new(e).context("the image does not check out"));
+                bail!("the image does not check out: {e}");
             }
         };
         let ready = {

@@ -56,6 +56,10 @@ pub const BIGHEAP: &str = env!("PMIG_TEST_PROG_BIGHEAP");
 /// `lazy STEPS MIB`: MIB MiB read back whole every step, and a fork, `MADV_DONTNEED`,
 /// `mremap` and `munmap`+`mmap` every step, as a lazy restore's pager serves the memory.
 pub const LAZY: &str = env!("PMIG_TEST_PROG_LAZY");
+/// `live STEPS MIB KIB_PER_STEP`: MIB MiB of which KIB_PER_STEP KiB are written every step,
+/// checked every step, with a page dropped, 1 MiB moved and 256 KiB unmapped and mapped again
+/// every step: a program a live move copies while it changes.
+pub const LIVE: &str = env!("PMIG_TEST_PROG_LIVE");
 /// `vdso STEPS`: the vdso's clock functions in a loop, checked for sense; says on stderr
 /// when the `[vdso]` is no longer where it was at start.
 pub const VDSO: &str = env!("PMIG_TEST_PROG_VDSO");

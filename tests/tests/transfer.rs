@@ -57,12 +57,16 @@ fn read_steps(p: &mut Proc, steps: &mut StepCheck, until: u32) {
 /// Runs `prog` under `pmig-run --to`, moves it after step 5, and checks that the receiver's
 /// process goes on from the next step to the end.
 fn migrate(prog: &Program, flags: &[&str]) {
-    let sb = Sandbox::new();
+    migrate_in(Sandbox::new(), prog, flags, 5);
+}
+
+/// [`migrate`] in `sb` (as its user), after step `stop`; returns what the sender said.
+fn migrate_in(sb: Sandbox, prog: &Program, flags: &[&str], stop: u32) -> String {
     let token = token_file(&sb, "token", "a shared secret");
     let (mut r, port) = start_receiver(&sb, &token, &[]);
     let mut s = start_sender(&sb, port, &token, flags, prog);
     let mut steps = StepCheck::new(1, prog.steps, Input::Idle);
-    read_steps(&mut s, &mut steps, 5);
+    read_steps(&mut s, &mut steps, stop);
     s.signal(libc::SIGUSR2).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
     let status = s.wait_exit(TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
     if !status.success() {
@@ -85,6 +89,43 @@ fn migrate(prog: &Program, flags: &[&str]) {
     }
     let left: Vec<_> = std::fs::read_dir(sb.workdir("sender")).map(|d| d.filter_map(|e| e.ok()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "--to must leave no image file on the source: {left:?}");
+    s.stderr_text()
+}
+
+/// A live move (`--live`) of a program that keeps writing its memory and changing its map
+/// (live.c: pages written, dropped, moved, unmapped and mapped again while they are copied),
+/// unprivileged: pre-copy rounds while it runs, then the rest; the program checks its memory
+/// every step on the target, to its end.
+#[test]
+fn live_move_over_tcp_as_nobody() {
+    let sb = Sandbox::with_user(pmig_tests::RunAs::nobody_if_root());
+    let said = migrate_in(sb, &Program::new("live", programs::LIVE, 60, &["128", "256"]), &["--live"], 10);
+    assert!(said.contains("pre-copy round 1:"), "no pre-copy round reported:\n{said}");
+    assert!(said.contains("; live: "), "the move does not say what pre-copy did:\n{said}");
+}
+
+/// The same, compressed.
+#[test]
+fn live_move_over_tcp_compressed() {
+    let said = migrate_in(Sandbox::new(), &Program::new("live", programs::LIVE, 60, &["64", "256"]), &["--live", "--compress"], 10);
+    assert!(said.contains("pre-copy round 1:"), "no pre-copy round reported:\n{said}");
+}
+
+/// A program that writes all its memory every step writes faster than pre-copy sends it:
+/// pre-copy gives up after a few rounds, says so, and the rest goes with the program stopped
+/// (correct, just longer).
+#[test]
+fn live_move_that_does_not_converge() {
+    let said = migrate_in(Sandbox::new(), &Program::new("live", programs::LIVE, 60, &["128", "131072"]), &["--live"], 5);
+    assert!(said.contains("pre-copy does not converge"), "pre-copy must give up and say so:\n{said}");
+}
+
+/// A tree with --live: pre-copy covers one process, so the tree is moved stopped, as without
+/// it, and the sender says so.
+#[test]
+fn live_move_of_a_tree_is_moved_stopped() {
+    let said = migrate_in(Sandbox::new(), &Program::new("tree", programs::TREE, STEPS, &[]), &["--live"], 5);
+    assert!(said.contains("pre-copy (--live) covers a single process"), "{said}");
 }
 
 #[test]
