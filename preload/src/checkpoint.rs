@@ -128,6 +128,10 @@ fn checkpoint_once(cfg: &'static config::Config) {
         None => None,
     };
     let conn = connection.as_ref().map_or(-1, |c| c.fd);
+    // (A test switch: time for the tree to change between the handshake and the stop.)
+    if let Some(ms) = connection.as_ref().and(std::env::var("PMIG_TEST_MOVE_DELAY_MS").ok()).and_then(|v| v.parse::<u64>().ok()) {
+        sys::sleep_ms(ms);
+    }
     // --live: memory goes while the program runs (the checkpoint thread's allocations go to
     // the arena meanwhile, see `precopy`).
     let mut live_state = None;

@@ -81,6 +81,8 @@ pub struct Connection {
     pub offers: Vec<wire::FileOffer>,
     /// For each offer: carry it (the target lacks it or has another).
     pub carry: Vec<bool>,
+    /// The hosts share a file system: nothing is carried.
+    pub shared_fs: bool,
 }
 
 /// The files the program uses — its executable, every mapped file, every regular file open on
@@ -198,7 +200,7 @@ pub fn connect(addr: &str, token: &[u8], lz4: bool, shared_fs: bool, live: bool)
     if let Some(spec) = addr.strip_prefix("ssh://") {
         let (w, r, mut child) = spawn_ssh(spec)?;
         return match handshake(w, r, b"", flags, shared_fs) {
-            Ok((offers, carry)) => Ok(Connection { fd: w, rfd: r, ssh: Some(child), offers, carry }),
+            Ok((offers, carry)) => Ok(Connection { fd: w, rfd: r, ssh: Some(child), offers, carry, shared_fs }),
             Err(e) => {
                 let _ = sys::close(w);
                 let _ = sys::close(r);
@@ -219,7 +221,7 @@ pub fn connect(addr: &str, token: &[u8], lz4: bool, shared_fs: bool, live: bool)
     s.connect_timeout(&sa.into(), Duration::from_secs(10)).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let fd = s.into_raw_fd();
     match handshake(fd, fd, token, flags, shared_fs) {
-        Ok((offers, carry)) => Ok(Connection { fd, rfd: fd, ssh: None, offers, carry }),
+        Ok((offers, carry)) => Ok(Connection { fd, rfd: fd, ssh: None, offers, carry, shared_fs }),
         Err(e) => {
             let _ = sys::close(fd);
             Err(e)
@@ -419,13 +421,55 @@ pub fn carry(m: &mut pmig_image::Manifest, c: &Connection) -> Result<(), String>
             log::debug!("transfer: {} was removed since it was offered; not carried", o.path);
             continue;
         }
-        let (content, st) = read_whole(&o.path)?;
-        m.carried.push(pmig_image::CarriedFile {
-            path: o.path.clone(),
-            mode: st.st_mode & 0o7777,
-            mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
-            content,
-        });
+        carry_file(m, &o.path)?;
+    }
+    if c.shared_fs {
+        return Ok(());
+    }
+    // Files opened since the offers were made (the tree ran meanwhile: a child's temporary
+    // file) were never offered: carried too. The receiver writes each one it lacks and
+    // refuses, before it confirms, one it has with other content.
+    for path in open_files_now() {
+        if !c.offers.iter().any(|o| o.path == path) && !m.carried.iter().any(|f| f.path == path) {
+            log::debug!("transfer: {path} was opened after the files were offered; carried");
+            carry_file(m, &path)?;
+        }
     }
     Ok(())
+}
+
+fn carry_file(m: &mut pmig_image::Manifest, path: &str) -> Result<(), String> {
+    let (content, st) = read_whole(path)?;
+    m.carried.push(pmig_image::CarriedFile {
+        path: path.to_string(),
+        mode: st.st_mode & 0o7777,
+        mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+        content,
+    });
+    Ok(())
+}
+
+/// The regular files open on an fd in this process and the rest of its tree, as the checkpoint
+/// sees them with the tree stopped (raw system calls only: no libc allocation).
+fn open_files_now() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let pids = core::iter::once(sys::getpid()).chain(crate::tree::descendants().into_iter().filter(|f| !f.zombie).map(|f| f.pid));
+    for pid in pids {
+        let dir = format!("/proc/{pid}/fd");
+        let _ = sys::for_each_numbered_entry(&sys::cstr(&dir), |fd, dirfd| {
+            if pid == sys::getpid() && fd == dirfd {
+                return;
+            }
+            let Ok(t) = sys::readlink_string(&sys::cstr(&format!("{dir}/{fd}"))) else { return };
+            if !t.starts_with('/') || t.ends_with(" (deleted)") || ["/proc/", "/dev/", "/sys/"].iter().any(|p| t.starts_with(p)) {
+                return;
+            }
+            // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+            let mut st: libc::stat = unsafe { core::mem::zeroed() };
+            if sys::fstatat(libc::AT_FDCWD, &sys::cstr(&t), &mut st, 0).is_ok() && st.st_mode & libc::S_IFMT == libc::S_IFREG && !out.contains(&t) {
+                out.push(t);
+            }
+        });
+    }
+    out
 }

@@ -348,7 +348,8 @@ fn make_ready(img: &mut VerifiedImage, root: Option<&Path>) -> Result<()> {
     for what in receive::materialize(img, root)? {
         say!("pmig-resume: {what}");
     }
-    check_host(img)
+    // Every process, before the sender is told the image arrived: once told, it exits.
+    check_tree_host(img)
 }
 
 fn print_inspect(img: &VerifiedImage) -> Result<()> {
@@ -431,12 +432,7 @@ fn start_pager(image: &Path, img: &VerifiedImage, debug: bool, packed: Option<&(
 /// `packed`: the memfd of a packed image unpacked only in part (lazy), and what unpacks the
 /// rest.
 fn restore(image: &Path, img: &VerifiedImage, as_owner: bool, ids: ns::Ids, lazy: bool, packed: Option<(std::fs::File, &receive::Packed)>) -> Result<()> {
-    check_host(img)?;
-    for m in &img.members {
-        if let Some(p) = &m.image {
-            check_host(p).with_context(|| format!("process {} ({}) of the tree", m.state.pid, m.state.comm))?;
-        }
-    }
+    check_tree_host(img)?;
     let tree = !img.members.is_empty();
     let debug = std::env::var_os("PMIG_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
     let engine = engine_path()?;
@@ -529,6 +525,17 @@ fn xsave_names(bits: u64) -> String {
 }
 
 /// Refuses, with a reason, to restore where the saved process could not run.
+/// [`check_host`] for every process of the image.
+fn check_tree_host(img: &VerifiedImage) -> Result<()> {
+    check_host(img)?;
+    for m in &img.members {
+        if let Some(p) = &m.image {
+            check_host(p).with_context(|| format!("process {} ({}) of the tree", m.state.pid, m.state.comm))?;
+        }
+    }
+    Ok(())
+}
+
 fn check_host(img: &VerifiedImage) -> Result<()> {
     let m = &img.manifest;
     if m.host.machine != "x86_64" {
