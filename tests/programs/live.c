@@ -14,8 +14,12 @@
  *  4. `renewed` (256 KiB) is checked, unmapped, mapped again at its address and filled;
  *  5. word 0 of every page of `big` is checked against its version, and every word of 64
  *     pages in turn; every 20th step and the last, every word of every page.
+ *  6. `churn` (64 KiB) is checked against its version, unmapped, mapped again at its address
+ *     and filled with the next version; `flip` (64 KiB, in one of two slots) is checked, filled
+ *     with the next version and moved to its other slot (both below `big`: a pre-copy round
+ *     sends them first, and they change again while it sends `big`).
  * A move in the middle thus catches pages written, dropped, moved and replaced while they
- * were being copied.
+ * were being copied, whenever the program stops.
  */
 #include "common.h"
 #include <sys/mman.h>
@@ -26,12 +30,52 @@
 #define MOVING_BYTES (1UL << 20)
 #define RENEWED_BYTES (256UL << 10)
 
+/* Every region is carved, in the order made, upwards from one reserved range: the regions
+ * whose mappings change come first, so a pre-copy round (which goes up) sends them first and
+ * they change again while it sends `big`. */
+static char *carve_at;
+
+static void *carve(size_t len, int prot)
+{
+    void *p = mmap(carve_at, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | (prot ? 0 : MAP_NORESERVE), -1, 0);
+    if (p != carve_at)
+        corrupt("mmap %zu at %p: %s", len, (void *)carve_at, strerror(errno));
+    carve_at += (len + PAGE - 1) / PAGE * PAGE + PAGE; /* a gap: the regions stay separate mappings */
+    return p;
+}
+
 static void *anon(size_t len)
 {
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        corrupt("mmap %zu: %s", len, strerror(errno));
-    return p;
+    return carve(len, PROT_READ | PROT_WRITE);
+}
+
+#define CHURN_BYTES (64UL << 10)
+
+/* Step 6: churn and flip change their mappings and contents every step. */
+static uint64_t churn_ver, flip_ver;
+static uint64_t *churn, *flip;
+static char *flip_slots;
+
+static void churn_and_flip(void)
+{
+    check_words(churn, CHURN_BYTES / 8, churn_ver, 14, "churn");
+    void *at = churn;
+    if (munmap(at, CHURN_BYTES) != 0)
+        corrupt("munmap churn: %s", strerror(errno));
+    churn = mmap(at, CHURN_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (churn != at)
+        corrupt("mmap churn again at %p: %s", at, strerror(errno));
+    fill_words(churn, CHURN_BYTES / 8, ++churn_ver, 14);
+
+    check_words(flip, CHURN_BYTES / 8, flip_ver, 15, "flip");
+    fill_words(flip, CHURN_BYTES / 8, ++flip_ver, 15);
+    void *from = flip;
+    void *to = (char *)flip == flip_slots ? flip_slots + CHURN_BYTES : flip_slots;
+    if (mremap(flip, CHURN_BYTES, CHURN_BYTES, MREMAP_MAYMOVE | MREMAP_FIXED, to) != to)
+        corrupt("mremap flip: %s", strerror(errno));
+    flip = to;
+    if (mmap(from, CHURN_BYTES, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) != from)
+        corrupt("mmap over flip's old slot: %s", strerror(errno));
 }
 
 static void check_page(const volatile uint64_t *big, const uint64_t *ver, unsigned long pg, int every_word)
@@ -55,9 +99,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "live: usage: live STEPS(<1024) MIB KIB_PER_STEP\n");
         return 2;
     }
-    char *slots = mmap(NULL, 2 * MOVING_BYTES, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (slots == MAP_FAILED)
+    unsigned long pages = (unsigned long)mib * 1024 * 1024 / PAGE;
+    size_t reserve = (16UL << 20) + pages * 8 + pages * PAGE;
+    carve_at = mmap(NULL, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (carve_at == MAP_FAILED)
         corrupt("mmap: %s", strerror(errno));
+    char *slots = carve(2 * MOVING_BYTES, PROT_NONE);
     uint64_t *moving = mmap(slots, MOVING_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
     if (moving != (uint64_t *)slots)
         corrupt("mmap slot: %s", strerror(errno));
@@ -66,7 +113,13 @@ int main(int argc, char **argv)
     fill_words(wipe, WIPE_PAGES * WPP, 0, 11);
     uint64_t *renewed = anon(RENEWED_BYTES);
     fill_words(renewed, RENEWED_BYTES / 8, 0, 13);
-    unsigned long pages = (unsigned long)mib * 1024 * 1024 / PAGE;
+    churn = anon(CHURN_BYTES);
+    fill_words(churn, CHURN_BYTES / 8, 0, 14);
+    flip_slots = carve(2 * CHURN_BYTES, PROT_NONE);
+    flip = mmap(flip_slots, CHURN_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (flip != (uint64_t *)flip_slots)
+        corrupt("mmap flip: %s", strerror(errno));
+    fill_words(flip, CHURN_BYTES / 8, 0, 15);
     uint64_t *ver = anon(pages * 8);
     uint64_t *big = anon(pages * PAGE);
     for (unsigned long pg = 0; pg < pages; pg++) {
@@ -124,8 +177,10 @@ int main(int argc, char **argv)
             check_page(big, ver, sample, 1);
 
         step_line(step);
-        if (step < steps)
+        if (step < steps) {
+            churn_and_flip();
             sleep_ms(STEP_MS);
+        }
     }
     return 0;
 }
