@@ -14,6 +14,7 @@ trap 'pkill -f "$work/" 2>/dev/null || true; rm -rf "$work"' EXIT
 gcc -O2 -o "$work/mem" examples/bench_mem.c
 gcc -O2 -o "$work/openclose" examples/openclose.c
 gcc -O2 -o "$work/memcpy" examples/bench_memcpy.c
+gcc -O2 -o "$work/live" examples/bench_live.c
 now() { date +%s.%N; }
 rate() { awk -v m="$1" -v s="$2" 'BEGIN { printf "%.0f MiB/s", m / s }'; }
 ms() { awk -v s="$1" 'BEGIN { printf "%.1f ms", s * 1000 }'; }
@@ -138,6 +139,78 @@ section() {
 
 for m in "${sizes[@]}"; do
     section "$m"
+done
+
+# Moves over loopback (--to), the program writing RATE MiB/s: downtime (its last output on
+# the source to its first on the target, from its own timestamps) and total time (signal to
+# first output on the target), plain (stopped for the whole copy) and --live (pre-copy);
+# baseline: one raw TCP copy of as many bytes over the same link (python3).
+echo secret > "$work/token"
+move() { # move MIB RATE [--live]: sets down and total (seconds) and rounds
+    local mib=$1 rate=$2
+    shift 2
+    rm -f "$work/recv.out" "$work/recv.err" "$work/src.out"
+    "$bin/pmig-resume" --listen 127.0.0.1:0 --token-file "$work/token" > "$work/recv.out" 2> "$work/recv.err" &
+    local rpid=$! port=
+    for _ in $(seq 200); do
+        port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/recv.err")
+        [ -n "$port" ] && break
+        sleep 0.02
+    done
+    # The program's output is a file: the moved program goes on writing it (same machine).
+    "$bin/pmig-run" --to "127.0.0.1:$port" --token-file "$work/token" "$@" "$work/live" "$mib" "$rate" > "$work/src.out" 2> "$work/src.err" &
+    local pid=$!
+    until grep -q '^ready' "$work/src.out" 2>/dev/null; do sleep 0.02; done
+    sleep 0.5
+    local t0 n
+    t0=$(date +%s%6N)
+    kill -USR2 "$pid"
+    wait "$pid" || { echo "move failed:"; cat "$work/src.err"; exit 1; }
+    n=$(grep -c '^tick' "$work/src.out")
+    # Ticks from the target: the first after the signal and after the source exited.
+    for _ in $(seq 2000); do
+        [ "$(grep -c '^tick' "$work/src.out")" -gt "$n" ] && break
+        sleep 0.005
+    done
+    sleep 0.1
+    pkill -f "$work/live" 2>/dev/null || true
+    kill "$rpid" 2>/dev/null || true
+    wait "$rpid" 2>/dev/null || true
+    # Downtime: the longest gap between two ticks after the signal (the source's last, the
+    # target's first); total: the signal to the tick after that gap.
+    read -r down total < <(awk -v t0="$t0" '/^tick/ { t = $2; if (p && t > t0 && t - p > g) { g = t - p; f = t } p = t }
+        END { printf "%f %f\n", g / 1e6, (f - t0) / 1e6 }' "$work/src.out")
+    rounds=$(grep -c 'pre-copy round' "$work/src.err" || true)
+}
+rawcopy() { # rawcopy MIB: sets raw (seconds for one TCP copy of MIB MiB over loopback)
+    raw=$(python3 - "$1" <<'PY'
+import socket, sys, threading, time
+n = int(sys.argv[1]) << 20
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+def sink():
+    c, _ = l.accept()
+    while c.recv(1 << 20): pass
+t = threading.Thread(target=sink); t.start()
+s = socket.create_connection(l.getsockname()); buf = bytes(4 << 20); t0 = time.time(); left = n
+while left > 0:
+    s.sendall(buf[:min(left, len(buf))]); left -= len(buf)
+s.close(); t.join(); print(time.time() - t0)
+PY
+)
+}
+for m in "${sizes[@]}"; do
+    [ "$m" -le 1024 ] || continue
+    echo
+    echo "== moving $m MiB over loopback"
+    rawcopy "$m"
+    printf '%-34s %12s   (%s)\n' "baseline: one raw TCP copy" "$(ms "$raw")" "$(rate "$m" "$raw")"
+    for r in 16 64; do
+        move "$m" "$r"
+        printf '%-34s %12s   (total %s)\n' "plain move, writing $r MiB/s: down" "$(ms "$down")" "$(ms "$total")"
+        move "$m" "$r" --live
+        printf '%-34s %12s   (total %s, %.2fx the raw copy; %s pre-copy round(s))\n' "--live, writing $r MiB/s: down" "$(ms "$down")" "$(ms "$total")" \
+            "$(awk -v a="$total" -v b="$raw" 'BEGIN { print a / b }')" "$rounds"
+    done
 done
 echo
 # Start cost: 500 fork+exec of /bin/true, plain and under pmig-run (libpmig loads in every

@@ -71,6 +71,9 @@ pub struct Precopy {
     pub sent_stopped: u64,
     /// Bytes on the wire in all.
     pub wire_bytes: u64,
+    /// (A test switch, `PMIG_TEST_LINK_MIB_S`: the rounds send at most this many MiB/s, as
+    /// over a slow link.)
+    cap: Option<(u64, u64)>,
 }
 
 /// The tracker's userfaultfd while the threads are being stopped, and the changes read from
@@ -134,6 +137,7 @@ impl Precopy {
             rounds: 0,
             sent_stopped: 0,
             wire_bytes: 0,
+            cap: std::env::var("PMIG_TEST_LINK_MIB_S").ok().and_then(|v| v.parse::<u64>().ok()).map(|c| (c.max(1) << 20, sys::monotonic_ms())),
         })
     }
 
@@ -292,6 +296,13 @@ impl Precopy {
             }
         }
         self.wire_bytes += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        if let (Some((per_s, t0)), true) = (self.cap, running) {
+            let due = t0 + self.wire_bytes * 1000 / per_s;
+            let now = sys::monotonic_ms();
+            if due > now {
+                sys::sleep_ms(due - now);
+            }
+        }
         Ok(())
     }
 
