@@ -15,13 +15,15 @@
 //! is gone from the thread group before it returns: no other part of pmig ever sees them.
 //!
 //! The ring: `S` slots, block `k` goes into slot `k % S`. A packer claims the next block
-//! (`next`), waits until the writer has written block `k - S` (`written`), reads the block
-//! from the memfd into the slot, packs it there and sets the slot's `done` to `k + 1`. The
-//! writer waits for block `w`'s slot to be done; while it waits, it packs the next unclaimed
-//! block itself if that block's slot is free. Its buffers stay the same `S` pairs for the
-//! whole image, so after the first round they are memory already touched (a fresh page costs
-//! more here than packing it). When a packer cannot be started, [`pack`] goes on with those
-//! that were, or packs on its own thread exactly as before.
+//! (`next`), waits until the writer has written block `k - S` (`written`), packs it into the
+//! slot and sets the slot's `done` to `k + 1`. The writer waits for block `w`'s slot to be
+//! done; while it waits, it packs the next unclaimed block itself if that block's slot is
+//! free. The plain bytes are read from a read-only mapping of the memfd (no copy: a raw
+//! block is written to the file straight from it), or, if it cannot be mapped, copied into
+//! the slot with `pread`. A slot's buffers stay the same for the whole image, so after the
+//! first round they are memory already touched (a fresh page costs more here than packing
+//! it). When a packer cannot be started, [`pack`] goes on with those that were, or packs on
+//! its own thread exactly as before (`pmig_image::packed::pack`, with `pread`).
 
 use crate::log::debug;
 use crate::sys;
@@ -35,7 +37,7 @@ const MAX_PACKERS: usize = 7;
 /// Stack of a packer thread (it needs a few KiB: LZ4's hash table is allocated, not on it).
 const STACK: usize = 256 << 10;
 
-/// Packs the plain image of `total` bytes in `src` (a memfd, read with `pread`), giving the
+/// Packs the plain image of `total` bytes in `src` (a memfd), giving the
 /// packed bytes to `out` in order. `threads`: how many threads pack (0: one per CPU this
 /// thread may run on). Returns the packed length and how many threads packed.
 pub fn pack(src: i32, total: u64, threads: usize, out: &mut dyn FnMut(&[u8]) -> Result<(), i32>) -> Result<(u64, usize), i32> {
@@ -46,7 +48,9 @@ pub fn pack(src: i32, total: u64, threads: usize, out: &mut dyn FnMut(&[u8]) -> 
         return single(src, total, out).map(|len| (len, 1));
     }
     let slots = (2 * (want + 1)).min(blocks as usize);
-    let ring = Ring::new(src, total, blocks as u32, slots);
+    // Blocks are packed from a mapping of the memfd (no copy), else read into the slots.
+    let map = sys::mmap(0, total, libc::PROT_READ, libc::MAP_SHARED, src, 0).unwrap_or(0);
+    let ring = Ring::new(src, map, total, blocks as u32, slots);
     let mut crew = Crew::start(&ring, want);
     if crew.started() == 0 {
         debug!("packing on one thread: cannot start a packer thread: {}", crate::checkpoint::errno_str(crew.error));
@@ -62,6 +66,10 @@ pub fn pack(src: i32, total: u64, threads: usize, out: &mut dyn FnMut(&[u8]) -> 
         ring.halt();
     }
     crew.join();
+    if map != 0 {
+        // SAFETY: every packer has exited and the writer is done: nothing reads the mapping.
+        let _ = unsafe { sys::munmap(map, total) };
+    }
     r.map(|len| (len, threads))
 }
 
@@ -96,6 +104,8 @@ struct Job {
 /// What the packers and the writer share.
 struct Ring {
     src: i32,
+    /// Where `src` is mapped whole (read-only), or 0: read with `pread` into the slots.
+    map: u64,
     total: u64,
     blocks: u32,
     /// The next block nobody has claimed yet.
@@ -114,14 +124,14 @@ struct Ring {
 unsafe impl Sync for Ring {}
 
 impl Ring {
-    fn new(src: i32, total: u64, blocks: u32, slots: usize) -> Ring {
+    fn new(src: i32, map: u64, total: u64, blocks: u32, slots: usize) -> Ring {
         let slots = (0..slots)
             .map(|_| Slot {
                 done: AtomicU32::new(0),
-                job: UnsafeCell::new(Job { plain: vec![0u8; BLOCK], scratch: vec![0u8; MAX_STORED], res: Err(libc::EIO) }),
+                job: UnsafeCell::new(Job { plain: if map == 0 { vec![0u8; BLOCK] } else { Vec::new() }, scratch: vec![0u8; MAX_STORED], res: Err(libc::EIO) }),
             })
             .collect();
-        Ring { src, total, blocks, next: AtomicU32::new(0), written: AtomicU32::new(0), stop: AtomicU32::new(0), slots }
+        Ring { src, map, total, blocks, next: AtomicU32::new(0), written: AtomicU32::new(0), stop: AtomicU32::new(0), slots }
     }
 
     /// A packer thread's loop: claims blocks until there are none left or the writer gives up.
@@ -156,7 +166,16 @@ impl Ring {
         let job = unsafe { &mut *slot.job.get() };
         let off = k as u64 * BLOCK as u64;
         let len = (self.total - off).min(BLOCK as u64) as usize;
-        job.res = read_full(self.src, &mut job.plain[..len], off).map(|()| packed::pack_block(&job.plain[..len], &mut job.scratch));
+        job.res = if self.map == 0 {
+            read_full(self.src, &mut job.plain[..len], off).map(|()| packed::pack_block(&job.plain[..len], &mut job.scratch))
+        } else {
+            let plain = self.mapped(k);
+            // The block's pages mapped in one call, not a fault per 16 of them (an
+            // older kernel refuses: faults it is).
+            // SAFETY: MADV_POPULATE_READ only maps the pages; `plain` is in the mapping.
+            let _ = unsafe { sys::madvise(plain.as_ptr() as u64 & !4095, (plain.len() as u64 + (plain.as_ptr() as u64 & 4095)).next_multiple_of(4096), libc::MADV_POPULATE_READ) };
+            Ok(packed::pack_block(plain, &mut job.scratch))
+        };
         slot.done.store(k + 1, Release);
         let _ = sys::futex_wake(&slot.done);
     }
@@ -189,12 +208,22 @@ impl Ring {
             let b = job.res?;
             end.add(&b);
             out(&b.head)?;
-            out(b.stored(&job.plain[..b.plain_len()], &job.scratch))?;
+            let plain = if self.map == 0 { &job.plain[..b.plain_len()] } else { self.mapped(w) };
+            out(b.stored(plain, &job.scratch))?;
             self.written.store(w + 1, Release);
             let _ = sys::futex_wake(&self.written);
         }
         out(&end.bytes())?;
         Ok(end.written())
+    }
+
+    /// Block `k`'s plain bytes in the mapping.
+    fn mapped(&self, k: u32) -> &[u8] {
+        let off = k as u64 * BLOCK as u64;
+        let len = (self.total - off).min(BLOCK as u64) as usize;
+        // SAFETY: `map` maps `total` bytes of `src` read-only until every packer has exited
+        // (`pack` unmaps it after `Crew::join`); nothing writes the memfd meanwhile.
+        unsafe { core::slice::from_raw_parts((self.map + off) as *const u8, len) }
     }
 
     /// The writer gives up: packers stop claiming and leave.
@@ -408,7 +437,7 @@ mod tests {
         in_child(|| {
             let d = data(BLOCK / 2);
             let fd = memfd_with(&d);
-            let ring = Ring::new(fd, d.len() as u64, 1, 1);
+            let ring = Ring::new(fd, 0, d.len() as u64, 1, 1);
             let mut crew = Crew::start(&ring, 1);
             check(crew.started() == 1, || format!("clone failed: {}", crew.error))?;
             let tid = crew.packers[0].tid;
@@ -448,6 +477,25 @@ mod tests {
                 check(v == one, || format!("{threads} threads: another image"))?;
             }
             Ok(())
+        });
+    }
+
+    #[test]
+    fn packers_read_with_pread_when_the_image_is_not_mapped() {
+        in_child(|| {
+            let d = data(7 * BLOCK + 999);
+            let fd = memfd_with(&d);
+            let ring = Ring::new(fd, 0, d.len() as u64, 8, 4);
+            let mut crew = Crew::start(&ring, 2);
+            check(crew.started() == 2, || format!("clone failed: {}", crew.error))?;
+            let mut v = Vec::new();
+            let r = ring.write(&mut |b| {
+                v.extend_from_slice(b);
+                Ok(())
+            });
+            crew.join();
+            check(r == Ok(v.len() as u64), || format!("{r:?}"))?;
+            check(v == single_packed(fd, d.len() as u64), || "another image".into())
         });
     }
 
