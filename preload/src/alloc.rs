@@ -68,9 +68,9 @@ fn arena_alloc(layout: Layout) -> *mut u8 {
 
 // SAFETY: both halves return memory that is valid for the layout and not otherwise in use: the
 // System allocator by its contract, the arena because its bump pointer only moves forward while
-// it is on (a compare-and-swap: the checkpoint thread and its packer threads may allocate at
-// once), and it is only on while the checkpoint thread (or the image writer) runs alone but
-// for those packers.
+// the arena is in use (a compare-and-swap: the checkpoint thread and the packer threads it
+// starts, `pack`, may allocate at once), and only those threads reach it: it is on for every
+// thread only while the others are parked (or in the image writer), else for one (`ARENA_TID`).
 unsafe impl GlobalAlloc for PmigAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if arena_here() {

@@ -44,7 +44,11 @@ pub fn pack(src: i32, total: u64, threads: usize, out: &mut dyn FnMut(&[u8]) -> 
     let blocks = total.div_ceil(BLOCK as u64);
     let threads = if threads == 0 { cpus() } else { threads };
     let want = threads.saturating_sub(1).min(MAX_PACKERS).min(blocks.saturating_sub(1) as usize);
-    if want == 0 || blocks >= u32::MAX as u64 / 2 {
+    // The packers allocate (LZ4's hash table) from the arena, which they reach only while it
+    // is on for every thread: with it on for one thread alone (`alloc::ARENA_TID`), or off,
+    // they would call libc's malloc with another thread's thread pointer.
+    let arena = crate::alloc::ARENA_ON.load(Relaxed);
+    if want == 0 || !arena || blocks >= u32::MAX as u64 / 2 {
         return single(src, total, out).map(|len| (len, 1));
     }
     let slots = (2 * (want + 1)).min(blocks as usize);
