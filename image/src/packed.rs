@@ -26,6 +26,10 @@ pub fn is_packed(first: &[u8]) -> bool {
     first.len() >= 8 && first[..8] == MAGIC
 }
 
+/// Bytes a block's stored form may take (LZ4's bound for [`BLOCK`] plain bytes): the size of
+/// the scratch buffer [`pack_block`] compresses into.
+pub const MAX_STORED: usize = lz4_flex::block::get_maximum_output_size(BLOCK);
+
 /// Packs the plain image of `total` bytes that `read_at(offset, buf)` reads (filling `buf`,
 /// or less at the end), giving the packed bytes to `out` in order. Returns the packed length.
 pub fn pack<E>(
@@ -34,9 +38,8 @@ pub fn pack<E>(
     mut out: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<u64, E> {
     let mut plain = vec![0u8; BLOCK];
-    let mut packed = vec![0u8; lz4_flex::block::get_maximum_output_size(BLOCK)];
-    let mut crc = crc32fast::Hasher::new();
-    let mut written = MAGIC.len() as u64;
+    let mut packed = vec![0u8; MAX_STORED];
+    let mut end = End::new();
     out(&MAGIC)?;
     let mut off = 0u64;
     while off < total {
@@ -52,27 +55,101 @@ pub fn pack<E>(
         if got == 0 {
             break;
         }
-        let c = if incompressible(&plain[..got], &mut packed) {
-            usize::MAX
-        } else {
-            lz4_flex::block::compress_into(&plain[..got], &mut packed).unwrap_or(usize::MAX)
-        };
-        let (bytes, stored) = if c < got { (&packed[..c], c as u32) } else { (&plain[..got], got as u32 | RAW) };
-        let mut head = [0u8; 12];
-        head[..4].copy_from_slice(&(got as u32).to_le_bytes());
-        head[4..8].copy_from_slice(&stored.to_le_bytes());
-        head[8..].copy_from_slice(&crc32fast::hash(&plain[..got]).to_le_bytes());
-        crc.update(&head);
-        out(&head)?;
-        out(bytes)?;
-        written += 12 + bytes.len() as u64;
+        let b = pack_block(&plain[..got], &mut packed);
+        end.add(&b);
+        out(&b.head)?;
+        out(b.stored(&plain[..got], &packed))?;
         off += got as u64;
     }
-    let mut end = [0u8; 24];
-    end[12..20].copy_from_slice(&off.to_le_bytes());
-    end[20..].copy_from_slice(&crc.finalize().to_le_bytes());
-    out(&end)?;
-    Ok(written + end.len() as u64)
+    out(&end.bytes())?;
+    Ok(end.written())
+}
+
+/// One block packed by [`pack_block`]: its header, and where its stored bytes are.
+#[derive(Clone, Copy, Debug)]
+pub struct Packed {
+    /// The block's header, written before its stored bytes.
+    pub head: [u8; 12],
+    /// `Some(n)`: the stored bytes are the first `n` bytes of the scratch buffer (compressed);
+    /// `None`: they are the plain bytes (stored raw).
+    pub compressed: Option<usize>,
+}
+
+impl Packed {
+    /// The stored bytes, given the plain bytes and the scratch buffer `pack_block` had.
+    pub fn stored<'a>(&self, plain: &'a [u8], scratch: &'a [u8]) -> &'a [u8] {
+        match self.compressed {
+            Some(n) => &scratch[..n],
+            None => plain,
+        }
+    }
+
+    /// Plain bytes in the block.
+    pub fn plain_len(&self) -> usize {
+        u32::from_le_bytes([self.head[0], self.head[1], self.head[2], self.head[3]]) as usize
+    }
+
+    /// Stored bytes after the header.
+    pub fn stored_len(&self) -> usize {
+        (u32::from_le_bytes([self.head[4], self.head[5], self.head[6], self.head[7]]) & !RAW) as usize
+    }
+}
+
+/// Packs one block (`plain`: 1 to [`BLOCK`] bytes; `scratch`: at least [`MAX_STORED`] bytes,
+/// where the compressed bytes go). Blocks are independent: they may be packed in any order,
+/// by any thread, as long as they are written in order with an [`End`] that saw each of them.
+pub fn pack_block(plain: &[u8], scratch: &mut [u8]) -> Packed {
+    let c = if incompressible(plain, scratch) {
+        usize::MAX
+    } else {
+        lz4_flex::block::compress_into(plain, scratch).unwrap_or(usize::MAX)
+    };
+    let (compressed, stored) = if c < plain.len() { (Some(c), c as u32) } else { (None, plain.len() as u32 | RAW) };
+    let mut head = [0u8; 12];
+    head[..4].copy_from_slice(&(plain.len() as u32).to_le_bytes());
+    head[4..8].copy_from_slice(&stored.to_le_bytes());
+    head[8..].copy_from_slice(&crc32fast::hash(plain).to_le_bytes());
+    Packed { head, compressed }
+}
+
+/// The end of a packed image, made from the blocks written before it, in order.
+pub struct End {
+    crc: crc32fast::Hasher,
+    plain: u64,
+    written: u64,
+}
+
+impl End {
+    /// An end that has seen no block yet (the magic counts as written).
+    pub fn new() -> End {
+        End { crc: crc32fast::Hasher::new(), plain: 0, written: MAGIC.len() as u64 }
+    }
+
+    /// Counts block `b`, the next one written.
+    pub fn add(&mut self, b: &Packed) {
+        self.crc.update(&b.head);
+        self.plain += b.plain_len() as u64;
+        self.written += 12 + b.stored_len() as u64;
+    }
+
+    /// The end's bytes, to write after the last block.
+    pub fn bytes(&self) -> [u8; 24] {
+        let mut end = [0u8; 24];
+        end[12..20].copy_from_slice(&self.plain.to_le_bytes());
+        end[20..].copy_from_slice(&self.crc.clone().finalize().to_le_bytes());
+        end
+    }
+
+    /// The packed image's length once the end is written.
+    pub fn written(&self) -> u64 {
+        self.written + 24
+    }
+}
+
+impl Default for End {
+    fn default() -> End {
+        End::new()
+    }
 }
 
 /// Whether `block` looks incompressible (random or already compressed data): three samples of
@@ -129,7 +206,7 @@ pub fn blocks(p: &[u8]) -> Result<(Vec<Block>, u64), ImageError> {
         }
         crc.update(head);
         let (raw, slen) = (s & RAW != 0, (s & !RAW) as usize);
-        if plain_len > BLOCK || slen > lz4_flex::block::get_maximum_output_size(BLOCK) || (raw && slen != plain_len) {
+        if plain_len > BLOCK || slen > MAX_STORED || (raw && slen != plain_len) {
             return Err(bad("a block header is damaged"));
         }
         if at + 12 + slen > p.len() {
@@ -167,7 +244,7 @@ pub fn unpack(mut input: impl std::io::Read, mut out: impl FnMut(&[u8]) -> std::
         return Err(ImageError::Foreign);
     }
     let mut plain = vec![0u8; BLOCK];
-    let mut stored = Vec::with_capacity(lz4_flex::block::get_maximum_output_size(BLOCK));
+    let mut stored = Vec::with_capacity(MAX_STORED);
     let mut crc = crc32fast::Hasher::new();
     let mut total = 0u64;
     loop {
@@ -188,7 +265,7 @@ pub fn unpack(mut input: impl std::io::Read, mut out: impl FnMut(&[u8]) -> std::
         }
         crc.update(&head);
         let (raw, slen) = (s & RAW != 0, (s & !RAW) as usize);
-        if plain_len > BLOCK || slen > lz4_flex::block::get_maximum_output_size(BLOCK) || (raw && slen != plain_len) {
+        if plain_len > BLOCK || slen > MAX_STORED || (raw && slen != plain_len) {
             return Err(bad("a block header is damaged"));
         }
         stored.resize(slen, 0);
@@ -286,6 +363,38 @@ mod tests {
         let (bs, _) = blocks(&p).unwrap();
         assert_eq!(bs.iter().map(|b| b.raw).collect::<Vec<_>>(), vec![true, false]);
         assert_eq!(unpacked(&p).unwrap(), data);
+    }
+
+    #[test]
+    fn blocks_packed_out_of_order_give_the_same_image() {
+        // What a ring of packers does: blocks packed in another order, by other buffers,
+        // written in order with one End.
+        let mut data = vec![0u8; BLOCK * 3 + 777];
+        let mut x = 7u64;
+        for (i, b) in data.iter_mut().enumerate() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = if i / BLOCK == 1 { x as u8 } else { b"pmig packs text "[i % 16] };
+        }
+        let chunks: Vec<&[u8]> = data.chunks(BLOCK).collect();
+        let mut done: Vec<Option<(Packed, Vec<u8>)>> = vec![None; chunks.len()];
+        for k in [2, 0, 3, 1] {
+            let mut scratch = vec![0u8; MAX_STORED];
+            let b = pack_block(chunks[k], &mut scratch);
+            done[k] = Some((b, b.stored(chunks[k], &scratch).to_vec()));
+        }
+        let mut out = MAGIC.to_vec();
+        let mut end = End::new();
+        for (b, stored) in done.iter().flatten() {
+            end.add(b);
+            out.extend_from_slice(&b.head);
+            out.extend_from_slice(stored);
+        }
+        out.extend_from_slice(&end.bytes());
+        assert_eq!(end.written(), out.len() as u64);
+        assert_eq!(out, packed_of(&data));
+        assert_eq!(unpacked(&out).unwrap(), data);
     }
 
     #[test]

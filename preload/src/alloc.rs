@@ -50,19 +50,27 @@ fn in_arena(p: *mut u8) -> bool {
 fn arena_alloc(layout: Layout) -> *mut u8 {
     let base = ARENA_BASE.load(Ordering::Relaxed);
     let align = layout.align().max(16) as u64;
-    let cur = ARENA_NEXT.load(Ordering::Relaxed);
-    let start = (base + cur).next_multiple_of(align);
-    let end = start + layout.size() as u64;
-    if base == 0 || end > base + ARENA_LEN - OWN_PAGE {
-        return core::ptr::null_mut();
+    // A compare-and-swap: the image's packer threads (`pack`) allocate alongside the
+    // checkpoint thread.
+    let mut cur = ARENA_NEXT.load(Ordering::Relaxed);
+    loop {
+        let start = (base + cur).next_multiple_of(align);
+        let end = start + layout.size() as u64;
+        if base == 0 || end > base + ARENA_LEN - OWN_PAGE {
+            return core::ptr::null_mut();
+        }
+        match ARENA_NEXT.compare_exchange_weak(cur, end - base, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return start as *mut u8,
+            Err(now) => cur = now,
+        }
     }
-    ARENA_NEXT.store(end - base, Ordering::Relaxed);
-    start as *mut u8
 }
 
 // SAFETY: both halves return memory that is valid for the layout and not otherwise in use: the
 // System allocator by its contract, the arena because its bump pointer only moves forward while
-// it is on, and it is only on in one thread at a time (the checkpoint thread).
+// the arena is in use (a compare-and-swap: the checkpoint thread and the packer threads it
+// starts, `pack`, may allocate at once), and only those threads reach it: it is on for every
+// thread only while the others are parked (or in the image writer), else for one (`ARENA_TID`).
 unsafe impl GlobalAlloc for PmigAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if arena_here() {

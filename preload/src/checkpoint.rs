@@ -719,16 +719,17 @@ fn write_image(
             stream_image(&mut FileSink { fd: plain, path: if named { &tmp } else { path } }, m, &bytes, &header, copies)
         })();
         let total = if compress {
+            let t0 = sys::monotonic_ms();
             let packed = made.and_then(|total| {
                 let err = |e: i32| format!("cannot write {}: {}", if named { &tmp } else { path }, errno_str(e));
                 // The whole file: a tree's members' images come before the root's.
                 let whole = sys::lseek(plain, 0, libc::SEEK_END).map_err(err)?;
-                pmig_image::packed::pack(whole, |off, buf| sys::pread(plain, buf, off).map(|n| n as usize).map_err(err), |b| sys::write_all(fd, b).map_err(err))
-                    .map(|len| (total, len))
+                let threads = config::CONFIG.get().map_or(0, |c| c.packers);
+                crate::pack::pack(plain, whole, threads, &mut |b| sys::write_all(fd, b)).map(|(len, n)| (total, len, n)).map_err(err)
             });
             let _ = sys::close(plain);
-            let (total, len) = packed?;
-            debug!("image packed: {total} bytes in {len}");
+            let (total, len, threads) = packed?;
+            debug!("image packed: {total} bytes in {len}, by {threads} packer thread(s) in {} ms", sys::monotonic_ms() - t0);
             total
         } else {
             made?

@@ -33,6 +33,8 @@ pub struct Config {
     /// The pid of the process `pmig-run` started: the root of the tree, which the checkpoint
     /// signal checkpoints whole. Other processes of the tree take part when it asks them.
     pub root_pid: i32,
+    /// Threads that pack a `--compress` image (`PMIG_PACKERS`; 0, the default: one per CPU).
+    pub packers: usize,
 }
 
 impl Config {
@@ -89,5 +91,6 @@ pub fn from_env() -> Option<Config> {
     let shared_fs = std::env::var("PMIG_SHARED_FS").map(|v| v == "1").unwrap_or(false);
     let live = std::env::var("PMIG_LIVE").map(|v| v == "1").unwrap_or(false);
     let background = std::env::var("PMIG_BACKGROUND").map(|v| v != "0").unwrap_or(true);
-    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported, to, token, compress, shared_fs, live, background, root_pid })
+    let packers = std::env::var("PMIG_PACKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    Some(Config { image_path, exit_after, signal, suspend_signal: SUSPEND_SIGNAL, drop_unsupported, to, token, compress, shared_fs, live, background, root_pid, packers })
 }

@@ -21,6 +21,7 @@ pub mod exec;
 pub mod fd;
 pub mod log;
 pub mod memory;
+pub mod pack;
 pub mod pid;
 pub mod precopy;
 pub mod process;

@@ -285,6 +285,19 @@ pub fn futex_wait(word: &core::sync::atomic::AtomicU32, val: u32, timeout_ms: u6
     sc!(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, val, tsp)
 }
 
+/// `futex(FUTEX_WAIT)` (shared: the kind the kernel wakes a `CLONE_CHILD_CLEARTID` word
+/// with) while `*word == val`, for at most `timeout_ms` (0: forever).
+pub fn futex_wait_shared(word: &core::sync::atomic::AtomicU32, val: u32, timeout_ms: u64) -> Res {
+    let ts = libc::timespec { tv_sec: (timeout_ms / 1000) as i64, tv_nsec: ((timeout_ms % 1000) * 1_000_000) as i64 };
+    let tsp = if timeout_ms == 0 { core::ptr::null() } else { &ts as *const libc::timespec };
+    sc!(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, val, tsp)
+}
+
+/// `sched_yield(2)`.
+pub fn sched_yield() -> Res {
+    sc!(libc::SYS_sched_yield)
+}
+
 /// `futex(FUTEX_WAKE_PRIVATE)` of every waiter.
 pub fn futex_wake(word: &core::sync::atomic::AtomicU32) -> Res {
     sc!(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX)

@@ -60,6 +60,9 @@ pub struct ChainOpts<'a> {
     pub pause_before_resume: Duration,
     /// Extra environment for every `pmig-resume` (e.g. `PMIG_DEBUG=1`).
     pub resume_env: Vec<(String, String)>,
+    /// Extra environment for `pmig-run` (and so for the program, which keeps it when
+    /// resumed).
+    pub run_env: Vec<(String, String)>,
 }
 
 impl Default for ChainOpts<'_> {
@@ -73,6 +76,7 @@ impl Default for ChainOpts<'_> {
             run_args: Vec::new(),
             pause_before_resume: Duration::ZERO,
             resume_env: Vec::new(),
+            run_env: Vec::new(),
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct ChainReport {
     pub checkpoint_steps: Vec<u32>,
     /// What each `pmig-resume` wrote on stderr, once it ended.
     pub resume_stderr: Vec<String>,
+    /// What `pmig-run` (and the program under it) wrote on stderr, once it ended.
+    pub run_stderr: String,
 }
 
 /// A checkpoint/resume chain of one [`Program`] in one [`Sandbox`]; see the
@@ -126,6 +132,7 @@ impl<'a> Chain<'a> {
                 image_sizes: Vec::new(),
                 checkpoint_steps: Vec::new(),
                 resume_stderr: Vec::new(),
+                run_stderr: String::new(),
             },
             image,
             resumes: 0,
@@ -167,7 +174,9 @@ impl<'a> Chain<'a> {
             self.fail(&mut p, &msg);
         }
         self.check_identity(&mut p);
-        self.checkpoint_and_exit(&mut p)
+        let last = self.checkpoint_and_exit(&mut p);
+        self.report.run_stderr = p.stderr_text();
+        last
     }
 
     /// Stage 2 (repeatable): resume, print `resume_steps` steps, checkpoint
@@ -218,6 +227,7 @@ impl<'a> Chain<'a> {
         }
         cmd.args(&self.opts.run_args).arg("--").args(&self.prog.argv);
         pmig_env(&mut cmd);
+        cmd.envs(self.opts.run_env.iter().map(|(k, v)| (k, v)));
         Proc::spawn(
             &format!("pmig-run ({})", self.prog.name),
             cmd,

@@ -53,6 +53,9 @@ pub const EXACT_IDS: &str = env!("PMIG_TEST_PROG_EXACT_IDS");
 pub const SETID: &str = env!("PMIG_TEST_PROG_SETID");
 /// `bigheap STEPS MIB`: MIB MiB of heap filled with a pattern, checked every step.
 pub const BIGHEAP: &str = env!("PMIG_TEST_PROG_BIGHEAP");
+/// `mixedheap STEPS MIB`: MIB MiB of text-like, random and zero stretches that do not line
+/// up with a packed image's blocks, every byte checked every step.
+pub const MIXEDHEAP: &str = env!("PMIG_TEST_PROG_MIXEDHEAP");
 /// `lazy STEPS MIB`: MIB MiB read back whole every step, and a fork, `MADV_DONTNEED`,
 /// `mremap` and `munmap`+`mmap` every step, as a lazy restore's pager serves the memory.
 pub const LAZY: &str = env!("PMIG_TEST_PROG_LAZY");

@@ -271,6 +271,37 @@ fn packed_image_chain() {
     chain.resume_to_end();
 }
 
+/// A packed image written by several packer threads (`PMIG_PACKERS=3`: the writer and two
+/// raw threads, on any number of CPUs) is the image one thread writes: `mixedheap.c`'s
+/// 48 MiB of text, random and zero stretches (12 blocks, stored compressed and raw, through
+/// a ring of 6 slots twice over) come back byte for byte, checked by the program every step,
+/// after a first checkpoint and after a second one of the resumed process.
+#[test]
+fn packed_image_by_packer_threads_chain() {
+    let sb = Sandbox::new();
+    let prog = Program::new("mixedheap-packed", programs::MIXEDHEAP, 20, &["48"]);
+    let packed = |image: &Path| -> Result<(), String> {
+        let mut head = [0u8; 8];
+        fs::File::open(image).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head)).map_err(|e| format!("read {}: {e}", image.display()))?;
+        if &head != b"PMIGLZ4\n" {
+            return Err("the image is not packed".into());
+        }
+        Ok(())
+    };
+    let opts = ChainOpts {
+        check_image: Some(&packed),
+        run_args: vec!["--compress".into()],
+        run_env: vec![("PMIG_PACKERS".into(), "3".into())],
+        ..ChainOpts::default()
+    };
+    let report = Chain::new(&sb, &prog, opts).run();
+    let by_threads = |err: &str| err.lines().any(|l| l.contains("image packed") && l.contains("by 3 packer thread(s)"));
+    if pmig_tests::pmig_debug_value() == "1" {
+        assert!(by_threads(&report.run_stderr), "the first image was not packed by 3 threads:\n{}", report.run_stderr);
+        assert!(by_threads(&report.resume_stderr[0]), "the second image was not packed by 3 threads:\n{}", report.resume_stderr[0]);
+    }
+}
+
 /// A removed working directory, an fd on a removed directory and a removed FIFO with a line
 /// in flight come back (`deleted.c`), as root and unprivileged.
 #[test]
