@@ -149,7 +149,7 @@ echo secret > "$work/token"
 move() { # move MIB RATE [--live]: sets down and total (seconds) and rounds
     local mib=$1 rate=$2
     shift 2
-    rm -f "$work/recv.out" "$work/recv.err" "$work/src.out"
+    rm -f "$work/recv.out" "$work/recv.err" "$work/src.out" "$work/src.err"
     "$bin/pmig-resume" --listen 127.0.0.1:0 --token-file "$work/token" > "$work/recv.out" 2> "$work/recv.err" &
     local rpid=$! port=
     for _ in $(seq 200); do
@@ -158,7 +158,7 @@ move() { # move MIB RATE [--live]: sets down and total (seconds) and rounds
         sleep 0.02
     done
     # The program's output is a file: the moved program goes on writing it (same machine).
-    "$bin/pmig-run" --to "127.0.0.1:$port" --token-file "$work/token" "$@" "$work/live" "$mib" "$rate" > "$work/src.out" 2> "$work/src.err" &
+    "$bin/pmig-run" --to "127.0.0.1:$port" --token-file "$work/token" "$@" "$work/live" "$mib" "$rate" > "$work/src.out" 2>> "$work/src.err" &
     local pid=$!
     until grep -q '^ready' "$work/src.out" 2>/dev/null; do sleep 0.02; done
     sleep 0.5

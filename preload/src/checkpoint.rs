@@ -409,7 +409,9 @@ fn dump(
         .filter(|a| a.flags & (pmig_image::ADVICE_DONTFORK | pmig_image::ADVICE_WIPEONFORK) != 0)
         .map(|a| (a.start, a.end))
         .collect();
+    let t_collect = sys::monotonic_ms();
     let mut layout = memory::collect(&skip, background.is_some().then_some(&unforked[..]))?;
+    debug!("advice read in {} ms, page map in {} ms", t_collect - t0, sys::monotonic_ms() - t_collect);
     let pending = core::mem::take(&mut layout.pending);
     debug!(
         "{} regions, {} KiB of populated pages ({} regions left to the writer, flags {}), in {} ms",
@@ -433,6 +435,9 @@ fn dump(
     // The connection to a receiver is pmig's own, not the program's.
     let rfd = connection.map_or(-1, |c| c.rfd);
     let mut own = vec![conn, rfd];
+    if let Some(p) = live.as_ref() {
+        own.extend(p.fds());
+    }
     if let Some(t) = tree.as_ref() {
         own.extend(t.fds());
     }

@@ -87,6 +87,11 @@ impl Tracker {
         self.uffd
     }
 
+    /// Its fds: the userfaultfd and the page map.
+    pub fn fds(&self) -> [i32; 2] {
+        [self.uffd, self.pagemap]
+    }
+
     /// The ranges tracked.
     pub fn ranges(&self) -> &[(u64, u64)] {
         &self.ranges

@@ -194,10 +194,13 @@ fn main() {
         resume_args.push("--as-owner".into());
     }
     if let Some(fd) = received {
-        // From a receiver (`Receiver::listen`), which has verified the image and written its
-        // carried files: both are done again here (the files are found in place).
+        // From a receiver (`Receiver::listen`), which has verified the image (every page:
+        // read whole, or by the checksums of its pages as they came) in this memfd, which
+        // only it and this process hold, and written its carried files. The pages are not
+        // read again (a lazy restore's pager still checks each run it puts in place); the
+        // rest is parsed and checked again, and the files are found in place.
         let path = PathBuf::from(format!("/proc/self/fd/{fd}"));
-        let result = verify_file(&path).context("the received image").and_then(|mut img| {
+        let result = verify_file_pages(&path, pmig_image::Pages::Unread).context("the received image").and_then(|mut img| {
             make_ready(&mut img, root.as_deref())?;
             // (Its memfd is a local file: its memory can come in lazily.)
             // SAFETY: geteuid has no preconditions.

@@ -60,6 +60,35 @@ fn migrate(prog: &Program, flags: &[&str]) {
     migrate_in(Sandbox::new(), prog, flags, 5);
 }
 
+/// The fds of the processes below `pid` (a receiver and the program it restored) that lead to
+/// one of pmig's own pre-copy files: `/proc/PID/mem`, a page map, a userfaultfd.
+fn leaked_fds(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pids = vec![pid as i32];
+    let mut i = 0;
+    while i < pids.len() {
+        let parent = pids[i];
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|v| v.parse::<i32>().ok());
+            if ppid == Some(parent) && !pids.contains(&p) {
+                pids.push(p);
+            }
+        }
+        i += 1;
+    }
+    for p in pids {
+        for e in std::fs::read_dir(format!("/proc/{p}/fd")).into_iter().flatten().flatten() {
+            let to = std::fs::read_link(e.path()).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
+            if to.ends_with("/mem") || to.ends_with("/pagemap") || to.contains("userfaultfd") {
+                out.push(format!("process {p} fd {}: {to}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
 /// [`migrate`] in `sb` (as its user), after step `stop`; returns what the sender said.
 fn migrate_in(sb: Sandbox, prog: &Program, flags: &[&str], stop: u32) -> String {
     let token = token_file(&sb, "token", "a shared secret");
@@ -78,6 +107,20 @@ fn migrate_in(sb: Sandbox, prog: &Program, flags: &[&str], stop: u32) -> String 
         }
     }
     let mut moved = StepCheck::new(steps.last() + 1, prog.steps, Input::Idle);
+    // The moved program holds nothing of pmig's (its first line says it runs).
+    match r.next_line(TIMEOUT) {
+        Ok(Some(l)) => {
+            if let Err(e) = moved.accept(&l) {
+                fail_with(&e, &mut [&mut s, &mut r]);
+            }
+        }
+        Ok(None) => fail_with("the receiver exited before the moved program printed a line", &mut [&mut s, &mut r]),
+        Err(e) => fail_with(&e, &mut [&mut s, &mut r]),
+    }
+    let leaked = leaked_fds(r.pid() as u32);
+    if !leaked.is_empty() {
+        fail_with(&format!("the moved program holds pmig's files: {leaked:?}"), &mut [&mut s, &mut r]);
+    }
     let (lines, status) = r.finish(Duration::from_secs(u64::from(prog.steps)) + TIMEOUT).unwrap_or_else(|e| fail_with(&e, &mut [&mut s, &mut r]));
     for l in lines {
         if let Err(e) = moved.accept(&l) {
