@@ -215,7 +215,11 @@ impl Precopy {
         let mut new = Vec::new();
         for m in memory::parse_maps(&text) {
             let special = m.path.starts_with('[') && !(m.path == "[heap]" || m.path == "[stack]" || m.path.starts_with("[anon:"));
-            if m.shared || special || skip.iter().any(|&(a, b)| m.start < b && a < m.end) || t.covers(m.start, m.end) {
+            // Reservations (PROT_NONE) are not tracked: write-protecting a range puts a marker
+            // in every page table entry of it (page tables for all of it, 2 MiB per GiB), and
+            // nothing can be written there without a change of protection, after which the
+            // mapping is tracked like a new one. What they hold goes with the program stopped.
+            if m.shared || special || m.prot == 0 || skip.iter().any(|&(a, b)| m.start < b && a < m.end) || t.covers(m.start, m.end) {
                 continue;
             }
             // Only the parts not tracked yet: protecting a tracked page again would lose
