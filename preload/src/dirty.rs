@@ -317,4 +317,51 @@ mod tests {
         // SAFETY: the mapping is ours and unused now.
         unsafe { sys::munmap(a, len).unwrap() };
     }
+
+    #[test]
+    fn follows_munmap_mremap_and_dontneed_of_tracked_memory() {
+        let len = 32 * PAGE;
+        let a = sys::mmap(0, 3 * len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0).unwrap();
+        // [a, a+len) tracked; [a+2len, a+3len) a free slot to move into.
+        // SAFETY: the last third is ours.
+        unsafe { sys::munmap(a + 2 * len, len).unwrap() };
+        let mut t = Tracker::open(true).unwrap();
+        t.track(a, a + len).unwrap();
+        assert!(t.covers(a, a + len) && t.covers(a + PAGE, a + 2 * PAGE) && !t.covers(a, a + len + PAGE));
+        // The program's thread waits in each call until the report is read: another thread
+        // makes them while this one reads.
+        let worker = std::thread::spawn(move || {
+            // SAFETY: all inside the mapping made above, which only this test uses.
+            unsafe {
+                libc::madvise((a + 2 * PAGE) as *mut libc::c_void, PAGE as usize, libc::MADV_DONTNEED);
+                libc::munmap((a + 4 * PAGE) as *mut libc::c_void, 2 * PAGE as usize);
+                let to = libc::mremap((a + 16 * PAGE) as *mut libc::c_void, 8 * PAGE as usize, 8 * PAGE as usize, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, (a + 2 * len) as *mut libc::c_void);
+                assert_eq!(to as u64, a + 2 * len);
+            }
+        });
+        let mut seen = Vec::new();
+        let started = sys::monotonic_ms();
+        while !worker.is_finished() || seen.len() < 3 {
+            t.changes(&mut seen).unwrap();
+            assert!(sys::monotonic_ms() - started < 10_000, "the reports did not come: {seen:?}");
+            std::thread::yield_now();
+        }
+        worker.join().unwrap();
+        t.changes(&mut seen).unwrap();
+        assert!(seen.contains(&Change::Removed(a + 2 * PAGE, a + 3 * PAGE)), "{seen:?}");
+        assert!(seen.contains(&Change::Unmapped(a + 4 * PAGE, a + 6 * PAGE)), "{seen:?}");
+        assert!(seen.contains(&Change::Moved { from: a + 16 * PAGE, to: a + 2 * len, len: 8 * PAGE }), "{seen:?}");
+        // What is tracked followed: the unmapped and moved-away parts no longer, the moved
+        // part where it went.
+        assert_eq!(t.ranges(), &[(a, a + 4 * PAGE), (a + 6 * PAGE, a + 16 * PAGE), (a + 24 * PAGE, a + len), (a + 2 * len, a + 2 * len + 8 * PAGE)]);
+        // Still tracked there: a write to the moved pages shows.
+        // SAFETY: inside the moved mapping.
+        unsafe { core::ptr::write_volatile((a + 2 * len + PAGE) as *mut u8, 1) };
+        assert!(t.written().unwrap().contains(&(a + 2 * len + PAGE, a + 2 * len + 2 * PAGE)));
+        drop(t);
+        // SAFETY: the test's own mappings.
+        unsafe {
+            libc::munmap(a as *mut libc::c_void, 3 * len as usize);
+        }
+    }
 }
