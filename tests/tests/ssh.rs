@@ -1,7 +1,7 @@
 //! `pmig-run --to ssh://HOST`: the move through the system's OpenSSH client, to a real sshd
 //! started by the test on loopback with a generated key. The program then runs on the target
-//! in the background, its output in a log file. A single process (the counter) and a tree
-//! (`tree.c`: workers on pipes, shared memory, a zombie) make the move.
+//! in the background, its output in a log file. A single process (the counter), a tree
+//! (`tree.c`: workers on pipes, shared memory, a zombie) and a live move (`--live`) make it.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,19 +15,28 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 #[test]
 fn move_through_ssh() {
-    move_through_ssh_of("move_through_ssh", programs::COUNTER);
+    move_through_ssh_of("move_through_ssh", programs::COUNTER, &[], &[]);
 }
 
 #[test]
 fn move_tree_through_ssh() {
-    move_through_ssh_of("move_tree_through_ssh", programs::TREE);
+    move_through_ssh_of("move_tree_through_ssh", programs::TREE, &[], &[]);
 }
 
-fn move_through_ssh_of(test: &str, program: &str) {
+/// A live move (`--live`) through ssh: pre-copy rounds over ssh's pipes, of a program that
+/// keeps changing its memory (live.c, 32 MiB) and checks it on the target to its end.
+#[test]
+fn live_move_through_ssh() {
+    let said = move_through_ssh_of("live_move_through_ssh", programs::LIVE, &["32", "256"], &["--live"]);
+    assert!(said.contains("pre-copy round 1:") && said.contains("; live: "), "{said}");
+}
+
+/// Moves `program STEPS args` with `flags` through ssh; returns what the sender said.
+fn move_through_ssh_of(test: &str, program: &str, args: &[&str], flags: &[&str]) -> String {
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/sbin/sshd").exists() {
         eprintln!("SKIPPED {test}: needs root and /usr/sbin/sshd (openssh-server) to run a test sshd");
-        return;
+        return String::new();
     }
     let sb = Sandbox::new();
     let dir = sb.file("ssh");
@@ -62,7 +71,7 @@ fn move_through_ssh_of(test: &str, program: &str) {
 
     let log = sb.file("moved.log");
     let mut cmd = sb.command(&sb.bins().run, &sb.workdir("run"));
-    cmd.arg("--to").arg(format!("ssh://root@127.0.0.1:{port}")).arg("--").arg(program).arg(STEPS.to_string());
+    cmd.arg("--to").arg(format!("ssh://root@127.0.0.1:{port}")).args(flags).arg("--").arg(program).arg(STEPS.to_string()).args(args);
     pmig_env(&mut cmd);
     cmd.env("PMIG_SSH", format!("ssh -F {d}/ssh_config"));
     cmd.env("PMIG_REMOTE_RESUME", format!("{} --log {}", sb.bins().resume.display(), log.display()));
@@ -101,4 +110,5 @@ fn move_through_ssh_of(test: &str, program: &str) {
         moved.accept(l).unwrap_or_else(|e| panic!("{e}\nlog:\n{text}"));
     }
     assert!(moved.complete(), "log:\n{text}");
+    said
 }
