@@ -316,6 +316,9 @@ impl Precopy {
     /// bytes of pages sent.
     fn send_ranges(&mut self, ranges: &[(u64, u64)], running: bool) -> Result<u64, String> {
         let mut total = 0u64;
+        let all: u64 = ranges.iter().map(|r| r.1 - r.0).sum();
+        let t0 = sys::monotonic_ms();
+        let mut said = t0;
         for &(start, end) in ranges {
             let mut at = start;
             while at < end {
@@ -361,6 +364,18 @@ impl Precopy {
                 }
                 if running {
                     self.follow_changes()?;
+                    // A round longer than a second (a slow link) says how it goes, each second.
+                    let now = sys::monotonic_ms();
+                    if now - said >= 1000 {
+                        said = now;
+                        log::say!(
+                            "pre-copy round {}: {:.1} of {:.1} MiB sent, {:.0} MiB/s",
+                            self.rounds,
+                            mib(total),
+                            mib(all),
+                            mib(total) * 1000.0 / (now - t0) as f64
+                        );
+                    }
                 }
                 // Skip what could not be read (unmapped meanwhile).
                 at = if got == 0 { stop } else { at + got as u64 };
