@@ -156,27 +156,12 @@ impl Tracker {
     /// The changes waiting (reading them lets the threads that made them go on), applied to
     /// the ranges tracked.
     pub fn changes(&mut self, out: &mut Vec<Change>) -> Result<(), String> {
-        let mut msgs = [uffd::Msg::default(); 16];
-        loop {
-            let bytes = core::mem::size_of_val(&msgs);
-            // SAFETY: viewing the message array as bytes of the same length.
-            let buf = unsafe { core::slice::from_raw_parts_mut(msgs.as_mut_ptr() as *mut u8, bytes) };
-            let n = match sys::read(self.uffd, buf) {
-                Ok(n) => n as usize / core::mem::size_of::<uffd::Msg>(),
-                Err(libc::EAGAIN) => return Ok(()),
-                Err(libc::EINTR) => continue,
-                Err(e) => return Err(format!("reading the userfaultfd: {}", Errno(e))),
-            };
-            for m in &msgs[..n] {
-                if let Some(c) = Change::of(m) {
-                    self.apply(c);
-                    out.push(c);
-                }
-            }
-            if n < msgs.len() {
-                return Ok(());
-            }
+        let from = out.len();
+        read_changes(self.uffd, out).map_err(|e| format!("reading the userfaultfd: {}", Errno(e)))?;
+        for &c in &out[from..] {
+            self.apply(c);
         }
+        Ok(())
     }
 
     /// Follows a change in the ranges tracked.
@@ -265,6 +250,26 @@ impl Drop for Tracker {
         // Closing the userfaultfd ends the tracking (and the write-protection with it).
         let _ = sys::close(self.uffd);
         let _ = sys::close(self.pagemap);
+    }
+}
+
+/// Reads the changes waiting on userfaultfd `fd` (non-blocking) into `out`, as they are.
+pub fn read_changes(fd: i32, out: &mut Vec<Change>) -> Result<(), i32> {
+    let mut msgs = [uffd::Msg::default(); 16];
+    loop {
+        let bytes = core::mem::size_of_val(&msgs);
+        // SAFETY: viewing the message array as bytes of the same length.
+        let buf = unsafe { core::slice::from_raw_parts_mut(msgs.as_mut_ptr() as *mut u8, bytes) };
+        let n = match sys::read(fd, buf) {
+            Ok(n) => n as usize / core::mem::size_of::<uffd::Msg>(),
+            Err(libc::EAGAIN) => return Ok(()),
+            Err(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        };
+        out.extend(msgs[..n].iter().filter_map(Change::of));
+        if n < msgs.len() {
+            return Ok(());
+        }
     }
 }
 

@@ -290,11 +290,9 @@ impl Crew {
             let top = (p.stack.as_ptr() as u64 + STACK as u64) & !15;
             p.ctx = Ctx { rsp: top - 8, rip: packer_main as *const () as u64, mxcsr: 0x1f80, fpucw: 0x37f, ..Ctx::default() };
             p.tid_word.store(1, Relaxed);
-            // SAFETY: a thread of this process (CLONE_VM | CLONE_THREAD | CLONE_SIGHAND) that
-            // switches to `p.ctx`: a stack of its own (STACK bytes of the arena, untouched by
-            // anyone else) and `packer_main`, which uses no thread pointer. `p` and its stack
-            // stay where they are until `join` has seen the kernel clear `tid_word` (the
-            // thread is then off its stack for good).
+            // The thread runs `packer_main` (no thread pointer) on STACK bytes of the arena no
+            // one else touches; `p` and its stack stay until `join` sees `tid_word` cleared.
+            // SAFETY: a thread of this process on its own stack, see just above.
             let r = unsafe { pmig_abi::arch::clone_thread(flags, top - 8, 0, p.tid_word.as_ptr() as u64, 0, &p.ctx) };
             if r < 0 {
                 p.tid_word.store(0, Relaxed);

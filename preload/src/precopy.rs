@@ -93,23 +93,9 @@ pub fn drain_while_stopping() -> bool {
     if fd < 0 {
         return false;
     }
-    let mut msgs = [pmig_abi::uffd::Msg::default(); 16];
-    loop {
-        let bytes = core::mem::size_of_val(&msgs);
-        // SAFETY: viewing the message array as bytes of the same length.
-        let buf = unsafe { core::slice::from_raw_parts_mut(msgs.as_mut_ptr() as *mut u8, bytes) };
-        let n = match sys::read(fd, buf) {
-            Ok(n) => n as usize / core::mem::size_of::<pmig_abi::uffd::Msg>(),
-            Err(libc::EINTR) => continue,
-            Err(_) => return true,
-        };
-        // SAFETY: see `Stopping`.
-        let v = unsafe { &mut *STOPPING.0.get() };
-        v.extend(msgs[..n].iter().filter_map(Change::of));
-        if n < msgs.len() {
-            return true;
-        }
-    }
+    // SAFETY: see `Stopping`.
+    let _ = crate::dirty::read_changes(fd, unsafe { &mut *STOPPING.0.get() });
+    true
 }
 
 fn mib(b: u64) -> f64 {
@@ -523,11 +509,6 @@ impl Precopy {
                 }
             }
             r.runs = runs;
-        }
-        // Pages tracked and sent are valid only where a region still has them (a page of a
-        // region not tracked was never sent as it is now): marked above through `missing`.
-        for &(a, b) in &missing {
-            self.invalidate(a, b);
         }
         log::debug!(
             "pre-copy: {} range(s) of pages not sent yet or changed since, sent now: {:x?}{}",
